@@ -1,0 +1,40 @@
+"""The one home of every tunable constant of the question-answering pipeline.
+
+Values follow the reference SQuAD v1.1 fine-tuning setup (BERT paper, MindSpore
+model zoo `official/nlp/bert`, r1.5) so the Hub checkpoint sees the inputs it was
+trained on.
+"""
+
+# Windows (features) built from one question and its context.
+MAX_SEQ_LENGTH = 384  # tokens in one window, [CLS] question [SEP] context [SEP]
+DOC_STRIDE = 128  # tokens the window start moves by when a context needs several
+MAX_QUERY_LENGTH = 64  # question tokens kept; longer questions are truncated
+
+# Answer decoding.
+N_BEST = 20  # start / end candidates taken from each window
+MAX_ANSWER_LENGTH = 30  # longest answer span, in tokens
+DEFAULT_TOP_K = 1  # answers returned per question unless the request asks for more
+MAX_TOP_K = N_BEST  # more answers than candidates cannot be ranked
+
+# Sequence-length buckets the export tool writes one model for; a window runs in
+# the smallest bucket that holds it. The last bucket must equal MAX_SEQ_LENGTH.
+BUCKETS = (128, 256, 384)
+
+# Request limits: a bad or hostile request is refused, not processed.
+MAX_QUESTION_CHARS = 2_000
+MAX_CONTEXT_CHARS = 100_000
+
+# The MindSpore Hub SQuAD v1.1 checkpoint (model zoo official/nlp/bert, r1.5).
+HUB_CHECKPOINT_NAME = (
+    "bertfinetuning_squad_ascend_v150_squadv1.1_official_nlp_F1score88.45_exactmatch81.ckpt"
+)
+HUB_CHECKPOINT_SHA256 = "9e4e1a8e0cd905f9d7caf5d04fec1b0e94fcd210682f21c8bfbb354f3660bc97"
+HUB_CHECKPOINT_URL = "https://download.mindspore.cn/models/r1.5/" + HUB_CHECKPOINT_NAME
+
+# Servable identity and server defaults (loopback only unless the operator says otherwise).
+SERVABLE_NAME = "bert_squad"
+DEFAULT_GRPC_ADDRESS = "127.0.0.1:5500"
+DEFAULT_REST_ADDRESS = "127.0.0.1:1500"
+MAX_MESSAGE_MB = 64  # gRPC and REST request size limit
+# Instances the model stage of one request batch takes together; windows of all of them are packed per bucket.
+INSTANCES_PER_MODEL_CALL = 8

