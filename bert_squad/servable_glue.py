@@ -1,0 +1,114 @@
+"""What servable/bert_squad/servable_config.py delegates to, testable without a server.
+
+Serving hands stage functions numpy scalars, 0-d arrays, str or bytes; these functions
+turn them into library calls (windows, batching, decode) and the library's results
+back into the tensors the methods declare.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from bert_squad import settings
+from bert_squad.batching import run_windows
+from bert_squad.config import BertConfig
+from bert_squad.decode import decode
+from bert_squad.errors import InputError
+from bert_squad.metadata import Metadata, read_metadata
+from bert_squad.tokenizer import BertTokenizer, load_tokenizer
+from bert_squad.windows import Features, build_features
+
+# Environment the serve command hands to the worker processes that import servable_config.py.
+VERSION_ENV = "BERT_SQUAD_VERSION"
+THREADS_ENV = "BERT_SQUAD_THREADS"
+INSTANCES_PER_MODEL_CALL = settings.INSTANCES_PER_MODEL_CALL
+ANSWER_OUTPUTS = ["answer", "score", "start", "end", "top_starts", "top_ends", "top_scores"]
+
+
+def version_dir(servable_root: Path, version: Optional[str]) -> Path:
+    """The version folder this worker serves: the serve command's choice, else the newest."""
+    if version:
+        return servable_root / version
+    numbered = sorted((int(p.name) for p in servable_root.iterdir() if p.is_dir() and p.name.isdigit()))
+    if not numbered:
+        raise RuntimeError(f"no version folder in {servable_root}; export a model with bert-squad-export")
+    return servable_root / str(numbered[-1])
+
+
+def load_version(folder: Path) -> "tuple[Metadata, BertTokenizer]":
+    meta = read_metadata(folder)
+    return meta, load_tokenizer(str(folder / meta.vocab_file), meta.do_lower_case)
+
+
+def _text(value, name: str) -> str:
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SUO" and value.size == 1:
+        value = value.reshape(-1)[0]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{name} is not valid UTF-8 (byte {e.start}); send UTF-8 text") from None
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be a string, got {type(value).__name__} {getattr(value, 'dtype', '')}")
+    return value
+
+
+def _integer(value, name: str) -> int:
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype.kind not in "iu":
+        raise InputError(f"{name} must be one integer (int32 scalar), got {array.dtype} of shape {array.shape}")
+    return int(array.reshape(-1)[0])
+
+
+def preprocess(tokenizer: BertTokenizer, question, context):
+    f = build_features(tokenizer, _text(question, "question"), _text(context, "context"))
+    return f.input_ids, f.input_mask, f.token_type_id, f.lengths, f.char_offsets, f.max_context
+
+
+def check_tokens(config: BertConfig, input_ids, input_mask, token_type_id):
+    """Validate one token-level instance (predict_features) and give it the window layout."""
+    arrays = []
+    for name, value, high in (("input_ids", input_ids, config.vocab_size),
+                              ("input_mask", input_mask, 2), ("token_type_id", token_type_id, config.type_vocab_size)):
+        a = np.asarray(value)
+        if a.dtype.kind not in "iu" or a.ndim != 1:
+            raise InputError(f"{name} must be a 1-D integer tensor (int32 [seq]), got {a.dtype} of shape {a.shape}")
+        if not 1 <= a.size <= settings.MAX_SEQ_LENGTH:
+            raise InputError(f"{name} has {a.size} tokens; send 1 to {settings.MAX_SEQ_LENGTH}")
+        if a.min() < 0 or a.max() >= high:
+            raise InputError(f"{name} holds values outside [0, {high}): min {a.min()}, max {a.max()}")
+        arrays.append(a.astype(np.int32))
+    if len({a.size for a in arrays}) != 1:
+        raise InputError(f"input_ids, input_mask and token_type_id differ in length: {[a.size for a in arrays]}")
+    ids, mask, segment = arrays
+    length = int(np.flatnonzero(mask).max()) + 1 if mask.any() else 1
+    return ids[None], mask[None], segment[None], np.array([length], np.int32)
+
+
+def run_model(models: Mapping[int, object], buckets: Sequence[int], instances):
+    """Batch stage: windows of all instances, one Serving model call per bucket."""
+
+    def call(bucket, ids, mask, segment):
+        outputs = models[bucket].call([[i, m, s] for i, m, s in zip(ids, mask, segment)])
+        return np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs])
+
+    yield from run_windows(list(instances), call, buckets)
+
+
+def postprocess(context, start, end, lengths, char_offsets, max_context, top_k=settings.DEFAULT_TOP_K,
+                max_answer_length=settings.MAX_ANSWER_LENGTH):
+    features = Features(input_ids=None, input_mask=None, token_type_id=None, lengths=np.asarray(lengths),
+                        char_offsets=np.asarray(char_offsets), max_context=np.asarray(max_context))
+    answers = decode(start, end, features, _text(context, "context"), top_k=_integer(top_k, "top_k"),
+                     max_answer_length=_integer(max_answer_length, "max_answer_length"))
+    best = answers[0]
+    return (best.text, np.float32(best.score), np.int32(best.start), np.int32(best.end),
+            np.array([a.start for a in answers], np.int32), np.array([a.end for a in answers], np.int32),
+            np.array([a.score for a in answers], np.float32))
+
+
+def first_window(start, end):
+    """predict_features returns the one window's scores as [seq] tensors."""
+    return np.asarray(start)[0], np.asarray(end)[0]

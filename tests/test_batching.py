@@ -1,0 +1,44 @@
+"""The model stage packs windows by bucket and routes scores back to their question."""
+import numpy as np
+import pytest
+
+from bert_squad.batching import PAD_SCORE, bucket_for, run_windows
+
+pytestmark = pytest.mark.pure
+BUCKETS = (8, 16, 32)
+
+
+def instance(lengths, seq=32, seed=0):
+    """Windows whose ids are distinct per (instance seed, window, position)."""
+    ids = np.zeros((len(lengths), seq), np.int32)
+    for w, n in enumerate(lengths):
+        ids[w, :n] = 1000 * seed + 100 * w + np.arange(1, n + 1)
+    mask = (ids > 0).astype(np.int32)
+    return ids, mask, np.zeros_like(ids), np.array(lengths, np.int32)
+
+
+def test_bucket_for_picks_smallest_that_fits():
+    assert [bucket_for(n, BUCKETS) for n in (1, 8, 9, 16, 17, 32)] == [8, 8, 16, 16, 32, 32]
+    with pytest.raises(ValueError, match="33 tokens"):
+        bucket_for(33, BUCKETS)
+
+
+def test_windows_of_all_instances_share_one_call_per_bucket_and_come_back_to_their_owner():
+    calls = []
+
+    def model(bucket, ids, mask, segment):
+        calls.append((bucket, ids.shape))
+        assert ids.shape[1] == mask.shape[1] == segment.shape[1] == bucket
+        return ids.astype(np.float32), -ids.astype(np.float32)  # a score that names its own token
+
+    instances = [instance([5, 20], seed=1), instance([9], seed=2), instance([30, 7, 12], seed=3)]
+    results = run_windows(instances, model, BUCKETS)
+
+    assert sorted(calls) == [(8, (2, 8)), (16, (2, 16)), (32, (2, 32))]
+    for (ids, _, _, lengths), (start, end) in zip(instances, results):
+        assert start.shape == end.shape == ids.shape
+        for w, n in enumerate(lengths):
+            bucket = bucket_for(int(n), BUCKETS)
+            np.testing.assert_array_equal(start[w, :bucket], ids[w, :bucket])
+            np.testing.assert_array_equal(end[w, :bucket], -ids[w, :bucket])
+            assert (start[w, bucket:] == PAD_SCORE).all()
