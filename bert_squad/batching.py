@@ -44,10 +44,17 @@ def run_windows(instances: Sequence[tuple], call: ModelCall, buckets: Sequence[i
         results.append((np.full(shape, PAD_SCORE, np.float32), np.full(shape, PAD_SCORE, np.float32)))
 
     for bucket, members in sorted(owners.items()):
-        stacked = [np.stack([np.asarray(instances[i][k])[w, :bucket] for i, w in members]).astype(np.int32)
-                   for k in range(3)]
+        stacked = [np.stack([_fit(np.asarray(instances[i][k])[w], bucket) for i, w in members]) for k in range(3)]
         start, end = call(bucket, *stacked)
         for row, (i, w) in enumerate(members):
-            results[i][0][w, :bucket] = start[row]
-            results[i][1][w, :bucket] = end[row]
+            seq = results[i][0].shape[1]
+            results[i][0][w, :bucket] = start[row][:seq]
+            results[i][1][w, :bucket] = end[row][:seq]
     return results
+
+
+def _fit(row: np.ndarray, bucket: int) -> np.ndarray:
+    """A window row cut or zero-padded (padding is masked out) to the bucket width, as int32."""
+    out = np.zeros(bucket, np.int32)
+    out[: min(bucket, len(row))] = row[:bucket]
+    return out

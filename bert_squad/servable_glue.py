@@ -110,5 +110,9 @@ def postprocess(context, start, end, lengths, char_offsets, max_context, top_k=s
 
 
 def first_window(start, end):
-    """predict_features returns the one window's scores as [seq] tensors."""
-    return np.asarray(start)[0], np.asarray(end)[0]
+    """predict_features returns the one window's scores as [seq] tensors.
+
+    Copies, not views: Serving keeps the data pointer of a returned array but not the
+    array it views, so a row view reads freed memory once the stage returns.
+    """
+    return np.array(start[0], copy=True), np.array(end[0], copy=True)

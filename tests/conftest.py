@@ -42,3 +42,44 @@ def vocab_file() -> Path:
 def squad_head() -> Path:
     assert SQUAD_DEV_HEAD.is_file(), f"SQuAD dev head file missing: {SQUAD_DEV_HEAD}"
     return SQUAD_DEV_HEAD
+
+
+ORACLE_BUCKETS = (64, 128, 384)
+
+
+@pytest.fixture(scope="session")
+def oracle_servable(tmp_path_factory):
+    """A servable directory with the oracle model exported (answers span "paris" .. "france")."""
+    import shutil
+
+    from bert_squad_export.exporter import export_version
+    from oracle import build_oracle_checkpoint, uncased_vocab_file
+
+    root = tmp_path_factory.mktemp("oracle")
+    config = build_oracle_checkpoint(root / "oracle.ckpt", uncased_vocab_file(), "paris", "france")
+    servable_dir = root / "servable"
+    (servable_dir / "bert_squad").mkdir(parents=True)
+    shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", servable_dir / "bert_squad")
+    export_version(root / "oracle.ckpt", servable_dir, vocab_file=uncased_vocab_file(), config=config,
+                   buckets=ORACLE_BUCKETS, log=lambda _: None)
+    return {"checkpoint": root / "oracle.ckpt", "config": config, "servable_dir": servable_dir}
+
+
+@pytest.fixture(scope="session")
+def oracle_server(oracle_servable, tmp_path_factory):
+    from harness import Server
+
+    with Server(tmp_path_factory.mktemp("oracle-run"), oracle_servable["servable_dir"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def oracle_model(oracle_servable):
+    """The oracle network in-process (MindSpore, CPU): the reference for served outputs."""
+    import mindspore as ms
+
+    from bert_squad.checkpoint import build_network, load_checkpoint
+
+    ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
+    loaded = load_checkpoint(oracle_servable["checkpoint"], oracle_servable["config"])
+    return build_network(loaded), loaded.config, ORACLE_BUCKETS

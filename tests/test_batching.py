@@ -42,3 +42,20 @@ def test_windows_of_all_instances_share_one_call_per_bucket_and_come_back_to_the
             np.testing.assert_array_equal(start[w, :bucket], ids[w, :bucket])
             np.testing.assert_array_equal(end[w, :bucket], -ids[w, :bucket])
             assert (start[w, bucket:] == PAD_SCORE).all()
+
+
+def test_windows_shorter_than_their_bucket_are_zero_padded_and_scores_cut_back():
+    """predict_features sends [length] rows; the model still sees a full bucket."""
+    seen = []
+
+    def model(bucket, ids, mask, segment):
+        seen.append((ids.copy(), mask.copy()))
+        return np.arange(bucket, dtype=np.float32)[None].repeat(len(ids), 0), np.zeros(ids.shape, np.float32)
+
+    ids, mask, segment, lengths = instance([5], seq=5, seed=4)
+    (start, end), = run_windows([(ids, mask, segment, lengths)], model, BUCKETS)
+    sent_ids, sent_mask = seen[0]
+    assert sent_ids.shape == (1, 8)
+    np.testing.assert_array_equal(sent_ids[0, :5], ids[0])
+    assert (sent_ids[0, 5:] == 0).all() and (sent_mask[0, 5:] == 0).all()
+    np.testing.assert_array_equal(start, [[0, 1, 2, 3, 4]])

@@ -1,0 +1,112 @@
+"""Answers through real MindSpore Serving (Lite CPU) over gRPC and REST, with a model whose answer is known.
+
+The oracle checkpoint (tests/oracle.py) scores the start at the word "paris" and the end
+at the word "france", wherever they are, so the expected answer of every context is
+context[index of Paris : end of France], computed here from the text alone.
+"""
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+
+FILLER = "The committee met again on a rainy day to talk about roads, bridges and trains. "
+
+
+def expected(context: str):
+    start = context.lower().index("paris")
+    end = context.lower().index("france") + len("france")
+    return context[start:end], start, end
+
+
+CASES = {
+    "plain": "The city of Paris is the capital of France, they say.",
+    "punctuation": "Cities: «Paris»—(France); nothing else.",
+    "accents": "Ünïcödé façade café: naïve Paris, près de la France métropolitaine.",
+    "chinese": "东京和大阪都很大。Paris 是 France 的首都。",
+    "past_first_window": FILLER * 30 + "Later Paris became the capital of France again. " + FILLER * 3,
+    "deep_in_long_context": FILLER * 80 + "Paris in France. " + FILLER * 2,
+}
+
+
+def rest(server, method, instances):
+    request = urllib.request.Request(
+        f"http://{server.rest_address}/model/bert_squad:{method}",
+        data=json.dumps({"instances": instances}).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        return json.loads(reply.read())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_answer_is_the_exact_context_substring_over_rest(oracle_server, case):
+    context = CASES[case]
+    reply = rest(oracle_server, "predict", [{"question": "Which capital?", "context": context}])
+    result = reply["instances"][0]
+    text, start, end = expected(context)
+    assert (result["answer"], result["start"], result["end"]) == (text, start, end)
+    assert context[result["start"]:result["end"]] == result["answer"]
+    assert 0.5 < result["score"] <= 1.0
+
+
+def test_two_instances_in_one_request_get_their_own_answers_over_grpc(oracle_server):
+    from mindspore_serving.client import Client
+
+    contexts = [CASES["plain"], "Paris, France.", CASES["past_first_window"]]
+    client = Client(oracle_server.grpc_address, "bert_squad", "predict")
+    replies = client.infer([{"question": "Which capital?", "context": c} for c in contexts])
+    for context, reply in zip(contexts, replies):
+        text, start, end = expected(context)
+        assert (reply["answer"], int(reply["start"]), int(reply["end"])) == (text, start, end)
+
+
+def test_a_bad_instance_fails_alone(oracle_server):
+    good = CASES["plain"]
+    reply = rest(oracle_server, "predict", [
+        {"question": "Which capital?", "context": good},
+        {"question": "   ", "context": good},
+        {"question": "Which capital?", "context": "Paris, France."},
+    ])["instances"]
+    assert reply[0]["answer"] == expected(good)[0]
+    assert "question is empty" in reply[1]["error_msg"]
+    assert reply[2]["answer"] == "Paris, France"
+
+
+def test_top_k_lists_are_ranked_and_cut_from_the_context(oracle_server):
+    context = CASES["accents"]
+    reply = rest(oracle_server, "predict_with_options",
+                 [{"question": "Which capital?", "context": context, "top_k": 5, "max_answer_length": 30}])
+    result = reply["instances"][0]
+    assert len(result["top_starts"]) == len(result["top_ends"]) == len(result["top_scores"]) == 5
+    assert (result["top_starts"][0], result["top_ends"][0]) == expected(context)[1:]
+    assert result["top_scores"] == sorted(result["top_scores"], reverse=True)
+    assert sum(result["top_scores"]) <= 1.0 + 1e-6
+    assert len({(s, e) for s, e in zip(result["top_starts"], result["top_ends"])}) == 5
+
+
+def test_max_answer_length_rules_out_long_spans(oracle_server):
+    context = "Paris " + "and then " * 20 + "France."  # the oracle span is ~42 tokens long
+    reply = rest(oracle_server, "predict_with_options",
+                 [{"question": "Which capital?", "context": context, "top_k": 1, "max_answer_length": 30}])
+    result = reply["instances"][0]
+    assert result["end"] - result["start"] < len(expected(context)[0])
+    assert len(context[result["start"]:result["end"]].split()) <= 30
+
+
+def test_served_features_match_mindspore_in_process_for_every_bucket(oracle_server, oracle_model):
+    """predict_features runs each bucket's MindIR under Lite; MindSpore in-process is the reference."""
+    import mindspore as ms
+
+    from mindspore_serving.client import Client
+
+    net, config, buckets = oracle_model
+    client = Client(oracle_server.grpc_address, "bert_squad", "predict_features")
+    rng = np.random.RandomState(7)
+    for bucket in buckets:
+        length = bucket - 3  # runs in this bucket, not the smaller one
+        ids = rng.randint(1000, config.vocab_size, size=length).astype(np.int32)
+        mask = np.ones(length, np.int32)
+        segment = (np.arange(length) > length // 3).astype(np.int32)
+        served = client.infer([{"input_ids": ids, "input_mask": mask, "token_type_id": segment}])[0]
+        start, end = net(ms.Tensor(ids[None]), ms.Tensor(mask[None]), ms.Tensor(segment[None]))
+        np.testing.assert_allclose(served["start_logits"], start.asnumpy()[0], atol=1e-4)
+        np.testing.assert_allclose(served["end_logits"], end.asnumpy()[0], atol=1e-4)
