@@ -33,6 +33,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="folder holding <name>/servable_config.py and numbered version folders")
     p.add_argument("--name", default=settings.SERVABLE_NAME, help="servable name (default: %(default)s)")
     p.add_argument("--version", type=int, default=0, help="version folder to serve; 0 = newest (default)")
+    p.add_argument("--checkpoint", type=Path,
+                   help="used only when no version is exported yet: a zoo .ckpt or a Hugging Face folder to "
+                        "export first (default: download the MindSpore Hub SQuAD checkpoint)")
+    p.add_argument("--vocab", type=Path, help="vocab.txt for a zoo .ckpt (the Hub does not ship one)")
+    p.add_argument("--config", type=Path, help="BertConfig JSON for a zoo .ckpt that is not BERT-base")
+    p.add_argument("--hub-url", default=settings.HUB_CHECKPOINT_URL,
+                   help="where to download the Hub checkpoint from (a mirror; default: the MindSpore Hub)")
+    p.add_argument("--hub-sha256", default=settings.HUB_CHECKPOINT_SHA256,
+                   help="sha256 the downloaded checkpoint must have (default: the Hub file's)")
     p.add_argument("--grpc-address", default=settings.DEFAULT_GRPC_ADDRESS,
                    help="host:port for gRPC (default %(default)s; use 0.0.0.0:PORT to expose it)")
     p.add_argument("--rest-address", default=settings.DEFAULT_REST_ADDRESS,
@@ -61,6 +70,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.threads < 1:
         p.error("--threads must be at least 1")
     return args
+
+
+def _has_version(root: Path) -> bool:
+    return root.is_dir() and any(p.is_dir() and p.name.isdigit() and int(p.name) > 0 for p in root.iterdir())
+
+
+def ensure_exported(args) -> None:
+    """Export the checkpoint the user names, or the Hub checkpoint, when nothing is exported yet."""
+    if _has_version(args.servable_dir / args.name) or args.version:
+        return
+    from bert_squad.hub import DownloadError, fetch_checkpoint
+
+    checkpoint, expected = args.checkpoint, None
+    if checkpoint is None:
+        if args.vocab is None:
+            raise ServeError(
+                "nothing is exported yet and no --checkpoint was given, so the MindSpore Hub checkpoint would be "
+                "downloaded; it ships no vocabulary: pass --vocab /path/to/bert-base-uncased/vocab.txt")
+        print(f"bert-squad-serve: no exported model; fetching {args.hub_url}", flush=True)
+        try:
+            checkpoint = fetch_checkpoint(args.hub_url, args.hub_sha256, progress=_progress_bar())
+        except DownloadError as e:
+            raise ServeError(str(e)) from e
+        expected = args.hub_sha256
+    from bert_squad.checkpoint import CheckpointError
+    from bert_squad.config import BertConfig, ConfigError
+    from bert_squad.metadata import MetadataError
+    from bert_squad_export.exporter import ExportError, export_version
+
+    try:
+        config = BertConfig.from_json_file(args.config) if args.config else None
+        export_version(checkpoint, args.servable_dir, name=args.name, vocab_file=args.vocab, config=config,
+                       expected_sha256=expected, log=lambda line: print(f"bert-squad-serve: {line}", flush=True))
+    except (ExportError, CheckpointError, ConfigError, MetadataError) as e:
+        raise ServeError(f"cannot export {checkpoint}: {e}") from e
+
+
+def _progress_bar():
+    from tqdm import tqdm
+
+    bar = tqdm(unit="B", unit_scale=True, desc="checkpoint")
+
+    def update(done: int, total) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update
 
 
 def resolve_version(servable_dir: Path, name: str, version: int) -> int:
@@ -112,7 +169,9 @@ def _warm_up(args) -> float:
 
 
 def serve(args) -> int:
-    servable_dir = args.servable_dir.resolve()
+    args.servable_dir = args.servable_dir.resolve()
+    ensure_exported(args)
+    servable_dir = args.servable_dir
     version = resolve_version(servable_dir, args.name, args.version)
     device_ids = [int(x) for x in args.device_ids.split(",") if x.strip()]
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bert-squad-serve-"))).resolve()

@@ -1,0 +1,109 @@
+"""bert-squad-serve as a user runs it: export on first start, Hub download (from a local mirror), clear refusals."""
+import hashlib
+import http.server
+import json
+import shutil
+import subprocess
+import threading
+import urllib.request
+
+import pytest
+
+from harness import PY39, REPO, Server, free_port
+
+QUESTION = {"question": "Which capital?", "context": "The city of Paris is the capital of France, they say."}
+ANSWER = "Paris is the capital of France"
+
+
+def empty_servable(tmp_path):
+    folder = tmp_path / "servable" / "bert_squad"
+    folder.mkdir(parents=True)
+    shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", folder)
+    return tmp_path / "servable"
+
+
+def ask(server):
+    body = json.dumps({"instances": [QUESTION]}).encode()
+    req = urllib.request.Request(f"http://{server.rest_address}/model/bert_squad:predict", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as reply:
+        return json.loads(reply.read())["instances"][0]["answer"]
+
+
+def oracle_files(oracle_servable, tmp_path):
+    from oracle import uncased_vocab_file
+
+    oracle_servable["config"].to_json_file(tmp_path / "config.json")
+    return ["--vocab", str(uncased_vocab_file()), "--config", str(tmp_path / "config.json")]
+
+
+def run_serve(*args, env=None, timeout=120):
+    return subprocess.run([str(PY39), "-m", "bert_squad.serve", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_first_start_exports_the_named_checkpoint_and_stops_cleanly(oracle_servable, tmp_path):
+    servable = empty_servable(tmp_path)
+    args = ["--checkpoint", str(oracle_servable["checkpoint"]), *oracle_files(oracle_servable, tmp_path)]
+    server = Server(tmp_path / "run", servable, extra_args=args)
+    with server:
+        assert ask(server) == ANSWER
+        workers = server.worker_pids()
+        assert workers, "no worker process found"
+    assert server.process.returncode == 0, server.output()
+    assert server.worker_pids() == []
+    assert "stopped" in server.output()
+    assert (servable / "bert_squad" / "1" / "metadata.json").is_file()
+
+
+class _Mirror(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_no_checkpoint_downloads_it_from_the_hub_url_verifies_it_and_serves(oracle_servable, tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    shutil.copy(oracle_servable["checkpoint"], mirror / "squad.ckpt")
+    sha = hashlib.sha256((mirror / "squad.ckpt").read_bytes()).hexdigest()
+    handler = lambda *a, **k: _Mirror(*a, directory=str(mirror), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/squad.ckpt"
+        args = ["--hub-url", url, "--hub-sha256", sha, *oracle_files(oracle_servable, tmp_path)]
+        server = Server(tmp_path / "run", empty_servable(tmp_path), extra_args=args,
+                        env={"BERT_SQUAD_CACHE": str(tmp_path / "cache")})
+        with server:
+            assert ask(server) == ANSWER
+        assert (tmp_path / "cache" / "squad.ckpt").is_file()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_no_network_names_the_url_the_checksum_and_the_flag(oracle_servable, tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/squad.ckpt"  # nothing listens there
+    result = run_serve("--servable-dir", str(empty_servable(tmp_path)), "--hub-url", url,
+                       *oracle_files(oracle_servable, tmp_path), "--workdir", str(tmp_path / "run"),
+                       env={"BERT_SQUAD_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    message = result.stderr
+    assert url in message and "--checkpoint" in message
+    assert "9e4e1a8e0cd905f9d7caf5d04fec1b0e94fcd210682f21c8bfbb354f3660bc97" in message
+    assert "Traceback" not in message
+
+
+@pytest.mark.parametrize("problem, files, expect", [
+    ("no metadata", {"bert_384.mindir": b"x"}, "no metadata.json"),
+    ("broken metadata", {"metadata.json": b"{not json"}, "not valid JSON"),
+])
+def test_a_bad_version_folder_is_refused_with_the_file_named(tmp_path, problem, files, expect):
+    servable = empty_servable(tmp_path)
+    version = servable / "bert_squad" / "1"
+    version.mkdir()
+    for name, data in files.items():
+        (version / name).write_bytes(data)
+    result = run_serve("--servable-dir", str(servable), "--workdir", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert expect in result.stderr and str(version) in result.stderr
+    assert "Traceback" not in result.stderr
