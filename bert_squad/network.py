@@ -1,0 +1,200 @@
+"""BERT for extractive question answering, in MindSpore.
+
+Post-LN BERT (Devlin et al. 2019) with a two-output span head, written so that one
+class reproduces both the MindSpore model zoo SQuAD network (official/nlp/bert r1.5)
+and Hugging Face BertForQuestionAnswering: the numerics that differ between them
+(LayerNorm epsilon, GELU form, span scoring) come from `BertConfig`.
+
+Inputs are int32 [batch, seq]: input_ids, input_mask (1 = real token, 0 = padding),
+token_type_id. Outputs are float32 [batch, seq]: start and end scores.
+
+Scoring "log_softmax" follows the zoo, which ranks spans by log-softmax over the
+sequence positions, with one deliberate difference: padding positions are left out
+of the softmax, so a window's scores do not depend on the sequence-length bucket
+it was padded to (the zoo always padded to 384, and included the padding). Padding
+positions then score about -1e9. Scoring "logits" returns the raw head outputs.
+
+Parameter names mirror Hugging Face modeling_bert; `checkpoint.py` maps zoo and Hugging
+Face checkpoint names onto them. Matmuls run in `compute_dtype` (float16 for GPU/Ascend
+exports, as the zoo trained); embeddings, LayerNorm, softmax and scores stay float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mindspore import Parameter, nn, ops
+from mindspore import dtype as mstype
+from mindspore.common.initializer import Normal, initializer
+
+from bert_squad.config import BertConfig
+
+# Added to attention scores of padding keys (zoo and original BERT value).
+ATTENTION_MASK_PENALTY = -10000.0
+# Added to span scores of padding positions before the log-softmax: exp() of it is
+# exactly 0 in float32, so padding cannot change the scores of real tokens.
+SCORE_MASK_PENALTY = -1e9
+INIT_STD = 0.02  # initial weights for fresh (untrained) networks
+
+
+def _weight(shape) -> Parameter:
+    return Parameter(initializer(Normal(INIT_STD), shape, mstype.float32))
+
+
+class Dense(nn.Cell):
+    """y = x @ weight.T + bias, weight stored [out, in] as in both checkpoint formats."""
+
+    def __init__(self, in_features: int, out_features: int, compute_dtype=mstype.float32):
+        super().__init__()
+        self.out_features = out_features
+        self.compute_dtype = compute_dtype
+        self.weight = _weight((out_features, in_features))
+        self.bias = Parameter(initializer("zeros", (out_features,), mstype.float32))
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        shape = x.shape
+        x2d = x.reshape((-1, shape[-1])).astype(self.compute_dtype)
+        y = self.matmul(x2d, self.weight.astype(self.compute_dtype)).astype(mstype.float32)
+        return (y + self.bias).reshape(shape[:-1] + (self.out_features,))
+
+
+class BertEmbeddings(nn.Cell):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        h = config.hidden_size
+        self.word_embeddings = _weight((config.vocab_size, h))
+        self.position_embeddings = _weight((config.max_position_embeddings, h))
+        self.token_type_embeddings = _weight((config.type_vocab_size, h))
+        self.layer_norm = nn.LayerNorm((h,), epsilon=config.layer_norm_eps)
+
+    def construct(self, input_ids, token_type_id):
+        seq_length = input_ids.shape[1]
+        positions = ops.gather(self.position_embeddings, ops.arange(seq_length), 0)
+        x = (
+            ops.gather(self.word_embeddings, input_ids, 0)
+            + ops.gather(self.token_type_embeddings, token_type_id, 0)
+            + positions.expand_dims(0)
+        )
+        return self.layer_norm(x)
+
+
+class BertSelfAttention(nn.Cell):
+    def __init__(self, config: BertConfig, compute_dtype):
+        super().__init__()
+        h = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        self.scale = 1.0 / math.sqrt(config.head_size)
+        self.compute_dtype = compute_dtype
+        self.query = Dense(h, h, compute_dtype)
+        self.key = Dense(h, h, compute_dtype)
+        self.value = Dense(h, h, compute_dtype)
+        self.matmul_qk = ops.BatchMatMul(transpose_b=True)
+        self.matmul_pv = ops.BatchMatMul()
+        self.softmax = nn.Softmax(axis=-1)
+
+    def split_heads(self, x):
+        """[batch, seq, hidden] -> [batch, heads, seq, head_size]"""
+        batch, seq, _ = x.shape
+        return x.reshape((batch, seq, self.num_heads, self.head_size)).transpose((0, 2, 1, 3))
+
+    def construct(self, hidden, key_penalty):
+        dt = self.compute_dtype
+        q = self.split_heads(self.query(hidden)).astype(dt)
+        k = self.split_heads(self.key(hidden)).astype(dt)
+        v = self.split_heads(self.value(hidden)).astype(dt)
+        scores = self.matmul_qk(q, k).astype(mstype.float32) * self.scale + key_penalty
+        probs = self.softmax(scores).astype(dt)
+        context = self.matmul_pv(probs, v).astype(mstype.float32)
+        batch, _, seq, _ = context.shape
+        return context.transpose((0, 2, 1, 3)).reshape((batch, seq, self.num_heads * self.head_size))
+
+
+class BertResidualOutput(nn.Cell):
+    """Project, add the block input back, normalise (post-LN)."""
+
+    def __init__(self, in_features: int, config: BertConfig, compute_dtype):
+        super().__init__()
+        self.dense = Dense(in_features, config.hidden_size, compute_dtype)
+        self.layer_norm = nn.LayerNorm((config.hidden_size,), epsilon=config.layer_norm_eps)
+
+    def construct(self, x, residual):
+        return self.layer_norm(self.dense(x) + residual)
+
+
+class BertAttention(nn.Cell):
+    def __init__(self, config: BertConfig, compute_dtype):
+        super().__init__()
+        self.self_attention = BertSelfAttention(config, compute_dtype)
+        self.output = BertResidualOutput(config.hidden_size, config, compute_dtype)
+
+    def construct(self, hidden, key_penalty):
+        return self.output(self.self_attention(hidden, key_penalty), hidden)
+
+
+class BertIntermediate(nn.Cell):
+    def __init__(self, config: BertConfig, compute_dtype):
+        super().__init__()
+        self.dense = Dense(config.hidden_size, config.intermediate_size, compute_dtype)
+        self.act = nn.GELU(approximate=config.hidden_act == "gelu_tanh")
+
+    def construct(self, x):
+        return self.act(self.dense(x))
+
+
+class BertLayer(nn.Cell):
+    def __init__(self, config: BertConfig, compute_dtype):
+        super().__init__()
+        self.attention = BertAttention(config, compute_dtype)
+        self.intermediate = BertIntermediate(config, compute_dtype)
+        self.output = BertResidualOutput(config.intermediate_size, config, compute_dtype)
+
+    def construct(self, hidden, key_penalty):
+        attended = self.attention(hidden, key_penalty)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Cell):
+    def __init__(self, config: BertConfig, compute_dtype):
+        super().__init__()
+        self.layer = nn.CellList([BertLayer(config, compute_dtype) for _ in range(config.num_hidden_layers)])
+
+    def construct(self, hidden, key_penalty):
+        for layer in self.layer:
+            hidden = layer(hidden, key_penalty)
+        return hidden
+
+
+class BertModel(nn.Cell):
+    """Embeddings + encoder; no pooler (question answering reads every position)."""
+
+    def __init__(self, config: BertConfig, compute_dtype):
+        super().__init__()
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config, compute_dtype)
+
+    def construct(self, input_ids, input_mask, token_type_id):
+        # [batch, 1, 1, seq]: the same penalty for every head and every query position.
+        key_penalty = (1.0 - input_mask.astype(mstype.float32)) * ATTENTION_MASK_PENALTY
+        key_penalty = key_penalty.expand_dims(1).expand_dims(1)
+        return self.encoder(self.embeddings(input_ids, token_type_id), key_penalty)
+
+
+class BertForQuestionAnswering(nn.Cell):
+    def __init__(self, config: BertConfig, compute_dtype=mstype.float32):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, compute_dtype)
+        self.qa_outputs = Dense(config.hidden_size, 2, compute_dtype)
+        self.log_softmax = config.scoring == "log_softmax"
+
+    def construct(self, input_ids, input_mask, token_type_id):
+        logits = self.qa_outputs(self.bert(input_ids, input_mask, token_type_id))
+        start, end = logits[:, :, 0], logits[:, :, 1]
+        if self.log_softmax:
+            padding_penalty = (1.0 - input_mask.astype(mstype.float32)) * SCORE_MASK_PENALTY
+            start = ops.log_softmax(start + padding_penalty, axis=-1)
+            end = ops.log_softmax(end + padding_penalty, axis=-1)
+        return start, end
+

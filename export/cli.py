@@ -1,0 +1,106 @@
+"""Command line of bert-squad-export."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional, Tuple
+
+from bert_squad import settings
+from bert_squad.config import BertConfig, ConfigError
+from bert_squad.metadata import MetadataError
+
+
+
+def _buckets(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 128,256,384, got {text!r}"
+        ) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bert-squad-export",
+        description=(
+            "Export a BERT SQuAD checkpoint to SERVABLE_DIR/NAME/N/: one MindIR per "
+            "sequence-length bucket, vocab.txt and metadata.json."
+        ),
+    )
+    parser.add_argument(
+        "checkpoint",
+        help="MindSpore model zoo .ckpt file, or Hugging Face folder with config.json, "
+        "model.safetensors and vocab.txt",
+    )
+    parser.add_argument("--vocab", help="vocab.txt (required for .ckpt files)")
+    parser.add_argument(
+        "--config",
+        help="BertConfig JSON for a .ckpt file; fields left out keep the zoo BERT-base "
+        "SQuAD values (default: BERT-base)",
+    )
+    case = parser.add_mutually_exclusive_group()
+    case.add_argument("--lower-case", dest="do_lower_case", action="store_true", default=None,
+                      help="lower-case text before WordPiece (default: from tokenizer_config.json, else yes)")
+    case.add_argument("--no-lower-case", dest="do_lower_case", action="store_false",
+                      help="keep case (cased models)")
+    parser.add_argument("--servable-dir", default="servable", help="servable directory (default: %(default)s)")
+    parser.add_argument("--name", default=settings.SERVABLE_NAME, help="servable name (default: %(default)s)")
+    parser.add_argument("--version", type=_positive, help="version number (default: next free)")
+    parser.add_argument("--force", action="store_true", help="replace an existing version")
+    parser.add_argument(
+        "--buckets",
+        type=_buckets,
+        default=settings.BUCKETS,
+        help="sequence lengths to export, ascending, ending at %d (default: %s)"
+        % (settings.MAX_SEQ_LENGTH, ",".join(map(str, settings.BUCKETS))),
+    )
+    parser.add_argument("--batch-size", type=_positive, default=1,
+                        help="windows per model call (default: %(default)s; 1 suits CPU)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="float16 matmuls, for GPU/Ascend (as the zoo trained); CPU wants float32")
+    sha = parser.add_mutually_exclusive_group()
+    sha.add_argument("--expect-sha256", metavar="HEX", help="refuse a checkpoint with another sha256")
+    sha.add_argument("--hub", action="store_true",
+                     help="the checkpoint is the MindSpore Hub SQuAD file: verify its sha256 "
+                     "(automatic when the file keeps its Hub name)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from bert_squad.checkpoint import CheckpointError  # imports MindSpore: after --help
+
+    from .exporter import ExportError, export_version
+
+    try:
+        config = BertConfig.from_json_file(args.config) if args.config else None
+        export_version(
+            args.checkpoint,
+            args.servable_dir,
+            name=args.name,
+            vocab_file=args.vocab,
+            do_lower_case=args.do_lower_case,
+            config=config,
+            buckets=args.buckets,
+            batch_size=args.batch_size,
+            version=args.version,
+            force=args.force,
+            compute_dtype="float16" if args.fp16 else "float32",
+            expected_sha256=settings.HUB_CHECKPOINT_SHA256 if args.hub else args.expect_sha256,
+        )
+    except (ExportError, CheckpointError, ConfigError, MetadataError) as exc:
+        print(f"bert-squad-export: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,186 @@
+"""Checkpoint -> servable version folder: one MindIR per sequence-length bucket,
+the vocabulary, and metadata.json.
+
+A version folder is written under a temporary name and renamed into place at the
+end, so the servable never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version as distribution_version
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import mindspore as ms
+import numpy as np
+
+from bert_squad import settings
+from bert_squad.checkpoint import LoadedCheckpoint, build_network, load_checkpoint
+from bert_squad.config import BertConfig
+from bert_squad.metadata import COMPUTE_DTYPES, Metadata, sha256_file, validate_buckets, write_metadata
+
+VOCAB_FILE = "vocab.txt"
+VERIFY_TOLERANCE = 1e-4  # MindIR vs the in-memory network, per score
+
+
+class ExportError(Exception):
+    """The export cannot proceed; the message says what to change."""
+
+
+def tool_version() -> str:
+    """The installed bert-squad version (setup.cfg is its one home)."""
+    try:
+        return distribution_version("bert-squad")
+    except PackageNotFoundError:
+        return "unknown (bert-squad not installed)"
+
+
+def model_file_name(bucket: int) -> str:
+    return f"bert_{bucket}.mindir"
+
+
+def next_version(model_dir: Path) -> int:
+    """One more than the highest numbered version folder (1 for a new model)."""
+    numbers = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(numbers, default=0) + 1
+
+
+def export_inputs(batch_size: int, seq_length: int, vocab_size: int, seed: int = 0):
+    """input_ids, input_mask, token_type_id for tracing and verification: two segments
+    and, from the second row on, padding, so masking is exercised."""
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(0, vocab_size, (batch_size, seq_length)).astype(np.int32)
+    mask = np.ones((batch_size, seq_length), np.int32)
+    token_type = np.zeros((batch_size, seq_length), np.int32)
+    token_type[:, seq_length // 3 :] = 1
+    for row in range(1, batch_size):
+        valid = max(1, seq_length - row * seq_length // (2 * batch_size))
+        mask[row, valid:] = 0
+        ids[row, valid:] = 0
+        token_type[row, valid:] = 0
+    return ms.Tensor(ids), ms.Tensor(mask), ms.Tensor(token_type)
+
+
+def export_version(
+    checkpoint: Union[str, Path],
+    servable_dir: Union[str, Path],
+    name: str = settings.SERVABLE_NAME,
+    vocab_file: Optional[Union[str, Path]] = None,
+    do_lower_case: Optional[bool] = None,
+    config: Optional[BertConfig] = None,
+    buckets: Sequence[int] = settings.BUCKETS,
+    batch_size: int = 1,
+    version: Optional[int] = None,
+    force: bool = False,
+    compute_dtype: str = "float32",
+    expected_sha256: Optional[str] = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Export `checkpoint` (zoo .ckpt or Hugging Face folder) to servable_dir/name/N/.
+
+    Returns the version folder. Raises ExportError, CheckpointError, ConfigError or
+    MetadataError (all with a message meant for the user).
+    """
+    if batch_size <= 0:
+        raise ExportError(f"batch size must be a positive integer, got {batch_size}")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ExportError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    if version is not None and version <= 0:
+        raise ExportError(f"version must be a positive integer, got {version}")
+    model_dir = Path(servable_dir) / name
+    if version is not None and (model_dir / str(version)).exists() and not force:
+        raise ExportError(
+            f"{model_dir / str(version)} already exists; pick another --version, leave it out "
+            "to use the next free number, or pass --force to replace it"
+        )
+
+    loaded = load_checkpoint(checkpoint, config, expected_sha256)
+    log(loaded.summary())
+    buckets = validate_buckets(buckets, loaded.config.max_position_embeddings)
+    vocab = _vocab_file(loaded, vocab_file)
+    if do_lower_case is None:  # BERT tokenizers lower-case unless told otherwise
+        do_lower_case = True if loaded.do_lower_case is None else loaded.do_lower_case
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    net = build_network(loaded, compute_dtype)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = next_version(model_dir) if version is None else version
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
+    try:
+        for bucket in buckets:
+            inputs = export_inputs(batch_size, bucket, loaded.config.vocab_size)
+            ms.export(net, *inputs, file_name=str(staging / f"bert_{bucket}"), file_format="MINDIR")
+            path = staging / model_file_name(bucket)
+            if not path.is_file():
+                raise ExportError(f"MindSpore did not write {path.name}")
+            difference = _verify(net, path, inputs)
+            size = path.stat().st_size / 2**20
+            log(f"bucket {bucket}: {path.name} ({size:.1f} MiB), verified (max difference {difference:.2g})")
+        shutil.copyfile(vocab, staging / VOCAB_FILE)
+        write_metadata(
+            staging,
+            Metadata(
+                buckets=buckets,
+                batch_size=batch_size,
+                model_files={b: model_file_name(b) for b in buckets},
+                vocab_file=VOCAB_FILE,
+                vocab_sha256=sha256_file(staging / VOCAB_FILE),
+                do_lower_case=do_lower_case,
+                scoring=loaded.config.scoring,
+                compute_dtype=compute_dtype,
+                config=loaded.config,
+                source=str(Path(loaded.source).resolve()),
+                source_sha256=loaded.sha256,
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                tool_version=tool_version(),
+            ),
+        )
+        target = model_dir / str(version)
+        if target.exists():  # only reachable with force
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"exported version {version} to {target}")
+    return target
+
+
+def _vocab_file(loaded: LoadedCheckpoint, vocab_file: Optional[Union[str, Path]]) -> Path:
+    if vocab_file is None:
+        if loaded.vocab_file is None:
+            raise ExportError(
+                f"{loaded.source} comes without a vocabulary; pass --vocab with the vocab.txt "
+                "the model was trained with (uncased BERT-base for the Hub SQuAD checkpoint)"
+            )
+        vocab_file = loaded.vocab_file
+    vocab = Path(vocab_file)
+    if not vocab.is_file():
+        raise ExportError(f"vocabulary file {vocab} does not exist")
+    try:
+        entries = len(vocab.read_text(encoding="utf-8").splitlines())
+    except UnicodeDecodeError:
+        raise ExportError(f"vocabulary file {vocab} is not UTF-8 text (one token per line)") from None
+    if entries > loaded.config.vocab_size:
+        raise ExportError(
+            f"vocabulary {vocab} has {entries} tokens but the model only {loaded.config.vocab_size}; "
+            "it is not this model's vocabulary"
+        )
+    return vocab
+
+
+def _verify(net, path: Path, inputs) -> float:
+    """Run the MindIR next to the in-memory network on the same inputs."""
+    graph = ms.nn.GraphCell(ms.load(str(path)))
+    expected = [t.asnumpy() for t in net(*inputs)]
+    actual = [t.asnumpy() for t in graph(*inputs)]
+    difference = max(float(np.abs(a - e).max()) for a, e in zip(actual, expected))
+    if not difference <= VERIFY_TOLERANCE:
+        raise ExportError(
+            f"{path.name} computes scores up to {difference:.3g} away from the network "
+            f"(tolerance {VERIFY_TOLERANCE}); the export is broken, please report it"
+        )
+    return difference
