@@ -47,13 +47,14 @@ class Server:
         self.ready_line = ""
 
     def start(self, timeout: float = 180.0) -> "Server":
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0  # a restart appends to the log
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in self.log_path.read_text(errors="replace").splitlines():
+            for line in self.log_path.read_bytes()[offset:].decode(errors="replace").splitlines():
                 if line.startswith(READY):
                     self.ready_line = line
                     return self
@@ -101,8 +102,112 @@ class Server:
         self.process.wait()
         return self.process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL the server and its workers at once, like a crash or a power cut."""
+        if self.process:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+    def restart(self, timeout: float = 180.0) -> "Server":
+        """Stop, then start again on the same ports."""
+        self.stop()
+        return self.start(timeout)
+
+    def running(self) -> List[int]:
+        """Live (not zombie) processes left in the server's process group: [] once it is fully stopped."""
+        if not self.process:
+            return []
+        alive = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(stat[2]) == self.process.pid and stat[0] != "Z":
+                    alive.append(int(entry.name))
+        return alive
+
     def __enter__(self) -> "Server":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# --- toy servable, TLS files and the oracle model for client tests (bert_squad_client) ---
+
+TOY_SERVE = REPO / "tests" / "servables" / "serve_toy.py"
+TOY_CONFIG = REPO / "tests" / "servables" / "toy_qa" / "servable_config.py"
+
+
+def lite_env() -> dict:
+    """Variables a server process started without bert-squad-serve needs: the Lite runtime on the library path."""
+    lite = next((p for p in (REPO / ".stack" / "lite" / "lib", Path("/tmp/wh/litex/mindspore_lite/lib"))
+                 if p.is_dir()), None)
+    assert lite, "MindSpore Lite runtime not found: run scripts/setup.sh"
+    return {"LD_LIBRARY_PATH": os.pathsep.join(p for p in (str(lite), os.environ.get("LD_LIBRARY_PATH")) if p)}
+
+
+def toy_server(workdir: Path) -> Server:
+    """A (not started) server running the toy servable (tests/servables/toy_qa) deployed as `bert_squad`."""
+    import shutil
+
+    workdir = Path(workdir)
+    servables = workdir / "servables"
+    (servables / "bert_squad" / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy(TOY_CONFIG, servables / "bert_squad" / "servable_config.py")
+    grpc_port, rest_port = free_port(), free_port()
+    command = [str(PY39), str(TOY_SERVE), "--servable-dir", str(servables), "--name", "bert_squad",
+               "--grpc-address", f"127.0.0.1:{grpc_port}", "--rest-address", f"127.0.0.1:{rest_port}"]
+    return Server(workdir / "run", command=command, grpc_port=grpc_port, rest_port=rest_port, env=lite_env())
+
+
+def make_tls(directory: Path) -> dict:
+    """A throwaway CA, a server certificate for 127.0.0.1 and localhost, and a client certificate (openssl CLI)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=bert-squad test CA")
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for who in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}.key", "-out", f"{who}.csr",
+                "-subj", f"/CN=bert-squad test {who}")
+        ext = ["-extfile", "server.ext"] if who == "server" else []
+        openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{who}.pem", "-days", "2", *ext)
+    return {"ca": str(d / "ca.pem"), "server_cert": str(d / "server.pem"), "server_key": str(d / "server.key"),
+            "client_cert": str(d / "client.pem"), "client_key": str(d / "client.key")}
+
+
+_EXPORT_ORACLE = """
+import shutil, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from bert_squad_export.exporter import export_version
+from oracle import build_oracle_checkpoint, uncased_vocab_file
+repo, root, buckets = Path(sys.argv[1]).parent, Path(sys.argv[2]), [int(b) for b in sys.argv[3].split(",")]
+config = build_oracle_checkpoint(root / "oracle.ckpt", uncased_vocab_file(), "paris", "france")
+(root / "servable" / "bert_squad").mkdir(parents=True)
+shutil.copy(repo / "servable" / "bert_squad" / "servable_config.py", root / "servable" / "bert_squad")
+export_version(root / "oracle.ckpt", root / "servable", vocab_file=uncased_vocab_file(), config=config,
+               buckets=buckets, log=lambda _: None)
+"""
+
+
+def export_oracle(root: Path, buckets: Sequence[int] = (128, 384)) -> Path:
+    """The oracle servable (answers span "paris" .. "france", tests/oracle.py) exported by the py39 venv, so
+    that tests running under any Python can serve it; returns the servable directory."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([str(PY39), "-c", _EXPORT_ORACLE, str(REPO / "tests"), str(root),
+                           ",".join(map(str, buckets))], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, f"oracle export failed:\n{done.stdout}\n{done.stderr}"
+    return root / "servable"

@@ -1,0 +1,491 @@
+"""gRPC clients (blocking and asyncio) for the bert_squad servable on MindSpore Serving.
+
+Every call has a deadline (the client's `timeout`, or the call's own), and that deadline bounds the retries
+too. Retried: the server cannot be reached, says its servable is (re)starting or busy, or was stopped while
+answering (the request is then resent once the server is back). Never retried: a request the server refuses,
+and a request whose worker died while the server stayed up, since that request may be what killed it.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import ssl
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Tuple, Union
+
+import grpc
+
+from . import protocol
+from .errors import BertSquadError, DeadlineExceeded, RequestError, ServerUnavailable
+from .results import (DEFAULT_GRPC_ADDRESS, SERVABLE, Logits, Result, answer_request, logits_request, to_logits,
+                      to_result)
+
+DEFAULT_TIMEOUT = 30.0  # seconds per call, retries included
+DEFAULT_MAX_IN_FLIGHT = 8  # requests answer_many keeps open at once
+# After a request is lost in flight, how long to watch whether the whole server is going away (a stop or
+# restart: Serving closes its port within milliseconds) or stays up (one worker died).
+LOST_IN_FLIGHT_GRACE = 1.0
+PROBE_SERVABLE = "bert-squad-client-probe"  # no such servable: Serving's master answers it without a worker
+# How the bert_squad servable starts the error of a question it refused before doing any work because too many
+# are waiting (bert_squad/servable_glue.py, Admission); such a question is retried with backoff.
+SERVER_BUSY = "server busy:"
+
+Pair = Tuple[str, str]  # (question, context)
+Outcome = Union[Result, RequestError]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS settings: `ca` is the PEM file that signed the server certificate (None: the system's roots);
+    `cert` and `key` are the client's certificate and key when the server asks for one; `server_name` is the
+    name in the server certificate when it is not the host of the address."""
+
+    ca: PathLike | None = None
+    cert: PathLike | None = None
+    key: PathLike | None = None
+    server_name: str | None = None
+
+    def __post_init__(self):
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("Tls needs both cert and key for a client certificate, or neither")
+
+    def grpc_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=_read_pem(self.ca), private_key=_read_pem(self.key),
+                                            certificate_chain=_read_pem(self.cert))
+
+    def ssl_context(self) -> ssl.SSLContext:
+        _read_pem(self.ca), _read_pem(self.cert), _read_pem(self.key)  # clear errors for unreadable files
+        context = ssl.create_default_context(cafile=os.fspath(self.ca) if self.ca is not None else None)
+        if self.cert is not None:
+            context.load_cert_chain(os.fspath(self.cert), os.fspath(self.key))
+        return context
+
+
+def _read_pem(path: PathLike | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise ValueError(f"cannot read TLS file {os.fspath(path)!r}: {error.strerror}") from None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Exponential backoff with jitter between attempts; attempts stop when the call's deadline is reached."""
+
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        return ceiling * (0.5 + 0.5 * random.random())
+
+
+def _check_timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+class _Calls:
+    """State and retry policy shared by the blocking and asyncio clients of both transports."""
+
+    transport = "gRPC"
+
+    def __init__(self, address: str, servable: str, version: int, timeout: float, tls: Tls | None,
+                 retry: Retry | None):
+        if not isinstance(address, str) or not address:
+            raise ValueError(f"address must be 'host:port', got {address!r}")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ValueError(f"version must be an int >= 0 (0: newest), got {version!r}")
+        self.address = address
+        self.servable = servable
+        self.version = version
+        self.timeout = _check_timeout(timeout)
+        self.tls = tls
+        self.retry = retry
+        self._served = False  # the servable has answered this client: it exists
+
+    def _retryable(self, error: BertSquadError) -> BertSquadError:
+        """ServerUnavailable for an error worth retrying; _LostInFlight when the worker went away while
+        answering, for a servable this client knows exists (Serving then sends the text it sends for an unknown
+        servable); any other error is returned as it is, to be raised."""
+        if isinstance(error, RequestError):
+            busy = _busy([error])
+            if busy is not None:
+                return busy
+            if self._served and error.instance is None and "servable is not available" in error.server_message:
+                return _LostInFlight(error)
+        return error
+
+    @staticmethod
+    def _worker_died(error: RequestError) -> RequestError:
+        return RequestError(f"{error.server_message} (the worker stopped while answering and the server stayed "
+                            f"up; not retried, as this request may be what stopped it)", code=error.code,
+                            method=error.method)
+
+    def _deadline(self, timeout: float | None) -> float:
+        return time.monotonic() + (self.timeout if timeout is None else _check_timeout(timeout))
+
+    def _next_delay(self, error: BertSquadError, attempt: int, started: float, deadline: float) -> float:
+        """Seconds to wait before retrying, or raise the error the caller should see."""
+        if not isinstance(error, ServerUnavailable):
+            raise error
+        delay = self.retry.backoff(attempt) if self.retry else 0.0
+        now = time.monotonic()
+        if self.retry is None or now + delay >= deadline:
+            tls = "TLS settings (ca, client certificate), " if self.tls else "whether the server expects TLS, "
+            raise ServerUnavailable(
+                f"{self.transport} server {self.address} (servable {self.servable!r}) unavailable; "
+                f"tried {attempt} time(s) over {now - started:.1f} s: {error}. Check that the server is running "
+                f"and serves {self.servable!r} at this address, {tls}and firewalls; raise the timeout if it is "
+                f"still starting.") from None
+        return delay
+
+
+def _rpc_error(error: grpc.RpcError, method: str) -> BertSquadError:
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ServerUnavailable(details or "unavailable")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"no reply to {method!r} within the timeout")
+    if code == grpc.StatusCode.CANCELLED:
+        return BertSquadError(f"call to {method!r} cancelled: {details}")
+    return RequestError(f"{code.name}: {details}", code=code.name, method=method)
+
+
+def _channel_options(tls: Tls | None) -> list:
+    options = [("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
+               ("grpc.max_receive_message_length", protocol.MAX_MESSAGE_BYTES),
+               # reconnect quickly after a server restart (gRPC's default backoff grows to 2 minutes)
+               ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+               ("grpc.max_reconnect_backoff_ms", 2000)]
+    if tls is not None and tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return options
+
+
+def _busy(outcomes: list) -> ServerUnavailable | None:
+    """ServerUnavailable when the server refused an instance as busy (the whole request is asked again)."""
+    for outcome in outcomes:
+        if isinstance(outcome, RequestError) and SERVER_BUSY in outcome.server_message:
+            return ServerUnavailable(outcome.server_message[outcome.server_message.index(SERVER_BUSY):])
+    return None
+
+
+class _LostInFlight(Exception):
+    """A request whose worker went away while answering; only the server's fate says if it may be resent."""
+
+    def __init__(self, error: RequestError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _one(outcomes: list) -> dict:
+    outcome = outcomes[0]
+    if isinstance(outcome, RequestError):
+        raise outcome
+    return outcome
+
+
+class BlockingCalls(_Calls):
+    """The blocking API, over any transport that implements `_attempt`."""
+
+    def __init__(self, address, servable, version, timeout, tls, retry):
+        super().__init__(address, servable, version, timeout, tls, retry)
+        self._closed = threading.Event()
+
+    def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
+        raise NotImplementedError
+
+    def call(self, method: str, instances: list[dict], timeout: float | None = None) -> list:
+        """Outputs (dict) or RequestError of each instance, for any method of the servable."""
+        if not instances:
+            raise ValueError("no instances to send")  # Serving never answers an empty request
+        started, deadline = time.monotonic(), self._deadline(timeout)
+        attempt = 0
+        while True:
+            if self._closed.is_set():
+                raise BertSquadError("client is closed")
+            attempt += 1
+            try:
+                outcomes = self._attempt(method, instances, deadline - time.monotonic())
+                error = _busy(outcomes)
+                if error is None:
+                    self._served = True
+                    return outcomes
+            except (ServerUnavailable, RequestError) as raised:
+                error = raised
+            error = self._retryable(error)
+            if isinstance(error, _LostInFlight):
+                if self._server_stays_up(deadline):
+                    raise self._worker_died(error.error) from None
+                error = ServerUnavailable("the server stopped while answering")
+            delay = self._next_delay(error, attempt, started, deadline)
+            self._closed.wait(delay)
+
+    def _probe(self, timeout: float) -> bool:
+        """Whether the server's front end answers at all."""
+        raise NotImplementedError
+
+    def _server_stays_up(self, deadline: float) -> bool:
+        end = min(time.monotonic() + LOST_IN_FLIGHT_GRACE, deadline)
+        while time.monotonic() < end:
+            if not self._probe(max(end - time.monotonic(), 0.01)):
+                return False
+            self._closed.wait(0.02)
+        return True
+
+    def answer(self, question: str, context: str, *, top_k: int = 1, max_answer_length: int | None = None,
+               timeout: float | None = None) -> Result:
+        """Answer one question about one context."""
+        method, inputs = answer_request(question, context, top_k, max_answer_length)
+        return to_result(_one(self.call(method, [inputs], timeout)), context, method)
+
+    def answer_as_completed(self, pairs: Iterable[Pair], *, top_k: int = 1, max_answer_length: int | None = None,
+                            timeout: float | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+                            ) -> Iterator[tuple[int, Outcome]]:
+        """Yield (position, Result or RequestError) as answers arrive, keeping at most `max_in_flight`
+        requests open; `pairs` is read lazily. ServerUnavailable and DeadlineExceeded end the iteration."""
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        items = enumerate(pairs)
+        pending: dict = {}
+        pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="bert-squad-client")
+        try:
+            while True:
+                for index, (question, context) in items:
+                    pending[pool.submit(self.answer, question, context, top_k=top_k,
+                                        max_answer_length=max_answer_length, timeout=timeout)] = index
+                    if len(pending) >= max_in_flight:
+                        break
+                if not pending:
+                    return
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index = pending.pop(future)
+                    try:
+                        outcome = future.result()
+                    except RequestError as error:
+                        outcome = error.at_instance(index)
+                    yield index, outcome
+        finally:
+            # On an early exit, calls in flight are abandoned, not awaited: close() makes them end at once.
+            pool.shutdown(wait=not pending, cancel_futures=True)
+
+    def answer_many(self, pairs: Iterable[Pair], *, top_k: int = 1, max_answer_length: int | None = None,
+                    timeout: float | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                    return_exceptions: bool = False) -> list:
+        """Answers in input order, `max_in_flight` requests at a time. A refused question raises its
+        RequestError (numbered by position), or takes its place in the list when `return_exceptions`."""
+        outcomes: dict[int, Outcome] = {}
+        for index, outcome in self.answer_as_completed(pairs, top_k=top_k, max_answer_length=max_answer_length,
+                                                        timeout=timeout, max_in_flight=max_in_flight):
+            if isinstance(outcome, RequestError) and not return_exceptions:
+                raise outcome
+            outcomes[index] = outcome
+        return [outcomes[i] for i in range(len(outcomes))]
+
+    def logits(self, input_ids, input_mask, token_type_id, *, timeout: float | None = None) -> Logits:
+        """Start/end logits for windows the caller tokenized: arrays [seq] for one window or [n, seq] for n
+        windows (one request); a refused window raises RequestError numbered by its row."""
+        instances, single = logits_request(input_ids, input_mask, token_type_id)
+        return to_logits(self.call("predict_features", instances, timeout), single)
+
+    def close(self) -> None:
+        """Stop retrying and release the connection; calls in flight fail."""
+        self._closed.set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class Client(BlockingCalls):
+    """Blocking gRPC client for one server address and servable.
+
+    >>> with Client("127.0.0.1:5500") as client:
+    ...     result = client.answer("Who?", "Ada wrote it.", top_k=3)
+    ...     result.text, result.score, result.top_k
+    """
+
+    def __init__(self, address: str = DEFAULT_GRPC_ADDRESS, servable: str = SERVABLE, *, version: int = 0,
+                 timeout: float = DEFAULT_TIMEOUT, tls: Tls | None = None, retry: Retry | None = Retry()):
+        super().__init__(address, servable, version, timeout, tls, retry)
+        options = _channel_options(tls)
+        if tls is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(address, tls.grpc_credentials(), options=options)
+        self._predict = self._channel.unary_unary(protocol.PREDICT_PATH,
+                                                  request_serializer=protocol.PredictRequest.SerializeToString,
+                                                  response_deserializer=protocol.PredictReply.FromString)
+        self._calls: set = set()  # RPCs in flight, which close() cancels
+        self._calls_lock = threading.Lock()
+
+    def _invoke(self, request, timeout: float):
+        """One RPC, as a cancellable future (closing the channel under a blocking call crashes grpcio 1.47)."""
+        with self._calls_lock:
+            if self._closed.is_set():
+                raise BertSquadError("client is closed")
+            call = self._predict.future(request, timeout=max(timeout, 0.001))
+            self._calls.add(call)
+        try:
+            return call.result()
+        except grpc.FutureCancelledError:
+            raise BertSquadError("client is closed") from None
+        finally:
+            with self._calls_lock:
+                self._calls.discard(call)
+
+    def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
+        request = protocol.make_request(self.servable, method, self.version, instances)
+        try:
+            reply = self._invoke(request, timeout)
+        except grpc.RpcError as error:
+            raise _rpc_error(error, method) from None
+        return protocol.read_reply(reply, len(instances), method)
+
+    def _probe(self, timeout: float) -> bool:
+        try:
+            self._invoke(protocol.make_request(PROBE_SERVABLE, "probe", 0, [{}]), timeout)
+        except grpc.RpcError as error:
+            return error.code() != grpc.StatusCode.UNAVAILABLE
+        return True
+
+    def close(self) -> None:
+        """Stop retrying, cancel the calls in flight (they raise BertSquadError), release the connection."""
+        with self._calls_lock:
+            super().close()
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+        deadline = time.monotonic() + 5.0
+        while self._calls and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self._channel.close()
+
+
+class AsyncClient(_Calls):
+    """asyncio gRPC client: the API of Client with coroutines. Use it from one event loop."""
+
+    def __init__(self, address: str = DEFAULT_GRPC_ADDRESS, servable: str = SERVABLE, *, version: int = 0,
+                 timeout: float = DEFAULT_TIMEOUT, tls: Tls | None = None, retry: Retry | None = Retry()):
+        super().__init__(address, servable, version, timeout, tls, retry)
+        self._credentials = tls.grpc_credentials() if tls is not None else None
+        self._channel = None
+        self._predict = None
+        self._closed = False
+
+    def _stub(self):
+        if self._channel is None:  # created inside the running loop, which grpc.aio binds it to
+            options = _channel_options(self.tls)
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.address, options=options)
+            else:
+                self._channel = grpc.aio.secure_channel(self.address, self._credentials, options=options)
+            self._predict = self._channel.unary_unary(protocol.PREDICT_PATH,
+                                                      request_serializer=protocol.PredictRequest.SerializeToString,
+                                                      response_deserializer=protocol.PredictReply.FromString)
+        return self._predict
+
+    async def call(self, method: str, instances: list[dict], timeout: float | None = None) -> list:
+        """Outputs (dict) or RequestError of each instance, for any method of the servable."""
+        if not instances:
+            raise ValueError("no instances to send")
+        started, deadline = time.monotonic(), self._deadline(timeout)
+        request = protocol.make_request(self.servable, method, self.version, instances)
+        attempt = 0
+        while True:
+            if self._closed:
+                raise BertSquadError("client is closed")
+            attempt += 1
+            try:
+                try:
+                    reply = await self._stub()(request, timeout=max(deadline - time.monotonic(), 0.001))
+                except grpc.RpcError as rpc_error:
+                    raise _rpc_error(rpc_error, method) from None
+                outcomes = protocol.read_reply(reply, len(instances), method)
+                error = _busy(outcomes)
+                if error is None:
+                    self._served = True
+                    return outcomes
+            except (ServerUnavailable, RequestError) as raised:
+                error = raised
+            error = self._retryable(error)
+            if isinstance(error, _LostInFlight):
+                if await self._server_stays_up(deadline):
+                    raise self._worker_died(error.error) from None
+                error = ServerUnavailable("the server stopped while answering")
+            delay = self._next_delay(error, attempt, started, deadline)
+            await asyncio.sleep(delay)
+
+    async def _server_stays_up(self, deadline: float) -> bool:
+        probe = protocol.make_request(PROBE_SERVABLE, "probe", 0, [{}])
+        end = min(time.monotonic() + LOST_IN_FLIGHT_GRACE, deadline)
+        while time.monotonic() < end:
+            try:
+                await self._stub()(probe, timeout=max(end - time.monotonic(), 0.01))
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def answer(self, question: str, context: str, *, top_k: int = 1, max_answer_length: int | None = None,
+                     timeout: float | None = None) -> Result:
+        """Answer one question about one context."""
+        method, inputs = answer_request(question, context, top_k, max_answer_length)
+        return to_result(_one(await self.call(method, [inputs], timeout)), context, method)
+
+    async def answer_many(self, pairs: Iterable[Pair], *, top_k: int = 1, max_answer_length: int | None = None,
+                          timeout: float | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                          return_exceptions: bool = False) -> list:
+        """Answers in input order, `max_in_flight` requests at a time (see Client.answer_many)."""
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        slots = asyncio.Semaphore(max_in_flight)
+
+        async def one(index: int, question: str, context: str) -> Outcome:
+            async with slots:
+                try:
+                    return await self.answer(question, context, top_k=top_k, max_answer_length=max_answer_length,
+                                             timeout=timeout)
+                except RequestError as error:
+                    if return_exceptions:
+                        return error.at_instance(index)
+                    raise error.at_instance(index) from None
+
+        tasks = [asyncio.ensure_future(one(i, q, c)) for i, (q, c) in enumerate(pairs)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def logits(self, input_ids, input_mask, token_type_id, *, timeout: float | None = None) -> Logits:
+        """Start/end logits for windows the caller tokenized (see Client.logits)."""
+        instances, single = logits_request(input_ids, input_mask, token_type_id)
+        return to_logits(await self.call("predict_features", instances, timeout), single)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
