@@ -163,8 +163,18 @@ def _rpc_error(error: grpc.RpcError, method: str) -> BertSquadError:
     return RequestError(f"{code.name}: {details}", code=code.name, method=method)
 
 
+def grpc_target(address: str) -> str:
+    """gRPC target for one server ("host:port"), several ("ip:port,ip:port,..." -> "ipv4:..." so gRPC spreads
+    requests over them), or a gRPC target as it is ("dns:///name:port" resolving to several addresses)."""
+    if "," in address and ":///" not in address and not address.startswith(("ipv4:", "ipv6:")):
+        return "ipv4:" + ",".join(part.strip() for part in address.split(",") if part.strip())
+    return address
+
+
 def _channel_options(tls: Tls | None) -> list:
     options = [("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
+               # several servers behind one address list or DNS name: spread requests, skip the ones that are down
+               ("grpc.lb_policy_name", "round_robin"),
                ("grpc.max_receive_message_length", protocol.MAX_MESSAGE_BYTES),
                # reconnect quickly after a server restart (gRPC's default backoff grows to 2 minutes)
                ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
@@ -325,9 +335,9 @@ class Client(BlockingCalls):
         super().__init__(address, servable, version, timeout, tls, retry)
         options = _channel_options(tls)
         if tls is None:
-            self._channel = grpc.insecure_channel(address, options=options)
+            self._channel = grpc.insecure_channel(grpc_target(address), options=options)
         else:
-            self._channel = grpc.secure_channel(address, tls.grpc_credentials(), options=options)
+            self._channel = grpc.secure_channel(grpc_target(address), tls.grpc_credentials(), options=options)
         self._predict = self._channel.unary_unary(protocol.PREDICT_PATH,
                                                   request_serializer=protocol.PredictRequest.SerializeToString,
                                                   response_deserializer=protocol.PredictReply.FromString)
@@ -392,9 +402,10 @@ class AsyncClient(_Calls):
         if self._channel is None:  # created inside the running loop, which grpc.aio binds it to
             options = _channel_options(self.tls)
             if self._credentials is None:
-                self._channel = grpc.aio.insecure_channel(self.address, options=options)
+                self._channel = grpc.aio.insecure_channel(grpc_target(self.address), options=options)
             else:
-                self._channel = grpc.aio.secure_channel(self.address, self._credentials, options=options)
+                self._channel = grpc.aio.secure_channel(grpc_target(self.address), self._credentials,
+                                                        options=options)
             self._predict = self._channel.unary_unary(protocol.PREDICT_PATH,
                                                       request_serializer=protocol.PredictRequest.SerializeToString,
                                                       response_deserializer=protocol.PredictReply.FromString)

@@ -219,7 +219,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("input", type=Path, help="SQuAD v1.1 JSON file, or JSON Lines of {id, question, context}")
     p.add_argument("-o", "--output", type=Path, required=True, help="predictions file to write: {id: answer}")
     p.add_argument("--nbest", type=Path, help="also write {id: [{text, score, start, end}, ...]} here")
-    p.add_argument("--server", help=f"server address host:port (default {DEFAULT_GRPC_ADDRESS}, with --rest "
+    p.add_argument("--server", help=f"server address host:port, several as ip:port,ip:port or dns:///name:port "
+                                    f"(requests are spread round-robin; default {DEFAULT_GRPC_ADDRESS}, with --rest "
                                     f"{DEFAULT_REST_ADDRESS})")
     p.add_argument("--rest", action="store_true", help="use the REST endpoint instead of gRPC (--server is then "
                                                          "the REST address or URL)")
