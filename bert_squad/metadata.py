@@ -1,5 +1,5 @@
 """The `metadata.json` of one servable version folder: what the export tool wrote and
-everything the servable needs to run it (buckets, batch size, vocabulary, scoring).
+everything the servable needs to run it (runtime, buckets, batch size, vocabulary, scoring).
 
 Pure Python, so the servable and the clients can read it without MindSpore. Reading
 validates the file against the folder: model files present, vocabulary unchanged.
@@ -19,6 +19,13 @@ from bert_squad.config import BertConfig, ConfigError
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1  # bump when a reader of the old layout would misread the new one
 COMPUTE_DTYPES = ("float32", "float16")
+# How the servable runs the model files:
+#   "serving"      one MindIR per bucket, each a MindSpore Serving model (declare_model);
+#   "lite_direct"  one MindIR exported at MAX_SEQ_LENGTH that MindSpore Lite resizes to each window's exact
+#                  length (bert_squad/lite_runtime.py). It is also a valid "serving" export with the one bucket
+#                  MAX_SEQ_LENGTH, so a reader that predates the field still runs it correctly.
+RUNTIMES = ("serving", "lite_direct")
+DEFAULT_RUNTIME = "serving"  # of files written before the field existed
 
 
 class MetadataError(ValueError):
@@ -72,6 +79,7 @@ class Metadata:
     source_sha256: str
     created: str  # ISO 8601, UTC
     tool_version: str
+    runtime: str = DEFAULT_RUNTIME
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -84,6 +92,13 @@ class Metadata:
             )
         if self.scoring != self.config.scoring:
             raise MetadataError(f"scoring {self.scoring!r} contradicts config.scoring {self.config.scoring!r}")
+        if self.runtime not in RUNTIMES:
+            raise MetadataError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.runtime == "lite_direct" and self.buckets != (settings.MAX_SEQ_LENGTH,):
+            raise MetadataError(
+                f"a lite_direct version has one model, exported at {settings.MAX_SEQ_LENGTH} tokens and resized to "
+                f"each window's length; its buckets must be [{settings.MAX_SEQ_LENGTH}], got {list(self.buckets)}"
+            )
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise MetadataError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         if self.format_version != FORMAT_VERSION:
@@ -95,6 +110,7 @@ class Metadata:
     def to_dict(self) -> Dict[str, Any]:
         return {
             "format_version": self.format_version,
+            "runtime": self.runtime,
             "buckets": list(self.buckets),
             "batch_size": self.batch_size,
             "model_files": {str(b): name for b, name in sorted(self.model_files.items())},
@@ -115,6 +131,7 @@ class Metadata:
         try:
             return cls(
                 format_version=data["format_version"],
+                runtime=data.get("runtime", DEFAULT_RUNTIME),
                 buckets=tuple(data["buckets"]),
                 batch_size=data["batch_size"],
                 model_files={int(b): name for b, name in data["model_files"].items()},

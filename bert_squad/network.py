@@ -17,6 +17,12 @@ positions then score about -1e9. Scoring "logits" returns the raw head outputs.
 Parameter names mirror Hugging Face modeling_bert; `checkpoint.py` maps zoo and Hugging
 Face checkpoint names onto them. Matmuls run in `compute_dtype` (float16 for GPU/Ascend
 exports, as the zoo trained); embeddings, LayerNorm, softmax and scores stay float32.
+
+Every shape but the batch is computed from the inputs at run time (positions by a
+cumulative sum, reshapes with -1 for the sequence), so a MindIR exported at one length
+holds no sequence-length constant and MindSpore Lite can resize it to any length
+(`bert_squad/lite_runtime.py`). `arange(seq)` or `ones_like` would be folded into
+constants of the export length.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ def _weight(shape) -> Parameter:
 
 
 class Dense(nn.Cell):
-    """y = x @ weight.T + bias, weight stored [out, in] as in both checkpoint formats."""
+    """y = x @ weight.T + bias on x [batch, seq, in]; weight stored [out, in] as in both checkpoint formats."""
 
     def __init__(self, in_features: int, out_features: int, compute_dtype=mstype.float32):
         super().__init__()
@@ -56,7 +62,7 @@ class Dense(nn.Cell):
         shape = x.shape
         x2d = x.reshape((-1, shape[-1])).astype(self.compute_dtype)
         y = self.matmul(x2d, self.weight.astype(self.compute_dtype)).astype(mstype.float32)
-        return (y + self.bias).reshape(shape[:-1] + (self.out_features,))
+        return (y + self.bias).reshape((shape[0], -1, self.out_features))
 
 
 class BertEmbeddings(nn.Cell):
@@ -69,12 +75,11 @@ class BertEmbeddings(nn.Cell):
         self.layer_norm = nn.LayerNorm((h,), epsilon=config.layer_norm_eps)
 
     def construct(self, input_ids, token_type_id):
-        seq_length = input_ids.shape[1]
-        positions = ops.gather(self.position_embeddings, ops.arange(seq_length), 0)
+        positions = ops.cumsum(input_ids * 0 + 1, 1) - 1  # 0, 1, ..., seq-1 per row, computed at run time
         x = (
             ops.gather(self.word_embeddings, input_ids, 0)
             + ops.gather(self.token_type_embeddings, token_type_id, 0)
-            + positions.expand_dims(0)
+            + ops.gather(self.position_embeddings, positions, 0)
         )
         return self.layer_norm(x)
 
@@ -96,8 +101,7 @@ class BertSelfAttention(nn.Cell):
 
     def split_heads(self, x):
         """[batch, seq, hidden] -> [batch, heads, seq, head_size]"""
-        batch, seq, _ = x.shape
-        return x.reshape((batch, seq, self.num_heads, self.head_size)).transpose((0, 2, 1, 3))
+        return x.reshape((x.shape[0], -1, self.num_heads, self.head_size)).transpose((0, 2, 1, 3))
 
     def construct(self, hidden, key_penalty):
         dt = self.compute_dtype
@@ -107,8 +111,7 @@ class BertSelfAttention(nn.Cell):
         scores = self.matmul_qk(q, k).astype(mstype.float32) * self.scale + key_penalty
         probs = self.softmax(scores).astype(dt)
         context = self.matmul_pv(probs, v).astype(mstype.float32)
-        batch, _, seq, _ = context.shape
-        return context.transpose((0, 2, 1, 3)).reshape((batch, seq, self.num_heads * self.head_size))
+        return context.transpose((0, 2, 1, 3)).reshape((context.shape[0], -1, self.num_heads * self.head_size))
 
 
 class BertResidualOutput(nn.Cell):

@@ -42,9 +42,51 @@ def load_version(folder: Path) -> "tuple[Metadata, BertTokenizer]":
     return meta, load_tokenizer(str(folder / meta.vocab_file), meta.do_lower_case)
 
 
+def keep_worker_alive_on_bad_text() -> None:
+    """Make a request whose text is not UTF-8 fail alone instead of killing the worker.
+
+    Serving 2.0.2 turns string tensors into Python str before it calls a stage; on bytes that
+    are not UTF-8 that conversion raises inside Serving's task loop, which then stops the
+    worker, failing every request in flight (the master restarts it, and gives up when it
+    happens again before the new worker answered anything). This wraps the loop's per-task
+    function: the conversion is tried first, and a task that fails it gets an error result
+    for each of its instances (Serving reports when none is left) while the worker goes on.
+    """
+    from mindspore_serving.server.worker import task as serving_task
+
+    handler = serving_task.PyTaskHandler
+    run_inner = handler.run_inner
+
+    class Converted:
+        """The task with its instances converted once (the loop reads them twice)."""
+
+        def __init__(self, task, instances):
+            self._task, self.instance_list = task, instances
+
+        def __getattr__(self, name):
+            return getattr(self._task, name)
+
+    def guarded(task):
+        try:
+            instances = task.instance_list
+        except RuntimeError:  # pybind11: "Could not allocate string object!"
+            message = (f"a text input of {task.method_name!r} is not valid UTF-8; send UTF-8 text "
+                       "(gRPC: a string tensor of UTF-8 bytes; REST: a JSON string)")
+            while True:
+                try:
+                    handler.push_failed(1, message)
+                except RuntimeError:  # "processing task not match result": every instance has its error
+                    return
+        run_inner(Converted(task, instances))
+
+    handler.run_inner = staticmethod(guarded)
+
+
 def _text(value, name: str) -> str:
     if isinstance(value, np.ndarray) and value.dtype.kind in "SUO" and value.size == 1:
         value = value.reshape(-1)[0]
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
+        value = value.tobytes()  # a bytes tensor (gRPC MS_BYTES, REST {"b64": ...}) arrives as uint8 [n]
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
@@ -83,7 +125,9 @@ def check_tokens(config: BertConfig, input_ids, input_mask, token_type_id):
     if len({a.size for a in arrays}) != 1:
         raise InputError(f"input_ids, input_mask and token_type_id differ in length: {[a.size for a in arrays]}")
     ids, mask, segment = arrays
-    length = int(np.flatnonzero(mask).max()) + 1 if mask.any() else 1
+    if not mask.any():
+        raise InputError("input_mask has no 1: mark the real tokens of the window with 1, padding with 0")
+    length = int(np.flatnonzero(mask).max()) + 1
     return ids[None], mask[None], segment[None], np.array([length], np.int32)
 
 
@@ -95,6 +139,20 @@ def run_model(models: Mapping[int, object], buckets: Sequence[int], instances):
         return np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs])
 
     yield from run_windows(list(instances), call, buckets)
+
+
+_lite_models: dict = {}  # model file -> this process's LiteModel (runtime lite_direct)
+
+
+def run_model_lite(folder: Path, meta: Metadata, threads: int, instances):
+    """Batch stage of the lite_direct runtime: every window at its own length in one Lite model,
+    made on the first batch this process runs, so processes that never run the stage load nothing."""
+    from bert_squad.lite_runtime import LiteModel, min_length, score_windows
+
+    path = folder / meta.model_files[settings.MAX_SEQ_LENGTH]
+    if path not in _lite_models:
+        _lite_models[path] = LiteModel(path, threads, min_length(meta.config))
+    yield from score_windows(_lite_models[path], list(instances))
 
 
 def postprocess(context, start, end, lengths, char_offsets, max_context, top_k=settings.DEFAULT_TOP_K,

@@ -8,8 +8,7 @@ from typing import List, Optional, Tuple
 
 from bert_squad import settings
 from bert_squad.config import BertConfig, ConfigError
-from bert_squad.metadata import MetadataError
-
+from bert_squad.metadata import DEFAULT_RUNTIME, RUNTIMES, MetadataError
 
 
 def _buckets(text: str) -> Tuple[int, ...]:
@@ -35,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bert-squad-export",
         description=(
-            "Export a BERT SQuAD checkpoint to SERVABLE_DIR/NAME/N/: one MindIR per "
-            "sequence-length bucket, vocab.txt and metadata.json."
+            "Export a BERT SQuAD checkpoint to SERVABLE_DIR/NAME/N/: the MindIR files of the "
+            "runtime (one per sequence-length bucket, or one resizable file), vocab.txt and metadata.json."
         ),
     )
     parser.add_argument(
@@ -60,10 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", type=_positive, help="version number (default: next free)")
     parser.add_argument("--force", action="store_true", help="replace an existing version")
     parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=DEFAULT_RUNTIME,
+        help="serving: one MindIR per bucket, run by MindSpore Serving; lite_direct: one MindIR that "
+        "MindSpore Lite resizes to each window's exact length (needs the shim of scripts/setup.sh) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--buckets",
         type=_buckets,
-        default=settings.BUCKETS,
-        help="sequence lengths to export, ascending, ending at %d (default: %s)"
+        help="runtime serving: sequence lengths to export, ascending, ending at %d (default: %s)"
         % (settings.MAX_SEQ_LENGTH, ",".join(map(str, settings.BUCKETS))),
     )
     parser.add_argument("--batch-size", type=_positive, default=1,
@@ -99,6 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             force=args.force,
             compute_dtype="float16" if args.fp16 else "float32",
             expected_sha256=settings.HUB_CHECKPOINT_SHA256 if args.hub else args.expect_sha256,
+            runtime=args.runtime,
         )
     except (ExportError, CheckpointError, ConfigError, MetadataError) as exc:
         print(f"bert-squad-export: error: {exc}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""Checkpoint -> servable version folder: one MindIR per sequence-length bucket,
-the vocabulary, and metadata.json.
+"""Checkpoint -> servable version folder: the MindIR files of the chosen runtime (one
+per sequence-length bucket for "serving", one resizable file for "lite_direct"), the
+vocabulary, and metadata.json.
 
 A version folder is written under a temporary name and renamed into place at the
 end, so the servable never sees a half-written version.
@@ -7,6 +8,7 @@ end, so the servable never sees a half-written version.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -20,10 +22,22 @@ import numpy as np
 from bert_squad import settings
 from bert_squad.checkpoint import LoadedCheckpoint, build_network, load_checkpoint
 from bert_squad.config import BertConfig
-from bert_squad.metadata import COMPUTE_DTYPES, Metadata, sha256_file, validate_buckets, write_metadata
+from bert_squad.lite_runtime import LiteError, min_length, score_in_subprocess
+from bert_squad.metadata import (COMPUTE_DTYPES, DEFAULT_RUNTIME, RUNTIMES, Metadata, sha256_file, validate_buckets,
+                                 write_metadata)
+from bert_squad.runtime import RuntimeMissing
 
 VOCAB_FILE = "vocab.txt"
 VERIFY_TOLERANCE = 1e-4  # MindIR vs the in-memory network, per score
+# The lite_direct model is checked in MindSpore Lite, resized in turn to tiny lengths, the number of attention
+# heads (a length Lite 2.0 gets wrong unless lite_runtime.min_length pads it), a third, two thirds and the
+# full window: run in ascending order, a resize that spoils the model also fails the later lengths.
+LITE_MODEL_FILE = "bert.mindir"
+LITE_VERIFY_LENGTHS = (1, 5, settings.MAX_SEQ_LENGTH // 3, 2 * settings.MAX_SEQ_LENGTH // 3, settings.MAX_SEQ_LENGTH)
+# Lite's CPU kernels sum in another order than MindSpore's: on a random BERT-base the log-softmax scores differ
+# by up to ~4e-4 (rankings identical); on the 2-layer test models by ~1e-5. Allowed: this much per unit of the
+# largest score magnitude (at least 1). A broken export is off by far more.
+LITE_VERIFY_TOLERANCE = 1e-3
 
 
 class ExportError(Exception):
@@ -71,19 +85,36 @@ def export_version(
     vocab_file: Optional[Union[str, Path]] = None,
     do_lower_case: Optional[bool] = None,
     config: Optional[BertConfig] = None,
-    buckets: Sequence[int] = settings.BUCKETS,
+    buckets: Optional[Sequence[int]] = None,
     batch_size: int = 1,
     version: Optional[int] = None,
     force: bool = False,
     compute_dtype: str = "float32",
     expected_sha256: Optional[str] = None,
+    runtime: str = DEFAULT_RUNTIME,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Export `checkpoint` (zoo .ckpt or Hugging Face folder) to servable_dir/name/N/.
 
+    runtime "serving" writes one MindIR per bucket (default settings.BUCKETS);
+    "lite_direct" writes one MindIR exported at MAX_SEQ_LENGTH and checks it in MindSpore
+    Lite at several lengths (it needs the Lite shim built by scripts/setup.sh).
     Returns the version folder. Raises ExportError, CheckpointError, ConfigError or
     MetadataError (all with a message meant for the user).
     """
+    if runtime not in RUNTIMES:
+        raise ExportError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "lite_direct":
+        if buckets is not None and tuple(buckets) != (settings.MAX_SEQ_LENGTH,):
+            raise ExportError(
+                "--buckets does not apply to --runtime lite_direct: its one model runs every window at the "
+                "window's own length"
+            )
+        if compute_dtype != "float32":
+            raise ExportError("--runtime lite_direct runs on CPU, where matmuls run in float32; leave out --fp16")
+        buckets = (settings.MAX_SEQ_LENGTH,)
+    elif buckets is None:
+        buckets = settings.BUCKETS
     if batch_size <= 0:
         raise ExportError(f"batch size must be a positive integer, got {batch_size}")
     if compute_dtype not in COMPUTE_DTYPES:
@@ -110,22 +141,28 @@ def export_version(
     version = next_version(model_dir) if version is None else version
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
     try:
-        for bucket in buckets:
+        model_files = {b: LITE_MODEL_FILE if runtime == "lite_direct" else model_file_name(b) for b in buckets}
+        for bucket, file_name in model_files.items():
             inputs = export_inputs(batch_size, bucket, loaded.config.vocab_size)
-            ms.export(net, *inputs, file_name=str(staging / f"bert_{bucket}"), file_format="MINDIR")
-            path = staging / model_file_name(bucket)
+            path = staging / file_name
+            ms.export(net, *inputs, file_name=str(path.with_suffix("")), file_format="MINDIR")
             if not path.is_file():
                 raise ExportError(f"MindSpore did not write {path.name}")
             difference = _verify(net, path, inputs)
             size = path.stat().st_size / 2**20
             log(f"bucket {bucket}: {path.name} ({size:.1f} MiB), verified (max difference {difference:.2g})")
+        if runtime == "lite_direct":
+            lengths = sorted({*LITE_VERIFY_LENGTHS, loaded.config.num_attention_heads})
+            difference = _verify_lite(net, staging / LITE_MODEL_FILE, batch_size, loaded.config, lengths)
+            log(f"MindSpore Lite at lengths {', '.join(map(str, lengths))}: verified "
+                f"(max difference {difference:.2g})")
         shutil.copyfile(vocab, staging / VOCAB_FILE)
         write_metadata(
             staging,
             Metadata(
                 buckets=buckets,
                 batch_size=batch_size,
-                model_files={b: model_file_name(b) for b in buckets},
+                model_files=model_files,
                 vocab_file=VOCAB_FILE,
                 vocab_sha256=sha256_file(staging / VOCAB_FILE),
                 do_lower_case=do_lower_case,
@@ -136,6 +173,7 @@ def export_version(
                 source_sha256=loaded.sha256,
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 tool_version=tool_version(),
+                runtime=runtime,
             ),
         )
         target = model_dir / str(version)
@@ -182,5 +220,29 @@ def _verify(net, path: Path, inputs) -> float:
         raise ExportError(
             f"{path.name} computes scores up to {difference:.3g} away from the network "
             f"(tolerance {VERIFY_TOLERANCE}); the export is broken, please report it"
+        )
+    return difference
+
+
+def _verify_lite(net, path: Path, batch_size: int, config: BertConfig, lengths: Sequence[int]) -> float:
+    """Run the lite_direct MindIR in MindSpore Lite, resized to each length in turn, next to
+    the in-memory network at the same exact length; compare the real tokens."""
+    cases = [[t.asnumpy() for t in export_inputs(batch_size, length, config.vocab_size, seed=length)]
+             for length in lengths]
+    try:
+        scored = score_in_subprocess(path, cases, threads=os.cpu_count() or 1, min_length=min_length(config))
+    except (LiteError, RuntimeMissing) as exc:
+        raise ExportError(f"cannot check {path.name} in MindSpore Lite: {exc}") from None
+    difference, largest = 0.0, 1.0
+    for case, actual in zip(cases, scored):
+        expected = [t.asnumpy() for t in net(*(ms.Tensor(a) for a in case))]
+        valid = case[1] == 1
+        for a, e in zip(actual, expected):
+            difference = max(difference, float(np.abs(a - e)[valid].max()))
+            largest = max(largest, float(np.abs(e[valid]).max()))
+    if not difference <= LITE_VERIFY_TOLERANCE * largest:
+        raise ExportError(
+            f"{path.name} computes scores in MindSpore Lite up to {difference:.3g} away from the network "
+            f"(tolerance {LITE_VERIFY_TOLERANCE} x largest score {largest:.3g}); the export is broken, please report it"
         )
     return difference

@@ -2,6 +2,7 @@
 # Build everything bert_squad needs, idempotently:
 #   .stack/py39   Python 3.9 venv: MindSpore 2.0.0 + MindSpore Serving 2.0.2 (server side, CPython 3.7-3.9 only)
 #   .stack/lite   MindSpore Lite 2.0.0 C++ runtime (Serving runs models on CPU only through Lite)
+#   .stack/shim   libbert_lite.so: our C interface to Lite's C++ API, for the exact-length runtime (lite_direct)
 #   .stack/py311  the machine's Python 3.11: client, text pipeline, Hugging Face / ONNX Runtime references
 # A second run with nothing changed returns in about a second (stamp files hold a hash of the inputs).
 #
@@ -143,6 +144,45 @@ EOF
             die "gcc could not build libmindspore-lite.so" "see the gcc error above; set BERT_SQUAD_LITE_LIB to skip this step"
         echo "$LITE_HASH" >"$LITE/.bert_squad_stamp"
     fi
+fi
+
+# ---------------------------------------------------------------- Lite shim (runtime "lite_direct")
+# bert_squad/native/bert_lite.cpp: a C interface over Lite's C++ API, for the exact-length runtime
+# (bert_squad/lite_runtime.py). Headers come from the same Lite wheel; rebuilt when the .cpp changes.
+SHIM="$STACK/shim"
+SHIM_SRC="$ROOT/bert_squad/native/bert_lite.cpp"
+SHIM_LIB="${BERT_SQUAD_LITE_LIB:-$STACK/lite/lib}"
+SHIM_HASH="$(inputs_hash "$SHIM_SRC") shim-v1 $SHIM_LIB"  # bump shim-vN when this step changes
+if stamp_ok "$SHIM" "$SHIM_HASH"; then
+    say "Lite shim up to date ($SHIM/libbert_lite.so)"
+else
+    command -v g++ >/dev/null || die "g++ is needed to build the Lite shim (bert_squad/native/bert_lite.cpp)" \
+        "apt-get install g++"
+    say "building the Lite shim ($SHIM/libbert_lite.so)"
+    rm -rf "$SHIM" && mkdir -p "$SHIM"
+    if [ -f "$SHIM_LIB/../include/api/model.h" ]; then  # a Lite runtime folder of your own brings its headers
+        cp -r "$SHIM_LIB/../include" "$SHIM/include"
+    else
+        [ -f "$CACHE/$LITE_WHEEL" ] || "$STACK/py39/bin/python" -m pip download -q --no-deps --only-binary=:all: \
+            --python-version 37 --implementation cp --abi cp37m --platform manylinux1_x86_64 -d "$CACHE" "mindspore-lite==2.0.0" ||
+            die "could not download mindspore-lite 2.0.0 from PyPI (the shim needs its C++ headers)" \
+                "check network access to PyPI, or set BERT_SQUAD_LITE_LIB to a Lite runtime with ../include"
+        "$STACK/py39/bin/python" - "$CACHE/$LITE_WHEEL" "$SHIM" <<'EOF'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as whl:
+    for name in whl.namelist():
+        if name.startswith("mindspore_lite/include/"):
+            whl.extract(name, sys.argv[2])
+EOF
+        mv "$SHIM/mindspore_lite/include" "$SHIM/include" && rmdir "$SHIM/mindspore_lite"
+    fi
+    # The wheel's libraries use the old std::string ABI; a runtime of your own links as libmindspore-lite.so.
+    LITE_LINK=mindspore-extendrt_python
+    [ -f "$SHIM_LIB/lib$LITE_LINK.so" ] || LITE_LINK=mindspore-lite
+    g++ -std=c++17 -O2 -fPIC -shared -D_GLIBCXX_USE_CXX11_ABI=0 -I"$SHIM" -o "$SHIM/libbert_lite.so" "$SHIM_SRC" \
+        -L"$SHIM_LIB" -l"$LITE_LINK" -Wl,-rpath,"$SHIM_LIB" ||
+        die "g++ could not build the Lite shim" "see the compiler error above"
+    echo "$SHIM_HASH" >"$SHIM/.bert_squad_stamp"
 fi
 
 # ---------------------------------------------------------------- Python 3.11 (client side)

@@ -57,6 +57,30 @@ def oracle_servable(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def oracle_lite_servable(oracle_servable, tmp_path_factory):
+    """The same oracle exported for the lite_direct runtime: one resizable MindIR, exact-length windows."""
+    import shutil
+
+    from bert_squad_export.exporter import export_version
+    from oracle import uncased_vocab_file
+
+    servable_dir = tmp_path_factory.mktemp("oracle-lite") / "servable"
+    (servable_dir / "bert_squad").mkdir(parents=True)
+    shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", servable_dir / "bert_squad")
+    export_version(oracle_servable["checkpoint"], servable_dir, vocab_file=uncased_vocab_file(),
+                   config=oracle_servable["config"], runtime="lite_direct", log=lambda _: None)
+    return servable_dir
+
+
+@pytest.fixture(scope="session")
+def oracle_lite_server(oracle_lite_servable, tmp_path_factory):
+    from harness import Server
+
+    with Server(tmp_path_factory.mktemp("oracle-lite-run"), oracle_lite_servable) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def oracle_server(oracle_servable, tmp_path_factory):
     from harness import Server
 

@@ -29,6 +29,12 @@ CASES = {
 }
 
 
+@pytest.fixture(params=["oracle_server", "oracle_lite_server"], ids=["bucket-models", "lite-direct"])
+def any_server(request):
+    """Both runtimes: Serving's per-bucket models, and one Lite model at each window's exact length."""
+    return request.getfixturevalue(request.param)
+
+
 def rest(server, method, instances):
     request = urllib.request.Request(
         f"http://{server.rest_address}/model/bert_squad:{method}",
@@ -38,9 +44,9 @@ def rest(server, method, instances):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_answer_is_the_exact_context_substring_over_rest(oracle_server, case):
+def test_answer_is_the_exact_context_substring_over_rest(any_server, case):
     context = CASES[case]
-    reply = rest(oracle_server, "predict", [{"question": "Which capital?", "context": context}])
+    reply = rest(any_server, "predict", [{"question": "Which capital?", "context": context}])
     result = reply["instances"][0]
     text, start, end = expected(context)
     assert (result["answer"], result["start"], result["end"]) == (text, start, end)
@@ -48,20 +54,20 @@ def test_answer_is_the_exact_context_substring_over_rest(oracle_server, case):
     assert 0.5 < result["score"] <= 1.0
 
 
-def test_two_instances_in_one_request_get_their_own_answers_over_grpc(oracle_server):
+def test_two_instances_in_one_request_get_their_own_answers_over_grpc(any_server):
     from mindspore_serving.client import Client
 
     contexts = [CASES["plain"], "Paris, France.", CASES["past_first_window"]]
-    client = Client(oracle_server.grpc_address, "bert_squad", "predict")
+    client = Client(any_server.grpc_address, "bert_squad", "predict")
     replies = client.infer([{"question": "Which capital?", "context": c} for c in contexts])
     for context, reply in zip(contexts, replies):
         text, start, end = expected(context)
         assert (reply["answer"], int(reply["start"]), int(reply["end"])) == (text, start, end)
 
 
-def test_a_bad_instance_fails_alone(oracle_server):
+def test_a_bad_instance_fails_alone(any_server):
     good = CASES["plain"]
-    reply = rest(oracle_server, "predict", [
+    reply = rest(any_server, "predict", [
         {"question": "Which capital?", "context": good},
         {"question": "   ", "context": good},
         {"question": "Which capital?", "context": "Paris, France."},
@@ -71,9 +77,9 @@ def test_a_bad_instance_fails_alone(oracle_server):
     assert reply[2]["answer"] == "Paris, France"
 
 
-def test_top_k_lists_are_ranked_and_cut_from_the_context(oracle_server):
+def test_top_k_lists_are_ranked_and_cut_from_the_context(any_server):
     context = CASES["accents"]
-    reply = rest(oracle_server, "predict_with_options",
+    reply = rest(any_server, "predict_with_options",
                  [{"question": "Which capital?", "context": context, "top_k": 5, "max_answer_length": 30}])
     result = reply["instances"][0]
     assert len(result["top_starts"]) == len(result["top_ends"]) == len(result["top_scores"]) == 5
@@ -83,9 +89,9 @@ def test_top_k_lists_are_ranked_and_cut_from_the_context(oracle_server):
     assert len({(s, e) for s, e in zip(result["top_starts"], result["top_ends"])}) == 5
 
 
-def test_max_answer_length_rules_out_long_spans(oracle_server):
+def test_max_answer_length_rules_out_long_spans(any_server):
     context = "Paris " + "and then " * 20 + "France."  # the oracle span is ~42 tokens long
-    reply = rest(oracle_server, "predict_with_options",
+    reply = rest(any_server, "predict_with_options",
                  [{"question": "Which capital?", "context": context, "top_k": 1, "max_answer_length": 30}])
     result = reply["instances"][0]
     assert result["end"] - result["start"] < len(expected(context)[0])

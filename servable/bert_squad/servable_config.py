@@ -11,11 +11,14 @@ from mindspore_serving.server import register
 
 from bert_squad import servable_glue as glue
 
+glue.keep_worker_alive_on_bad_text()
 version_dir = glue.version_dir(Path(__file__).resolve().parent, os.environ.get(glue.VERSION_ENV))
 meta, tokenizer = glue.load_version(version_dir)
-context = register.Context(thread_num=int(os.environ.get(glue.THREADS_ENV, os.cpu_count() or 1)))
-models = {bucket: register.declare_model(model_file=name, model_format="MindIR", context=context)
-          for bucket, name in sorted(meta.model_files.items())}
+threads = int(os.environ.get(glue.THREADS_ENV, os.cpu_count() or 1))
+if meta.runtime == "serving":  # one Serving model per bucket; lite_direct runs one resizable model itself
+    models = {bucket: register.declare_model(model_file=name, model_format="MindIR",
+                                             context=register.Context(thread_num=threads))
+              for bucket, name in sorted(meta.model_files.items())}
 
 
 def preprocess(question, context_text):
@@ -27,7 +30,10 @@ def check_tokens(input_ids, input_mask, token_type_id):
 
 
 def run_model(instances):
-    yield from glue.run_model(models, meta.buckets, instances)
+    if meta.runtime == "lite_direct":
+        yield from glue.run_model_lite(version_dir, meta, threads, instances)
+    else:
+        yield from glue.run_model(models, meta.buckets, instances)
 
 
 def postprocess(context_text, start, end, lengths, char_offsets, max_context):
