@@ -6,8 +6,9 @@ back into the tensors the methods declare.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -23,8 +24,24 @@ from bert_squad.windows import Features, build_features
 # Environment the serve command hands to the worker processes that import servable_config.py.
 VERSION_ENV = "BERT_SQUAD_VERSION"
 THREADS_ENV = "BERT_SQUAD_THREADS"
+PIN_ENV = "BERT_SQUAD_PIN_CORES"  # "1": worker k computes on the k-th block of THREADS_ENV cores
+WORKER_ENV = "SERVING_DEVICE_ID"  # Serving's start_worker.py sets it (the worker's device id) before importing us
 INSTANCES_PER_MODEL_CALL = settings.INSTANCES_PER_MODEL_CALL
 ANSWER_OUTPUTS = ["answer", "score", "start", "end", "top_starts", "top_ends", "top_scores"]
+
+
+def model_context(environ: Mapping[str, str], allowed_cores: Iterable[int]) -> dict:
+    """register.Context arguments of this worker: its thread count and, when pinning is asked for, its own
+    cores: worker k (on CPU the device ids are worker numbers) takes the k-th block of `threads` cores among
+    those this process may run on; no pinning when that block is short."""
+    threads = int(environ.get(THREADS_ENV, os.cpu_count() or 1))
+    options = {"thread_num": threads}
+    if environ.get(PIN_ENV) == "1":
+        worker = int(environ.get(WORKER_ENV, "0"))
+        block = sorted(allowed_cores)[worker * threads:(worker + 1) * threads]
+        if len(block) == threads:
+            options["thread_affinity_core_list"] = block
+    return options
 
 
 def version_dir(servable_root: Path, version: Optional[str]) -> Path:

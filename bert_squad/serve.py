@@ -9,22 +9,37 @@ directory, so the command runs in a working directory of its own.
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bert_squad import settings
+from bert_squad import health, settings
 from bert_squad.runtime import REPO_ROOT, RuntimeMissing, with_lite_on_library_path
-from bert_squad.servable_glue import THREADS_ENV, VERSION_ENV
+from bert_squad.servable_glue import PIN_ENV, THREADS_ENV, VERSION_ENV
 
 WARMUP_QUESTION = "Who wrote the plays?"
 WARMUP_CONTEXT = "The plays were written by William Shakespeare in London."
+MINDIR_GRAPH_FIELD = 7  # ModelProto.graph in MindSpore's mind_ir.proto
+EXIT_SERVING_DIED = 3  # Serving stopped on its own: its workers died and it would not restart them
 
 
 class ServeError(Exception):
     """The server cannot start; the message says why and what to do."""
+
+
+def available_cpus() -> int:
+    """Cores this process may use: its CPU affinity, capped by a container's CPU quota (cgroup v2).
+    os.cpu_count() is the host's count even under a container CPU limit."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cpus
+    return cpus if quota == "max" else max(1, min(cpus, int(quota) // int(period)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,12 +65,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cpu runs through MindSpore Lite; gpu/ascend through MindSpore (untested here)")
     p.add_argument("--device-ids", default="0",
                    help="comma-separated device ids; on cpu each id is one more worker process")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="inference threads per worker (default: all cores, %(default)s)")
+    p.add_argument("--threads", type=int,
+                   help="inference threads per worker (default: the cores this process may use, "
+                        f"{available_cpus()}, divided among the workers)")
     p.add_argument("--python-workers", type=int, default=0,
                    help="extra processes for the tokenize / decode stages (default 0: in the worker)")
+    p.add_argument("--health-address", default=settings.DEFAULT_HEALTH_ADDRESS,
+                   help="host:port for the HTTP health endpoints GET /livez and GET /readyz, or 'off' "
+                        "(default %(default)s)")
     p.add_argument("--max-message-mb", type=int, default=settings.MAX_MESSAGE_MB,
                    help="largest request accepted, gRPC and REST (default %(default)s MB)")
+    p.add_argument("--max-queued-requests", type=int, default=settings.MAX_QUEUED_REQUESTS,
+                   help="requests received and not yet answered, past which Serving refuses new ones at once "
+                        "('enqueued requests count exceeds the limit'; clients retry later) (default %(default)s)")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and REST over TLS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
@@ -67,8 +89,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
         p.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.threads is None:
+        args.threads = max(1, available_cpus() // len([x for x in args.device_ids.split(",") if x.strip()] or [0]))
     if args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.health_address != "off":
+        try:
+            health.parse_address(args.health_address)
+        except health.HealthError as e:
+            p.error(str(e))
+    if args.max_queued_requests < 1:
+        p.error("--max-queued-requests must be at least 1")
     return args
 
 
@@ -143,6 +174,61 @@ def resolve_version(servable_dir: Path, name: str, version: int) -> int:
     return chosen
 
 
+def check_version_folder(folder: Path) -> None:
+    """Refuse what Serving would only report as "Load model failed": bad metadata, a changed
+    vocabulary (sha256 recorded at export), a missing, empty or truncated model file."""
+    from bert_squad.metadata import MetadataError, read_metadata
+
+    try:
+        meta = read_metadata(folder)
+    except MetadataError as e:
+        raise ServeError(str(e)) from None
+    for name in meta.model_files.values():
+        path = folder / name
+        if not _complete_protobuf(path):
+            raise ServeError(f"model file {path} ({path.stat().st_size} bytes) is truncated or corrupted: it is "
+                             f"not one complete MindIR protobuf; copy it again or re-export the model")
+
+
+def _complete_protobuf(path: Path) -> bool:
+    """Whether the file is one protobuf whose top-level fields end exactly at its end (a cut copy's do
+    not) and that holds a graph (MINDIR_GRAPH_FIELD). Reads only the field headers."""
+    if path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        pos, fields = 0, set()
+        try:
+            while pos < len(data):
+                key, pos = _varint(data, pos)
+                wire_type = key & 7
+                if wire_type == 0:  # varint
+                    pos = _varint(data, pos)[1]
+                elif wire_type == 1:  # 64-bit
+                    pos += 8
+                elif wire_type == 2:  # length-delimited: bytes, string, message
+                    length, pos = _varint(data, pos)
+                    pos += length
+                    fields.add(key >> 3)
+                elif wire_type == 5:  # 32-bit
+                    pos += 4
+                else:  # groups, unused by MindIR, or not protobuf at all
+                    return False
+        except IndexError:  # a varint ran past the end
+            return False
+        return pos == len(data) and MINDIR_GRAPH_FIELD in fields
+
+
+def _varint(data, pos: int) -> "tuple[int, int]":
+    """The protobuf varint at `pos` and the position after it."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
 def _ssl_config(server, args):
     if not args.tls_cert:
         return None
@@ -153,19 +239,107 @@ def _ssl_config(server, args):
                             verify_client=bool(args.tls_client_ca))
 
 
-def _warm_up(args) -> float:
-    """Ask one question over the public gRPC endpoint; returns the seconds it took."""
-    from mindspore_serving.client import Client, SSLConfig
+def _warm_up(args, timeout: float) -> float:
+    """Ask one question over the public gRPC endpoint within `timeout`; returns the seconds it took."""
+    import grpc
+    from mindspore_serving.proto import ms_service_pb2 as pb
+    from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
 
-    ssl = SSLConfig(custom_ca=args.tls_cert) if args.tls_cert else None
-    client = Client(args.grpc_address, args.name, "predict", ssl_config=ssl)
+    request = pb.PredictRequest()
+    request.servable_spec.name, request.servable_spec.method_name = args.name, "predict"
+    instance = request.instances.add()
+    for name, text in (("question", WARMUP_QUESTION), ("context", WARMUP_CONTEXT)):
+        instance.items[name].dtype = pb.MS_STRING
+        instance.items[name].shape.dims.append(1)
+        instance.items[name].bytes_val.append(text.encode())
+    if args.tls_cert:
+        channel = grpc.secure_channel(args.grpc_address, grpc.ssl_channel_credentials(Path(args.tls_cert).read_bytes()))
+    else:
+        channel = grpc.insecure_channel(args.grpc_address)
     t0 = time.perf_counter()
-    reply = client.infer({"question": WARMUP_QUESTION, "context": WARMUP_CONTEXT})
-    if isinstance(reply, dict) and "error" in reply:
-        raise ServeError(f"the warm-up question failed: {reply['error']}")
-    if not isinstance(reply, list) or "error" in reply[0]:
-        raise ServeError(f"the warm-up question failed: {reply}")
+    try:
+        with channel:
+            reply = pb_grpc.MSServiceStub(channel).Predict(request, timeout=timeout)
+    except grpc.RpcError as e:
+        raise ServeError(f"the warm-up question failed: gRPC {e.code().name}: {e.details()}") from None
+    errors = [e.error_msg.decode(errors="replace") for e in reply.error_msg if e.error_code != 0]
+    if errors or len(reply.instances) != 1:
+        raise ServeError(f"the warm-up question failed: {errors[0] if errors else 'no answer in the reply'}")
     return time.perf_counter() - t0
+
+
+def _worker_pids() -> "set[int]":
+    """Serving's worker processes: children of this process running its start_worker.py."""
+    import psutil  # a dependency of mindspore_serving
+
+    pids = set()
+    for child in psutil.Process().children():
+        try:
+            if any(part.endswith("start_worker.py") for part in child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:  # exited meanwhile
+            pass
+    return pids
+
+
+def _answers_again(args, stopping) -> bool:
+    """Ask the warm-up question until a restarted worker answers it (or we stop, or time runs out)."""
+    deadline = time.monotonic() + args.warmup_timeout
+    while time.monotonic() < deadline and not stopping():
+        try:
+            _warm_up(args, min(10.0, args.warmup_timeout))
+            return True
+        except ServeError:  # "servable is not available" while the new worker loads its models
+            time.sleep(0.2)
+    return False
+
+
+def _supervise(args) -> bool:
+    """Serve until SIGINT / SIGTERM (returns True) or until Serving stops on its own (returns False).
+
+    Serving's master restarts a worker that dies, but only one that had answered a request
+    (else it takes the death for a start-up fault), and stops when no worker is left. So a
+    restarted worker is asked the warm-up question as soon as it is up: it then counts as
+    answering, and a second crash is restarted too. Python handlers replace Serving's own for
+    the two signals, so that a stop we were asked for is told apart from Serving giving up.
+    """
+    from mindspore_serving._mindspore_serving import ExitSignalHandle_
+
+    signals: list = []
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda received, _frame: signals.append(received))
+    stopping = lambda: bool(signals) or ExitSignalHandle_.has_stopped()  # noqa: E731
+    workers = _worker_pids()
+    while not stopping():
+        time.sleep(0.5)
+        current = _worker_pids()
+        for pid in sorted(workers - current):
+            print(f"bert-squad-serve: worker {pid} exited; the requests it held failed", flush=True)
+        for pid in sorted(current - workers):
+            t0 = time.perf_counter()
+            if args.tls_client_ca:
+                print(f"bert-squad-serve: worker {pid} started (not warmed up under mutual TLS)", flush=True)
+            elif _answers_again(args, stopping):
+                print(f"bert-squad-serve: worker {pid} answers again ({time.perf_counter() - t0:.1f} s after it "
+                      f"started)", flush=True)
+        workers = current
+    return bool(signals)
+
+
+def _start_health(args):
+    """/livez and /readyz for balancers and orchestrators; the probe is the warm-up question, asked over gRPC."""
+    if args.health_address == "off":
+        return None
+    from mindspore_serving._mindspore_serving import ExitSignalHandle_
+
+    mutual = bool(args.tls_client_ca)  # the probe then shows the server's own certificate as its client identity
+    probe = health.grpc_probe(args.grpc_address, args.name, WARMUP_QUESTION, WARMUP_CONTEXT, tls_ca=args.tls_cert,
+                              tls_cert=args.tls_cert if mutual else None, tls_key=args.tls_key if mutual else None)
+    try:
+        return health.start_health_server(args.health_address, probe,
+                                          alive=lambda: not ExitSignalHandle_.has_stopped())
+    except health.HealthError as e:
+        raise ServeError(str(e)) from e
 
 
 def serve(args) -> int:
@@ -173,6 +347,7 @@ def serve(args) -> int:
     ensure_exported(args)
     servable_dir = args.servable_dir
     version = resolve_version(servable_dir, args.name, args.version)
+    check_version_folder(servable_dir / args.name / str(version))
     device_ids = [int(x) for x in args.device_ids.split(",") if x.strip()]
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bert-squad-serve-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -183,17 +358,22 @@ def serve(args) -> int:
         env = with_lite_on_library_path(env)
     env[VERSION_ENV] = str(version)
     env[THREADS_ENV] = str(args.threads)
+    # Pin each worker to cores of its own when their threads fit side by side (one worker: leave it to the OS).
+    pin = len(device_ids) > 1 and len(device_ids) * args.threads <= available_cpus()
+    env[PIN_ENV] = "1" if pin else "0"
     os.environ.clear()
     os.environ.update(env)  # the worker processes inherit it
 
     from mindspore_serving import server
-    from mindspore_serving._mindspore_serving import ExitSignalHandle_
+    from mindspore_serving.server.master import context
 
     t0 = time.perf_counter()
+    context.set_max_enqueued_requests(args.max_queued_requests)
     ssl = _ssl_config(server, args)
     config = server.ServableStartConfig(
         servable_directory=str(servable_dir), servable_name=args.name, device_ids=device_ids,
         version_number=version, device_type=args.device, num_parallel_workers=args.python_workers)
+    health_server = _start_health(args)  # first: /livez answers during start-up
     try:
         server.start_servables(config, enable_lite=args.device == "cpu")
         server.start_grpc_server(args.grpc_address, max_msg_mb_size=args.max_message_mb, ssl_config=ssl)
@@ -202,17 +382,32 @@ def serve(args) -> int:
         if args.tls_client_ca:
             warm = "skipped (mutual TLS: this process has no client certificate)"
         else:
-            warm = f"{_warm_up(args):.2f} s"
+            warm = f"{_warm_up(args, args.warmup_timeout):.2f} s"
     except (RuntimeError, ServeError) as e:
         server.stop()
+        if health_server:
+            health_server.stop()
         raise ServeError(f"{e} (logs: {workdir / 'serving_logs'})") from e
     rest = "off" if args.rest_address == "off" else args.rest_address
+    if health_server:
+        health_server.mark_serving()
     print(f"bert-squad-serve: ready grpc={args.grpc_address} rest={rest} servable={args.name} version={version} "
-          f"device={args.device} workers={len(device_ids)} threads={args.threads} "
-          f"start={time.perf_counter() - t0:.1f} s warm-up={warm} logs={workdir / 'serving_logs'}", flush=True)
-    while not ExitSignalHandle_.has_stopped():  # Serving's own SIGINT/SIGTERM handler sets this
-        time.sleep(0.2)
+          f"device={args.device} workers={len(device_ids)} threads={args.threads} pinned={'yes' if pin else 'no'} "
+          f"health={health_server.address if health_server else 'off'} "
+          f"max-queued={args.max_queued_requests} start={time.perf_counter() - t0:.1f} s warm-up={warm} "
+          f"logs={workdir / 'serving_logs'}", flush=True)
+    asked_to_stop = _supervise(args)
+    if health_server:
+        health_server.mark_stopping()
     server.stop()
+    if health_server:
+        health_server.stop()
+    if not asked_to_stop:
+        print(f"bert-squad-serve: error: MindSpore Serving stopped on its own: its worker exited and it would not "
+              f"restart it (see {workdir / 'serving_logs'}); exiting with {EXIT_SERVING_DIED} so that a supervisor "
+              f"(systemd Restart=on-failure, a container restart policy) starts the server again", file=sys.stderr,
+              flush=True)
+        return EXIT_SERVING_DIED
     print("bert-squad-serve: stopped", flush=True)
     return 0
 

@@ -14,10 +14,11 @@ from bert_squad import servable_glue as glue
 glue.keep_worker_alive_on_bad_text()
 version_dir = glue.version_dir(Path(__file__).resolve().parent, os.environ.get(glue.VERSION_ENV))
 meta, tokenizer = glue.load_version(version_dir)
-threads = int(os.environ.get(glue.THREADS_ENV, os.cpu_count() or 1))
+lite_context = glue.model_context(os.environ, os.sched_getaffinity(0))
+threads = lite_context["thread_num"]
 if meta.runtime == "serving":  # one Serving model per bucket; lite_direct runs one resizable model itself
     models = {bucket: register.declare_model(model_file=name, model_format="MindIR",
-                                             context=register.Context(thread_num=threads))
+                                             context=register.Context(**lite_context))
               for bucket, name in sorted(meta.model_files.items())}
 
 

@@ -1,0 +1,248 @@
+"""HTTP health endpoints for load balancers and orchestrators: GET /livez and GET /readyz.
+
+MindSpore Serving has no health check: its gRPC port keeps accepting requests while the
+worker that runs the model is dead or being restarted. So /readyz asks the served model a
+real question (at most once per TTL, however often it is polled) and /livez only says that
+the serve process and Serving's master are up: an orchestrator should restart the process
+when restarting can help, and stop sending traffic while the model cannot answer.
+
+Semantics (the README repeats them):
+- /livez: 200 while the serve process starts up, and then while Serving's master runs;
+  503 once the server stops. It never touches the model, so a worker restart does not fail it.
+- /readyz: 200 when the probe question was answered within the last TTL seconds (a fresh
+  probe runs when the last outcome is older than TTL; callers that arrive meanwhile wait
+  for it and share its outcome). 503 with a JSON reason while starting (before the serve
+  command's warm-up question was answered), while stopping, and when the probe failed:
+  the worker is restarting ("servable is not available"), the deadline passed, or the
+  servable returned an error. With several workers it stays 200 while any worker answers.
+Both answer GET and HEAD with a JSON body {"status": ..., ...}; other paths get 404.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Optional, Tuple
+
+from bert_squad import settings
+
+STARTING, SERVING, STOPPING = "starting", "serving", "stopping"
+
+Probe = Callable[[], None]  # returns when the model answered, raises (ProbeFailed) when it did not
+
+
+class HealthError(Exception):
+    """The health endpoint cannot start; the message says why and what to do."""
+
+
+class ProbeFailed(Exception):
+    """The probe question was not answered; the message says why (it becomes /readyz's reason)."""
+
+
+def parse_address(address: str) -> Tuple[str, int]:
+    """'host:port' or '[ipv6]:port' -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise HealthError(f"health address {address!r} is not host:port (for example 127.0.0.1:8080), "
+                          f"nor 'off' to disable the health endpoints")
+    return host.strip("[]"), int(port)
+
+
+def loopback_target(address: str) -> str:
+    """The address a process on the same host dials to reach a server listening on `address`."""
+    host, port = parse_address(address)
+    if host == "0.0.0.0":
+        return f"127.0.0.1:{port}"
+    if host == "::":
+        return f"[::1]:{port}"
+    return address
+
+
+class HealthState:
+    """What the endpoints report: the serve command's phase, Serving's master, the cached outcome of the last probe."""
+
+    def __init__(self, probe: Probe, ttl: float, alive: Callable[[], bool]):
+        self._probe, self._ttl, self._alive = probe, ttl, alive
+        self.phase = STARTING
+        self._lock = threading.Lock()  # one probe at a time; callers arriving meanwhile share its outcome
+        self._checked: Optional[float] = None  # monotonic time the last probe finished
+        self._reason: Optional[str] = None  # why the last probe failed; None when it passed
+        self._took = 0.0
+
+    def live(self) -> Tuple[bool, dict]:
+        if self.phase == STARTING:  # Serving's master reports "stopped" until it has been started
+            return True, {"status": "alive", "phase": STARTING}
+        if self.phase == STOPPING or not self._alive():
+            return False, {"status": "stopped", "phase": STOPPING}
+        return True, {"status": "alive", "phase": SERVING}
+
+    def ready(self) -> Tuple[bool, dict]:
+        if self.phase == STARTING:
+            return False, {"status": "not ready",
+                           "reason": "the server is starting: the model has not answered its warm-up question yet"}
+        if self.phase == STOPPING or not self._alive():
+            return False, {"status": "not ready", "reason": "the server is stopping"}
+        with self._lock:
+            if self._checked is None or time.monotonic() - self._checked >= self._ttl:
+                self._run_probe()
+            age, reason, took = time.monotonic() - self._checked, self._reason, self._took
+        body = {"checked_s_ago": round(age, 3), "probe_s": round(took, 3)}
+        if reason is None:
+            return True, {"status": "ready", **body}
+        return False, {"status": "not ready", "reason": reason, **body}
+
+    def _run_probe(self) -> None:
+        t0 = time.monotonic()
+        try:
+            self._probe()
+            self._reason = None
+        except ProbeFailed as e:
+            self._reason = str(e)
+        except Exception as e:  # a health check reports every failure; it must not die of one
+            self._reason = f"the probe itself failed: {type(e).__name__}: {e}"
+        self._checked = time.monotonic()
+        self._took = self._checked - t0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_HTTPServer"
+
+    def do_GET(self) -> None:
+        self._answer(with_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(with_body=False)
+
+    def _answer(self, with_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/livez":
+            ok, body = self.server.state.live()
+        elif path == "/readyz":
+            ok, body = self.server.state.ready()
+        else:
+            self._send(404, {"status": "not found", "reason": f"no {path}; the endpoints are /livez and /readyz"},
+                       with_body)
+            return
+        self._send(200 if ok else 503, body, with_body)
+
+    def _send(self, code: int, body: dict, with_body: bool) -> None:
+        data = json.dumps(body).encode() + b"\n"
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if with_body:
+            self.wfile.write(data)
+
+    def log_message(self, *args) -> None:  # probes every few seconds would flood the server's output
+        pass
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, state: HealthState):
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.state = state
+        super().__init__((host, port), _Handler)
+
+
+class HealthServer:
+    """The running endpoints. The serve command moves it through starting -> serving -> stopping."""
+
+    def __init__(self, httpd: _HTTPServer):
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, name="bert-squad-health", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        """host:port actually bound (the real port when port 0 was asked for)."""
+        host, port = self._httpd.server_address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def mark_serving(self) -> None:
+        """The warm-up question was answered: /readyz starts probing the model."""
+        self._httpd.state.phase = SERVING
+
+    def mark_stopping(self) -> None:
+        """Shutdown began: /readyz answers 503 at once, so balancers drain this server."""
+        self._httpd.state.phase = STOPPING
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+def start_health_server(address: str, probe: Probe, ttl: float = settings.HEALTH_TTL_S,
+                        alive: Callable[[], bool] = lambda: True) -> HealthServer:
+    """Serve /livez and /readyz on `address` from a daemon thread; /readyz is 503 until mark_serving().
+
+    `probe` asks the model a question (grpc_probe); `alive` says whether Serving's master still runs.
+    """
+    host, port = parse_address(address)
+    if ttl < 0:
+        raise HealthError(f"the readiness TTL must be >= 0 seconds, got {ttl}")
+    try:
+        httpd = _HTTPServer(host, port, HealthState(probe, ttl, alive))
+    except OSError as e:
+        raise HealthError(f"cannot listen on {address} for the health endpoints: {e.strerror or e}; "
+                          f"pick a free port with --health-address HOST:PORT, or 'off'") from None
+    return HealthServer(httpd)
+
+
+def _pem(path: Optional[str]) -> Optional[bytes]:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def grpc_probe(address: str, servable: str, question: str, context: str,
+               timeout: float = settings.HEALTH_PROBE_TIMEOUT_S, tls_ca: Optional[str] = None,
+               tls_cert: Optional[str] = None, tls_key: Optional[str] = None) -> Probe:
+    """A probe that asks `servable`'s predict method one question through the server's own gRPC endpoint.
+
+    It travels the path client requests take (gRPC server -> master -> worker -> model), so it
+    fails while the worker restarts. `tls_ca` verifies a TLS server; `tls_cert`/`tls_key` are the
+    client identity a server requiring client certificates accepts. Needs mindspore_serving (server side).
+    """
+    import grpc
+    from mindspore_serving.proto import ms_service_pb2 as pb
+    from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
+
+    target = loopback_target(address)
+    if tls_ca:
+        credentials = grpc.ssl_channel_credentials(_pem(tls_ca), _pem(tls_key), _pem(tls_cert))
+        channel = grpc.secure_channel(target, credentials)
+    else:
+        channel = grpc.insecure_channel(target)
+    stub = pb_grpc.MSServiceStub(channel)
+    request = pb.PredictRequest()
+    request.servable_spec.name = servable
+    request.servable_spec.method_name = "predict"
+    instance = request.instances.add()
+    for name, text in (("question", question), ("context", context)):
+        tensor = instance.items[name]
+        tensor.dtype = pb.MS_STRING
+        tensor.shape.dims.append(1)
+        tensor.bytes_val.append(text.encode("utf-8"))
+
+    def probe() -> None:
+        try:
+            reply = stub.Predict(request, timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ProbeFailed(f"the probe question got no answer within {timeout:g} s") from None
+            raise ProbeFailed(f"the probe question failed: gRPC {e.code().name}: {e.details()}") from None
+        errors = [e.error_msg.decode("utf-8", "replace") for e in reply.error_msg if e.error_code != 0]
+        if errors:
+            raise ProbeFailed(f"the servable did not answer the probe question: {errors[0]}")
+        if len(reply.instances) != 1 or "answer" not in reply.instances[0].items:
+            raise ProbeFailed(f"the reply to the probe question has no answer ({len(reply.instances)} instances)")
+
+    return probe
