@@ -1,0 +1,60 @@
+"""results.json -> PNG: throughput and p50/p95 latency per concurrency, and where the time goes.
+
+Run by the Python 3.11 venv (matplotlib lives there): python bench/plot.py results.json out.png
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STAGES = (("tokenize", "tokenize"), ("model", "model"), ("decode", "decode"), ("queue_transport", "queue + transport"))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: plot.py RESULTS_JSON OUT_PNG", file=sys.stderr)
+        return 2
+    results = json.loads(Path(argv[0]).read_text())
+    stacks = results["stacks"]
+    fig, (qps_ax, lat_ax, stage_ax) = plt.subplots(1, 3, figsize=(16, 4.8))
+    for name, s in stacks.items():
+        levels = sorted(s["summary"], key=int)
+        x = [int(c) for c in levels]
+        qps_ax.plot(x, [s["summary"][c]["qps"] for c in levels], marker="o", label=s["label"])
+        line, = lat_ax.plot(x, [s["summary"][c]["p50"] * 1000 for c in levels], marker="o", label=s["label"])
+        lat_ax.plot(x, [s["summary"][c]["p95"] * 1000 for c in levels], linestyle="--", color=line.get_color())
+    for ax, title, unit in ((qps_ax, "throughput", "questions / s"), (lat_ax, "latency (solid p50, dashed p95)", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [str(c) for c in x])
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.legend(*qps_ax.get_legend_handles_labels(), loc="lower center", ncol=len(stacks), fontsize=9)
+
+    names = list(stacks)
+    bottom = [0.0] * len(names)
+    for key, label in STAGES:
+        values = [max(0.0, stacks[n]["breakdown"][key]) * 1000 for n in names]
+        stage_ax.barh(range(len(names)), values, left=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    stage_ax.set_yticks(range(len(names)), [stacks[n]["label"] for n in names], fontsize=8)
+    stage_ax.set_xlabel("ms per question, p50 at concurrency 1")
+    stage_ax.set_title("where the time goes")
+    stage_ax.legend(fontsize=8)
+    fig.suptitle(f"bert_squad benchmark: {results['meta']['model']} weights, {results['meta']['threads']} threads, "
+                 f"{len(results['windows'])} SQuAD questions")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(argv[1], dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,197 @@
+"""ONNX Runtime and PyTorch on the benchmark's weights (run by the Python 3.11 venv).
+
+The same text pipeline as the servable (bert_squad.windows.build_features before the
+model, bert_squad.decode.decode after it), but the model runs in-process on each window
+cut to its real length (dynamic shapes, no padding) with batch 1. Concurrency is that
+many threads calling the model at once, as a simple threaded server would.
+
+    python bench/reference.py export-onnx WEIGHTS_DIR OUT.onnx
+    python bench/reference.py serve --job job.json
+
+`serve` loads the stack named in the job, answers one question, then reads one JSON
+command per line on stdin (window, sweep, memory) and answers each with one stdout line
+`reference: {json}`; the first such line (ready) ends the cold start.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bert_squad.decode import decode
+from bert_squad.tokenizer import load_tokenizer
+from bert_squad.windows import build_features
+
+ONNX_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+ONNX_OUTPUTS = ["start_logits", "end_logits"]
+ONNX_OPSET = 17
+REPLY = "reference: "
+
+
+def export_onnx(weights: Path, out: Path) -> None:
+    """Hugging Face folder -> ONNX with dynamic batch and sequence axes (TorchScript exporter)."""
+    import torch
+    from transformers import BertForQuestionAnswering
+
+    model = BertForQuestionAnswering.from_pretrained(str(weights)).eval()
+    ids = torch.ones(1, 16, dtype=torch.long)
+    partial = out.with_name(out.name + ".partial")
+    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(partial),
+                      input_names=ONNX_INPUTS, output_names=ONNX_OUTPUTS, opset_version=ONNX_OPSET,
+                      dynamic_axes={name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS + ONNX_OUTPUTS},
+                      dynamo=False)
+    partial.rename(out)
+
+
+def onnxruntime_model(job: dict):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = job["threads"]
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(job["onnx"], options, providers=["CPUExecutionProvider"])
+
+    def run(ids, mask, segment):
+        feed = dict(zip(ONNX_INPUTS, (ids.astype(np.int64), mask.astype(np.int64), segment.astype(np.int64))))
+        start, end = session.run(ONNX_OUTPUTS, feed)
+        return start[0], end[0]
+
+    return run, f"onnxruntime {ort.__version__}"
+
+
+def pytorch_model(job: dict):
+    import torch
+    import transformers
+    from transformers import BertForQuestionAnswering
+
+    torch.set_num_threads(job["threads"])
+    torch.set_num_interop_threads(1)
+    model = BertForQuestionAnswering.from_pretrained(job["weights"]).eval()
+
+    def run(ids, mask, segment):
+        with torch.inference_mode():
+            out = model(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                        attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                        token_type_ids=torch.from_numpy(segment.astype(np.int64)))
+        return out.start_logits[0].numpy(), out.end_logits[0].numpy()
+
+    attention = getattr(model.config, "_attn_implementation", "?")
+    return run, f"torch {torch.__version__} eager (attention {attention}), transformers {transformers.__version__}"
+
+
+def answer(model, tokenizer, question: str, context: str):
+    """One question: answer (text, start, end) and seconds spent in tokenize, model, decode."""
+    t0 = time.perf_counter()
+    f = build_features(tokenizer, question, context)
+    t1 = time.perf_counter()
+    starts, ends = [], []
+    for w, n in enumerate(f.lengths):
+        start, end = model(f.input_ids[w:w + 1, :n], f.input_mask[w:w + 1, :n], f.token_type_id[w:w + 1, :n])
+        starts.append(start)
+        ends.append(end)
+    t2 = time.perf_counter()
+    best = decode(starts, ends, f, context)[0]
+    t3 = time.perf_counter()
+    return [best.text, best.start, best.end], (t1 - t0, t2 - t1, t3 - t2)
+
+
+def sweep(model, tokenizer, questions: list, concurrency: int) -> dict:
+    """Every question once, `concurrency` threads taking the next one as they finish."""
+    n = len(questions)
+    latencies, answers, stages, errors = [0.0] * n, [None] * n, [None] * n, []
+    cursor, lock = iter(range(n)), threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                i = next(cursor, None)
+            if i is None:
+                return
+            q = questions[i]
+            t = time.perf_counter()
+            try:
+                answers[i], stages[i] = answer(model, tokenizer, q["question"], q["context"])
+            except Exception as e:  # noqa: BLE001 - counted and reported, the level goes on
+                errors.append(f"{q['id']}: {e}")
+            latencies[i] = time.perf_counter() - t
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ids = [q["id"] for q in questions]
+    return {"ids": ids, "latencies": latencies, "wall_s": wall, "errors": len(errors), "error_examples": errors[:3],
+            "answers": {qid: a for qid, a in zip(ids, answers) if a is not None},
+            "stages": {qid: s for qid, s in zip(ids, stages) if s is not None}}
+
+
+def window_input(length: int):
+    """The synthetic window every stack times at `length` tokens (same ids everywhere)."""
+    ids = np.random.RandomState(length).randint(1000, 30000, (1, length)).astype(np.int32)
+    return ids, np.ones_like(ids), np.zeros_like(ids)
+
+
+def memory() -> dict:
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    kb = lambda key: int(status[key].split()[0]) * 1024  # noqa: E731
+    return {"rss": kb("VmRSS"), "hwm": kb("VmHWM")}
+
+
+def serve(job: dict) -> None:
+    """Load the stack, answer one question, then run the caller's commands (one JSON line each)."""
+    model, version = {"onnxruntime": onnxruntime_model, "pytorch": pytorch_model}[job["stack"]](job)
+    tokenizer = load_tokenizer(job["vocab"])
+    questions = job["questions"]
+    answer(model, tokenizer, questions[0]["question"], questions[0]["context"])  # warm-up
+    reply({"ready": True, "version": version, "memory": memory()})
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "window":
+            inputs = window_input(command["length"])
+            model(*inputs)
+            times = []
+            for _ in range(command["repeats"]):
+                t = time.perf_counter()
+                model(*inputs)
+                times.append(time.perf_counter() - t)
+            reply({"times": times})
+        elif command["cmd"] == "sweep":
+            reply(sweep(model, tokenizer, questions, command["concurrency"]))
+        elif command["cmd"] == "memory":
+            reply(memory())
+        else:
+            reply({"error": f"unknown command {command['cmd']!r}"})
+
+
+def reply(message: dict) -> None:
+    print(REPLY + json.dumps(message), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export-onnx", help="write the ONNX model of a Hugging Face folder")
+    e.add_argument("weights", type=Path)
+    e.add_argument("out", type=Path)
+    r = sub.add_parser("serve", help="load one stack and take commands on stdin")
+    r.add_argument("--job", type=Path, required=True)
+    args = p.parse_args(argv)
+    if args.command == "export-onnx":
+        export_onnx(args.weights, args.out)
+    else:
+        serve(json.loads(args.job.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

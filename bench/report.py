@@ -1,0 +1,160 @@
+"""results.json -> the Markdown report and the lines run.py prints (pure Python)."""
+from __future__ import annotations
+
+from typing import List, Mapping, Sequence
+
+from bench import stats
+from bert_squad.batching import bucket_for
+from bert_squad.settings import BUCKETS
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> List[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def _window_cell(times) -> str:
+    return f"{_ms(stats.median(times))} ({_ms(min(times))})" if times else "—"
+
+
+def _goal_value(g: Mapping) -> str:
+    if g["unit"] == "questions":
+        return f"{g['value']} of {g['target']} identical"
+    return f"{g['value']:.2f} {g['unit']}" + (f" ({g['note']})" if g.get("note") else "")
+
+
+def _goal_target(g: Mapping) -> str:
+    if g["unit"] == "questions":
+        return "all"
+    sign = "≥" if "throughput" in g["goal"] else "≤"
+    return f"{sign} {g['target']:.2f} {g['unit']}"
+
+
+def summary_lines(results: Mapping) -> str:
+    """The goals, one line each, for the terminal."""
+    lines = ["goal                                                        value          target        met"]
+    for g in results["goals"]:
+        lines.append(f"{g['goal']:<60}{_goal_value(g):<15}{_goal_target(g):<14}{'yes' if g['met'] else 'NO'}")
+    for r in results["ratios"]:
+        lines.append(f"serving_buckets / {r['other']:<12} at concurrency {r['concurrency']}: "
+                     f"throughput {r['qps_ratio']:.2f}x, p50 latency {r['p50_ratio']:.2f}x")
+    return "\n".join(lines)
+
+
+def render(results: Mapping, plot_name: str) -> str:
+    meta, stacks, roof = results["meta"], results["stacks"], results["roofline"]
+    windows = results["windows"]
+    lengths = [n for ws in windows.values() for n in ws]
+    buckets = {b: sum(1 for n in lengths if bucket_for(n, BUCKETS) == b) for b in BUCKETS}
+    multi = sum(1 for ws in windows.values() if len(ws) > 1)
+    m = meta["machine"]
+    out = [
+        "# bert_squad benchmark (issue #6)",
+        "",
+        f"Run {meta['started']}, `{meta['command']}`, {meta['total_s']:.0f} s in all. "
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GB. Every stack: {meta['threads']} "
+        f"inference threads, fp32, the same weights ({meta['model']}: hidden {meta['weights']['config']['hidden_size']}, "
+        f"{meta['weights']['config']['num_hidden_layers']} layers; sha256 {meta['weights']['sha256'][:12]}…).",
+        "",
+        f"Stream: {len(windows)} SQuAD v1.1 dev questions (seeded sample), {len(lengths)} windows, "
+        f"{multi} questions with more than one window; window tokens p50 {stats.median(lengths):.0f}, "
+        f"p90 {stats.percentile(lengths, 90):.0f}; windows per bucket: "
+        + ", ".join(f"{b}: {c}" for b, c in buckets.items()) + ". Client: " + meta["client"] + ". "
+        f"Other processes used {meta['foreign_cores_before']:.2f} cores just before measuring "
+        "(per-phase load at the end).",
+        "",
+        "## Goals",
+        "",
+    ]
+    out += _table(["goal", "measured", "target", "met"],
+                  [[g["goal"], _goal_value(g), _goal_target(g), "yes" if g["met"] else "**no**"]
+                   for g in results["goals"]])
+    out += ["", "## Throughput and latency on the SQuAD stream", "",
+            "Each concurrency level sends every question once (one question per request) from that many threads. "
+            "Latency is per question as the client sees it (ms).", ""]
+    rows = []
+    for name, s in stacks.items():
+        for c, v in s["summary"].items():
+            rows.append([s["label"], c, f"{v['qps']:.2f}", _ms(v["p50"]), _ms(v["p95"]), _ms(v["p99"]),
+                         s["levels"][c]["errors"]])
+    out += _table(["stack", "concurrency", "questions/s", "p50", "p95", "p99", "errors"], rows)
+    out += ["", f"![throughput and latency]({plot_name})", "", "Ratios (bucketed servable / other stack):", ""]
+    out += _table(["other stack", "concurrency", "throughput ratio", "p50 latency ratio"],
+                  [[stacks[r["other"]]["label"], r["concurrency"], f"{r['qps_ratio']:.2f}x", f"{r['p50_ratio']:.2f}x"]
+                   for r in results["ratios"]])
+
+    out += ["", "## One window (ms, p50 and fastest run)", "",
+            "Serving: a `predict_features` gRPC round trip (model + transport, no text stages; the window runs in "
+            "the smallest bucket that holds it). ONNX Runtime / PyTorch: the model call in-process on exactly "
+            "that many tokens.", ""]
+    lengths_all = sorted({int(n) for s in stacks.values() for n in s["window_latency"]})
+    out += _table(["tokens"] + [s["label"] for s in stacks.values()],
+                  [[n] + [_window_cell(s["window_latency"].get(str(n))) for s in stacks.values()] for n in lengths_all])
+    ours = stacks["serving_buckets"]
+    model_384 = stats.model_time_384(ours)
+    out += ["", f"Roofline: {roof['flops_384'] / 1e9:.1f} GFLOP per 384-token window / {roof['gflops']:.0f} GFLOP/s "
+            f"(best 2048x2048 float32 numpy matmul, {meta['threads']} threads) = {roof['roofline_384_s'] * 1000:.0f} ms. "
+            f"Bucketed servable model time at 384: {model_384 * 1000:.0f} ms = "
+            f"{model_384 / roof['roofline_384_s']:.2f}x roofline. GEMM runs: "
+            + "; ".join(f"Python {r['python']} numpy {r['numpy']}: {r['gflops_best']:.0f} GFLOP/s best, "
+                        f"{r['gflops_median']:.0f} median ({r['kernel']})" for r in roof["runs"])
+            + (f". Unset for the GEMM run: {', '.join(roof['unset'])}." if roof["unset"] else ".")]
+
+    out += ["", "## Where the time goes (p50 per question, concurrency 1, ms)", "",
+            "Measured: every ONNX Runtime / PyTorch stage (timed in their process; no transport); for the servables, "
+            "tokenize+windows and decode (the same library calls, timed in the benchmark process) and, in a paired "
+            "pass over the first questions, each question's `predict` round trip followed by a `predict_features` "
+            "round trip per window. Derived for the servables: model = Σ windows' `predict_features` round trips − "
+            "the null request (a request the first stage refuses: Serving's fixed cost), queue + transport = "
+            "end-to-end − tokenize − model − decode, overhead = end-to-end − model. Queue at the top level = p50 "
+            "latency there − p50 at concurrency 1.", ""]
+    out += _table(["stack", "end-to-end", "tokenize", "model", "decode", "queue + transport", "overhead",
+                   "null request", "queue at top level"],
+                  [[s["label"]] + [_ms(s["breakdown"][k]) for k in
+                                   ("e2e", "tokenize", "model", "decode", "queue_transport", "overhead")]
+                   + [_ms(s["breakdown"]["null_rtt"]) if "null_rtt" in s else "—",
+                      f"{_ms(s['breakdown']['queue_at_top'])} (c={s['breakdown']['top_concurrency']})"]
+                   for s in stacks.values()])
+
+    out += ["", "## Memory and cold start", "",
+            "Serving: the worker process (start_worker.py) under the serve command, /proc VmRSS when ready and "
+            "after the run, VmHWM = peak. Reference stacks: their runner process (Python, tokenizer and model). "
+            "Cold start: process start to the first answer being possible (serve's ready line, after its warm-up "
+            "question; the runner's ready line after one question).", ""]
+    out += _table(["stack", "cold start (s)", "RSS ready (GB)", "RSS after run (GB)", "peak RSS (GB)"],
+                  [[s["label"], f"{s['cold_start_s']:.1f}", f"{s['memory']['rss_ready_bytes'] / 1e9:.2f}",
+                    f"{s['memory']['rss_after_bytes'] / 1e9:.2f}", f"{s['memory']['hwm_bytes'] / 1e9:.2f}"]
+                   for s in stacks.values()])
+
+    acc = results["accuracy"]
+    out += ["", "## Answers", ""]
+    if meta["model"] == "base":
+        out += ["The weights are random (seeded), so answers are arbitrary and EM/F1 are near zero; they show that "
+                "every stack was scored, not model quality. What matters is that the stacks agree.", ""]
+    out += _table(["stack", "EM", "F1", "answers same at every concurrency"],
+                  [[s["label"], f"{acc['em_f1'][n]['exact_match']:.1f}", f"{acc['em_f1'][n]['f1']:.1f}",
+                    "yes" if s["answers_stable"] else "**no**"] for n, s in stacks.items()])
+    out += [""]
+    for key, cmp in acc.items():
+        if key.startswith("buckets_vs_"):
+            other = stacks[key[len("buckets_vs_"):]]["label"]
+            line = (f"- Bucketed servable vs {other}: {cmp['identical']} of {cmp['compared']} answers identical "
+                    f"(text, start, end)")
+            if cmp["differ"]:
+                line += "; differ: " + ", ".join(cmp["differ"][:10]) + ("…" if len(cmp["differ"]) > 10 else "")
+            out.append(line + ".")
+    out += ["", "## Machine load while measuring", "",
+            "Average cores used by the benchmark's own processes and by everything else on the machine "
+            "(other work on a shared 2-core machine slows every stack; compare runs with low foreign load).", ""]
+    out += _table(["stack", "concurrency", "seconds", "our cores", "foreign cores", "load avg (1 min) at end"],
+                  [[s["label"], c, f"{v['seconds']:.0f}", f"{v['our_cores']:.2f}", f"{v['foreign_cores']:.2f}",
+                    f"{v['load_avg_1m']:.2f}"] for s in stacks.values() for c, v in s["cpu"].items()])
+    versions = [f"{s['label']}: {s['version']}" for s in stacks.values() if "version" in s]
+    if versions:
+        out += ["", "Versions: " + "; ".join(versions) + "."]
+    return "\n".join(out) + "\n"

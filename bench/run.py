@@ -1,0 +1,358 @@
+"""Benchmark of issue #6: our servable over real gRPC against ONNX Runtime and PyTorch, same weights.
+
+    .stack/py39/bin/python bench/run.py [--quick] [--questions N] [--concurrency 1,2,4,8] [--out bench/results]
+
+One run, same weights, same thread count for every stack:
+  serving_buckets  bert_squad servable, buckets 128,256,384, over gRPC (bert_squad.serve)
+  serving_384      the same servable exported with one 384 bucket (what the zoo export gives)
+  onnxruntime      the Hugging Face model exported to ONNX, dynamic shapes (Python 3.11 venv)
+  pytorch          transformers eager on the same folder (Python 3.11 venv)
+Writes report.md, results.json and throughput.png into --out, and prints the goal ratios.
+Weights, exports and the ONNX file are cached in bench/.cache (delete it, or --fresh, to rebuild).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # `python bench/run.py` puts bench/ first; the package is bench
+
+import numpy as np  # noqa: E402
+
+from bench import machine, questions as squad, report, serving, stacks, stats  # noqa: E402
+from bert_squad import settings  # noqa: E402
+from bert_squad.decode import decode  # noqa: E402
+from bert_squad.metadata import read_metadata, sha256_file  # noqa: E402
+from bert_squad.metric import evaluate  # noqa: E402
+from bert_squad.tokenizer import load_tokenizer  # noqa: E402
+from bert_squad.windows import build_features  # noqa: E402
+
+PY39 = Path(os.environ.get("BERT_SQUAD_PY39", REPO / ".stack" / "py39" / "bin" / "python"))
+PY311 = Path(os.environ.get("BERT_SQUAD_PY311", REPO / ".stack" / "py311" / "bin" / "python"))
+BENCH = REPO / "bench"
+SERVABLE_CONFIG = REPO / "servable" / settings.SERVABLE_NAME / "servable_config.py"
+WINDOW_LENGTHS = (100, 128, 200, 256, 380, 384)  # single-window latency table (issue #6 "where we start")
+STACKS = ("serving_buckets", "serving_384", "onnxruntime", "pytorch")
+LABELS = {
+    "serving_buckets": "Serving + Lite, gRPC, buckets 128/256/384",
+    "serving_384": "Serving + Lite, gRPC, fixed 384",
+    "onnxruntime": "ONNX Runtime, dynamic shape",
+    "pytorch": "PyTorch eager, dynamic shape",
+}
+PAIRED_QUESTIONS = 32  # questions of the serving stacks' stage-breakdown pass
+IDLE_CORES = 0.25  # foreign load under which the machine counts as idle
+EXPORTS = {"serving_buckets": settings.BUCKETS, "serving_384": (settings.MAX_SEQ_LENGTH,)}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="16 questions, concurrency 1,4, 3 repeats: a smoke run")
+    p.add_argument("--questions", type=int, help="SQuAD dev questions in the stream (default 100, quick 16)")
+    p.add_argument("--concurrency", help="comma-separated levels (default 1,2,4,8; quick 1,4)")
+    p.add_argument("--repeats", type=int, help="timed runs per single-window length (default 5; quick 3)")
+    p.add_argument("--threads", type=int, default=2, help="inference threads of every stack (default 2)")
+    p.add_argument("--stacks", default=",".join(STACKS), help=f"subset of {','.join(STACKS)} (default: all)")
+    p.add_argument("--model", choices=("base", "minilm"), default="base",
+                   help="base: BERT-base sized, seeded random weights (default); minilm: real all-MiniLM-L6-v2 "
+                        "encoder + seeded QA head")
+    p.add_argument("--client", choices=sorted(serving.CLIENTS), default="official",
+                   help="gRPC client for the servables: official (mindspore_serving.client, default) or ours "
+                        "(bert_squad_client)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the question sample")
+    p.add_argument("--squad", type=Path, default=squad.SQUAD_DEV, help="SQuAD v1.1 dev json")
+    p.add_argument("--out", type=Path, default=BENCH / "results", help="report folder (default bench/results)")
+    p.add_argument("--cache", type=Path, default=BENCH / ".cache", help="weights / exports cache (bench/.cache)")
+    p.add_argument("--fresh", action="store_true", help="rebuild cached weights, exports and ONNX file")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                   help="before measuring, wait up to this long for other processes to leave the CPU idle")
+    args = p.parse_args(argv)
+    args.questions = args.questions or (16 if args.quick else 100)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    try:
+        args.levels = [int(c) for c in (args.concurrency or ("1,4" if args.quick else "1,2,4,8")).split(",")]
+    except ValueError:
+        p.error(f"--concurrency takes comma-separated integers such as 1,2,4,8, got {args.concurrency!r}")
+    if not args.levels or min(args.levels) < 1:
+        p.error("--concurrency levels must be positive integers")
+    if args.levels[0] != 1:
+        p.error("--concurrency must start with 1: answers and the stage breakdown are taken at concurrency 1")
+    args.stacks = [s.strip() for s in args.stacks.split(",") if s.strip()]
+    unknown = set(args.stacks) - set(STACKS)
+    if unknown or "serving_buckets" not in args.stacks:
+        p.error(f"--stacks takes names from {', '.join(STACKS)} and must include serving_buckets")
+    if args.threads < 1 or args.repeats < 1:
+        p.error("--threads and --repeats must be at least 1")
+    for python in (PY39, PY311):
+        if not python.is_file():
+            p.error(f"{python} not found: run scripts/setup.sh (it builds .stack/py39 and .stack/py311)")
+    return args
+
+
+def run_checked(cmd, what: str, env=None, cwd=None) -> str:
+    result = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=cwd)
+    if result.returncode != 0:
+        raise serving.BenchError(f"{what} failed (exit {result.returncode}):\n{result.stdout[-3000:]}")
+    return result.stdout
+
+
+def measure_gemm(threads: int) -> dict:
+    """2048x2048 float32 numpy matmul in both venvs, BLAS pinned to `threads`; the faster sets the roofline."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    runs = [json.loads(run_checked([python, BENCH / "gemm.py"], "GEMM rate", env=env, cwd=tempfile.gettempdir())
+                       .strip().splitlines()[-1]) for python in (PY39, PY311)]
+    return {"runs": runs, "gflops": max(r["gflops_best"] for r in runs),
+            "unset": [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ]}
+
+
+def build_weights(args) -> Path:
+    folder = args.cache / f"weights-{args.model}-seed{args.seed}"
+    if args.fresh:
+        shutil.rmtree(folder, ignore_errors=True)
+    run_checked([PY311, BENCH / "make_weights.py", "--kind", args.model, "--seed", args.seed, "--out", folder],
+                "building the weights")
+    return folder
+
+
+def export_servable(args, weights: Path, weights_sha: str, stack: str) -> Path:
+    """servable dir with bert_squad/1/ exported from `weights` (cached while the weights match)."""
+    servable_dir = args.cache / "servables" / f"{args.model}-seed{args.seed}-{stack}"
+    version = servable_dir / settings.SERVABLE_NAME / "1"
+    try:
+        cached = read_metadata(version)
+        fresh = args.fresh or cached.source_sha256 != weights_sha or tuple(cached.buckets) != EXPORTS[stack]
+    except Exception:  # noqa: BLE001 - anything unreadable is rebuilt
+        fresh = True
+    if fresh:
+        shutil.rmtree(servable_dir, ignore_errors=True)
+        log(f"exporting {stack} (buckets {','.join(map(str, EXPORTS[stack]))})")
+        run_checked([PY39, "-m", "bert_squad_export", weights, "--servable-dir", servable_dir,
+                     "--name", settings.SERVABLE_NAME, "--version", "1",
+                     "--buckets", ",".join(map(str, EXPORTS[stack]))], f"exporting {stack}", cwd=tempfile.gettempdir())
+    shutil.copyfile(SERVABLE_CONFIG, servable_dir / settings.SERVABLE_NAME / "servable_config.py")
+    return servable_dir
+
+
+def export_onnx(args, weights: Path, weights_sha: str) -> Path:
+    folder = args.cache / f"onnx-{args.model}-seed{args.seed}"
+    onnx, stamp = folder / "model.onnx", folder / "source.sha256"
+    if args.fresh or not onnx.is_file() or not stamp.is_file() or stamp.read_text().strip() != weights_sha:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        log("exporting ONNX")
+        run_checked([PY311, BENCH / "reference.py", "export-onnx", weights, onnx], "exporting ONNX")
+        stamp.write_text(weights_sha + "\n")
+    return onnx
+
+
+def text_stages(tokenizer, questions, repeats: int = 3) -> tuple:
+    """Tokenize+windows and decode per question, timed in this process with the servable's own calls
+    (decode on random scores of the window's bucket length; its cost barely depends on the values).
+    Also returns each question's window lengths and its windows cut to their real length."""
+    rng = np.random.RandomState(0)
+    tokenize, decode_s, windows, arrays = {}, {}, {}, {}
+    for q in questions:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            f = build_features(tokenizer, q["question"], q["context"])
+            times.append(time.perf_counter() - t)
+        tokenize[q["id"]] = stats.median(times)
+        windows[q["id"]] = [int(n) for n in f.lengths]
+        arrays[q["id"]] = [(f.input_ids[w, :n], f.input_mask[w, :n], f.token_type_id[w, :n])
+                           for w, n in enumerate(f.lengths)]
+        scores = [rng.standard_normal((len(f.lengths), settings.MAX_SEQ_LENGTH)).astype(np.float32) for _ in "se"]
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            decode(scores[0], scores[1], f, q["context"])
+            times.append(time.perf_counter() - t)
+        decode_s[q["id"]] = stats.median(times)
+    return {"tokenize": tokenize, "decode": decode_s}, windows, arrays
+
+
+def wait_idle(limit_s: float) -> float:
+    """Cores other processes use (5 s samples), after waiting up to `limit_s` for three samples in a row
+    under IDLE_CORES."""
+    deadline = time.perf_counter() + limit_s
+    quiet = 0
+    while True:
+        cpu = machine.CpuMonitor()
+        time.sleep(5)
+        foreign = cpu.stop()["foreign_cores"]
+        quiet = quiet + 1 if foreign < IDLE_CORES else 0
+        if quiet >= 3 or time.perf_counter() >= deadline:
+            break
+        if not quiet:
+            log(f"waiting for an idle machine: other processes use {foreign:.2f} cores")
+    if foreign >= IDLE_CORES:
+        log(f"warning: other processes use {foreign:.2f} of the cores; numbers will be noisy")
+    return foreign
+
+
+def make_stacks(args, servables, weights: Path, onnx, questions, scratch: Path) -> list:
+    job = {"weights": str(weights), "onnx": str(onnx), "vocab": str(weights / "vocab.txt"), "threads": args.threads,
+           "questions": questions}
+    made = []
+    for name in args.stacks:
+        if name in EXPORTS:
+            made.append(stacks.ServingStack(name, LABELS[name], str(PY39), servables[name], EXPORTS[name],
+                                            args.threads, scratch / name, args.client))
+        else:
+            made.append(stacks.ReferenceStack(name, LABELS[name], str(PY311), BENCH / "reference.py", job,
+                                              scratch / name))
+    return made
+
+
+def measure(args, running: list, questions, text_times, arrays) -> dict:
+    """Interleaved: each window length, then each concurrency level, runs on every stack in turn."""
+    out = {s.name: {"label": s.label, **s.info, "window_latency": {}, "levels": {}, "cpu": {}} for s in running}
+    for length in WINDOW_LENGTHS:
+        for s in running:
+            if s.name != "serving_384" or length == settings.MAX_SEQ_LENGTH:  # the 384 model runs every length
+                out[s.name]["window_latency"][str(length)] = s.window(length, args.repeats)
+    log("single-window latencies done")
+    for s in running:
+        if isinstance(s, stacks.ServingStack):
+            out[s.name].update(buckets=s.buckets, null_rtt=s.null_rtt(20), stages=text_times)
+    answers = {s.name: [] for s in running}
+    for c in args.levels:
+        for s in running:
+            cpu = machine.CpuMonitor()
+            result = s.sweep(c, questions)
+            out[s.name]["cpu"][str(c)] = cpu.stop()
+            answers[s.name].append(result.pop("answers"))
+            stages = result.pop("stages", None)
+            if stages is not None and c == 1:
+                out[s.name]["stages"] = {stage: {qid: t[k] for qid, t in stages.items()}
+                                         for k, stage in enumerate(("tokenize", "model", "decode"))}
+            out[s.name]["levels"][str(c)] = result
+            log(f"{s.name}: concurrency {c}: {len(questions) / result['wall_s']:.2f} q/s, {result['errors']} errors, "
+                f"foreign load {out[s.name]['cpu'][str(c)]['foreign_cores']:.2f} cores")
+    for s in running:
+        if isinstance(s, stacks.ServingStack):
+            out[s.name]["paired"] = s.paired_pass(questions[:PAIRED_QUESTIONS], arrays)
+    log("paired predict / predict_features pass done")
+    for s in running:
+        after = s.memory()
+        out[s.name]["answers"] = answers[s.name][0]
+        out[s.name]["answers_stable"] = all(a == answers[s.name][0] for a in answers[s.name])
+        out[s.name]["memory"] = {"rss_ready_bytes": s.info["memory_ready"]["rss"], "rss_after_bytes": after["rss"],
+                                 "hwm_bytes": after["hwm"]}
+        del out[s.name]["memory_ready"]
+    return out
+
+
+def accuracy(dataset: dict, results: dict) -> dict:
+    stacks = results["stacks"]
+    ids = [q["id"] for q in results["questions"]]
+    part = squad.subset(dataset, ids)
+    out = {"em_f1": {name: evaluate(part, {qid: a[0] for qid, a in s["answers"].items()})
+                     for name, s in stacks.items()}}
+    ours = stacks["serving_buckets"]["answers"]
+    for name, s in stacks.items():
+        if name != "serving_buckets":
+            out[f"buckets_vs_{name}"] = stats.compare_answers(ours, s["answers"])
+    return out
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # MindSpore Serving's modules install their own SIGINT/SIGTERM handlers when imported, which would
+    # leave Ctrl-C or a kill unanswered and the servers running: import them now, then take the signals
+    # back so the `finally` below always stops every stack.
+    importlib.import_module("mindspore_serving.client")
+
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    args.cache = args.cache.resolve()
+    t_start = time.perf_counter()
+    dataset = squad.load_dataset(args.squad)
+    questions = [q.to_json() for q in squad.sample(dataset, args.questions, args.seed)]
+    results = {"meta": {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "machine": machine.describe(), "threads": args.threads, "model": args.model,
+                        "seed": args.seed, "levels": args.levels, "repeats": args.repeats,
+                        "client": serving.CLIENTS[args.client].name,
+                        "command": " ".join([Path(sys.executable).name, "bench/run.py"] + (argv or sys.argv[1:]))},
+               "questions": [{"id": q["id"]} for q in questions]}
+
+    results["meta"]["foreign_cores_before"] = wait_idle(args.wait_idle)
+    log("measuring the GEMM rate")
+    results["roofline"] = measure_gemm(args.threads)
+    weights = build_weights(args)
+    config = json.loads((weights / "config.json").read_text())
+    flops = stats.bert_flops(settings.MAX_SEQ_LENGTH, config["hidden_size"], config["num_hidden_layers"],
+                             config["intermediate_size"])
+    results["roofline"].update(flops_384=flops, roofline_384_s=flops / (results["roofline"]["gflops"] * 1e9))
+    weights_sha = sha256_file(weights / "model.safetensors")
+    results["meta"]["weights"] = {"folder": str(weights), "sha256": weights_sha,
+                                  "config": {k: config[k] for k in ("hidden_size", "num_hidden_layers",
+                                                                    "num_attention_heads", "intermediate_size")}}
+    servables = {s: export_servable(args, weights, weights_sha, s) for s in args.stacks if s in EXPORTS}
+    onnx = export_onnx(args, weights, weights_sha) if "onnxruntime" in args.stacks else None
+
+    tokenizer = load_tokenizer(str(weights / "vocab.txt"))
+    text_times, windows, arrays = text_stages(tokenizer, questions)
+    results["windows"] = windows
+    scratch = Path(tempfile.mkdtemp(prefix="bert-squad-bench-"))
+    running = []
+    try:
+        for stack in make_stacks(args, servables, weights, onnx, questions, scratch):
+            log(f"{stack.name}: starting")
+            stack.start()
+            running.append(stack)
+            memory = stack.info["memory_ready"]["rss"] / 1e9
+            log(f"{stack.name}: ready in {stack.info['cold_start_s']:.1f} s, RSS {memory:.2f} GB")
+        results["stacks"] = measure(args, running, questions, text_times, arrays)
+    finally:
+        for stack in running:
+            stack.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    for s in results["stacks"].values():
+        s["summary"] = stats.summaries(s)
+        s["breakdown"] = stats.stage_breakdown(s)
+    results["accuracy"] = accuracy(dataset, results)
+    results["goals"] = stats.goals(results)
+    results["ratios"] = stats.ratios(results)
+    results["meta"]["total_s"] = time.perf_counter() - t_start
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    plot = args.out / "throughput.png"
+    run_checked([PY311, BENCH / "plot.py", args.out / "results.json", plot], "plotting")
+    (args.out / "report.md").write_text(report.render(results, plot.name))
+    print(report.summary_lines(results))
+    log(f"done in {results['meta']['total_s']:.0f} s: {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (serving.BenchError, FileNotFoundError, ValueError) as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("bench: interrupted; every stack it started was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,273 @@
+"""Our servable under load: start `bert_squad.serve`, drive it over gRPC, read its workers' memory.
+
+Runs in the Python 3.9 server venv, with MindSpore Serving's own gRPC client or this
+project's (bert_squad_client). Each concurrency level sends every question once, one
+question per request, from that many threads with a client each.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import psutil
+
+from bench.reference import window_input
+
+READY = "bert-squad-serve: ready"
+START_TIMEOUT_S = 300.0
+REQUEST_TIMEOUT_S = 120.0  # one question; a level that takes longer than this per question is broken
+WORKER_SCRIPT = "start_worker.py"
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed; the message says which and where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_memory(pid: int) -> Dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, bytes."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    address: str
+    log: Path
+    cold_start_s: float
+    ready_line: str
+    workers: List[int]
+
+
+def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -> Server:
+    """Start the serve command; cold start = from process start to its ready line."""
+    address = f"127.0.0.1:{free_port()}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "serve.log"
+    cmd = [python, "-m", "bert_squad.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
+           "--rest-address", "off", "--health-address", "off", "--threads", str(threads), "--workdir", str(workdir)]
+    lines: "queue.Queue[Optional[str]]" = queue.Queue()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+    def pump():  # keep reading so the pipe never fills; everything also goes to the log
+        with open(log, "w") as f:
+            for line in proc.stdout:
+                f.write(line)
+                f.flush()
+                lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = t0 + START_TIMEOUT_S
+    while True:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.perf_counter()))
+        except queue.Empty:
+            stop_server_proc(proc)
+            raise BenchError(f"the server did not get ready in {START_TIMEOUT_S:.0f} s; its output:\n"
+                             f"{_tail(log)}") from None
+        if line is None:
+            proc.wait()
+            raise BenchError(f"the server exited with code {proc.returncode} before it was ready; its output:\n"
+                             f"{_tail(log)}")
+        if line.startswith(READY):
+            cold = time.perf_counter() - t0
+            break
+    workers = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+               if any(WORKER_SCRIPT in part for part in p.cmdline())]
+    if not workers:
+        stop_server_proc(proc)
+        raise BenchError(f"no {WORKER_SCRIPT} process under the server (pid {proc.pid}); log: {log}")
+    return Server(proc, address, log, cold, line.strip(), workers)
+
+
+def stop_server_proc(proc: subprocess.Popen, extra_pids: Sequence[int] = ()) -> None:
+    """SIGTERM the serve process; kill its process group and listed pids if they linger."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for pid in extra_pids:
+        try:
+            p = psutil.Process(pid)
+            p.wait(timeout=10)
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.TimeoutExpired:
+            p.kill()
+
+
+def stop_server(server: Server) -> None:
+    stop_server_proc(server.proc, server.workers)
+
+
+def workers_memory(server: Server) -> Dict[str, int]:
+    """Sum over worker processes (one per device id; one here)."""
+    total = {"rss": 0, "hwm": 0}
+    for pid in server.workers:
+        m = read_memory(pid)
+        total["rss"] += m["VmRSS"]
+        total["hwm"] += m["VmHWM"]
+    return total
+
+
+class OfficialClient:
+    """MindSpore Serving's own gRPC client (mindspore_serving.client)."""
+
+    name = "mindspore_serving.client.Client (gRPC)"
+    refusal = BenchError  # what a request the server refuses raises
+
+    def __init__(self, address: str):
+        from mindspore_serving.client import Client
+
+        self._predict = Client(address, "bert_squad", "predict")
+        self._features = Client(address, "bert_squad", "predict_features")
+
+    @staticmethod
+    def _one(reply) -> dict:
+        if isinstance(reply, dict):  # whole-request error (a one-instance request fails whole)
+            raise BenchError(f"request failed: {reply.get('error', reply)}")
+        if "error" in reply[0]:
+            raise BenchError(f"request failed: {reply[0]['error']}")
+        return reply[0]
+
+    def answer(self, question: str, context: str) -> list:
+        out = self._one(self._predict.infer([{"question": question, "context": context}]))
+        return [str(out["answer"]), int(out["start"]), int(out["end"])]
+
+    def features(self, ids, mask, segment) -> None:
+        self._one(self._features.infer([{"input_ids": ids, "input_mask": mask, "token_type_id": segment}]))
+
+
+class ProjectClient:
+    """This project's client (bert_squad_client), no retries."""
+
+    name = "bert_squad_client.Client (gRPC)"
+
+    def __init__(self, address: str):
+        from bert_squad_client import Client, RequestError
+
+        self.refusal = RequestError
+        self._client = Client(address, timeout=REQUEST_TIMEOUT_S, retry=None)
+
+    def answer(self, question: str, context: str) -> list:
+        result = self._client.answer(question, context)
+        return [result.text, result.start, result.end]
+
+    def features(self, ids, mask, segment) -> None:
+        self._client.logits(ids, mask, segment)
+
+
+CLIENTS = {"official": OfficialClient, "ours": ProjectClient}
+
+
+def sweep(client_kind: str, address: str, questions: Sequence[dict], concurrency: int) -> dict:
+    """Every question once over `concurrency` threads; latencies as the client sees them."""
+    n = len(questions)
+    latencies, answers, errors = [0.0] * n, [None] * n, []
+    cursor, lock = iter(range(n)), threading.Lock()
+
+    def worker():
+        client = CLIENTS[client_kind](address)
+        while True:
+            with lock:
+                i = next(cursor, None)
+            if i is None:
+                return
+            q = questions[i]
+            t = time.perf_counter()
+            try:
+                answers[i] = client.answer(q["question"], q["context"])
+            except Exception as e:  # noqa: BLE001 - counted and reported, the level goes on
+                errors.append(f"{q['id']}: {e}")
+            latencies[i] = time.perf_counter() - t
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(1.0, REQUEST_TIMEOUT_S * n / concurrency - (time.perf_counter() - t0)))
+        if t.is_alive():
+            raise BenchError(f"concurrency {concurrency}: requests still open after {REQUEST_TIMEOUT_S} s "
+                             f"per question; the server hangs")
+    wall = time.perf_counter() - t0
+    ids = [q["id"] for q in questions]
+    return {"ids": ids, "latencies": latencies, "wall_s": wall, "errors": len(errors), "error_examples": errors[:3],
+            "answers": {qid: a for qid, a in zip(ids, answers) if a is not None}}
+
+
+def window_latency(client_kind: str, address: str, length: int, repeats: int) -> List[float]:
+    """predict_features round trips of one window (model + transport, no text stages)."""
+    client = CLIENTS[client_kind](address)
+    ids, mask, segment = (a[0] for a in window_input(length))
+    client.features(ids, mask, segment)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        client.features(ids, mask, segment)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def paired_pass(client_kind: str, address: str, questions: Sequence[dict], windows: Dict[str, list]) -> dict:
+    """Per question, one at a time: `predict`, then `predict_features` on each of its windows.
+
+    Adjacent in time, the two give each question's model time (features round trips minus
+    the null request) and end-to-end latency under the same machine load.
+    """
+    client = CLIENTS[client_kind](address)
+    e2e, features = [], []
+    for q in questions:
+        t = time.perf_counter()
+        client.answer(q["question"], q["context"])
+        e2e.append(time.perf_counter() - t)
+        rtts = []
+        for ids, mask, segment in windows[q["id"]]:
+            t = time.perf_counter()
+            client.features(ids, mask, segment)
+            rtts.append(time.perf_counter() - t)
+        features.append(rtts)
+    return {"ids": [q["id"] for q in questions], "e2e": e2e, "features_rtt": features}
+
+
+def null_rtt(client_kind: str, address: str, repeats: int) -> List[float]:
+    """Round trips of a request the first stage refuses (blank question): Serving's cost without the model."""
+    client = CLIENTS[client_kind](address)
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        try:
+            client.answer(" ", "x")
+        except client.refusal:
+            times.append(time.perf_counter() - t)
+        else:
+            raise BenchError("the null request (blank question) was answered; it should be refused")
+    return times[1:]

@@ -1,0 +1,175 @@
+"""Numbers the report is made of, computed from the raw measurements of a run.
+
+Pure Python (no numpy, no MindSpore): it runs in the orchestrator and in tests. Raw
+results keep every measured time; everything here is derived from them, so a report can
+be recomputed from results.json.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+
+# Goals of issue #6.
+GOAL_QPS_VS_ORT = 1.0  # fp32 stream throughput, bucketed servable / ONNX Runtime (dynamic shapes)
+GOAL_QPS_VS_FIXED = 2.0  # bucketed servable / the same servable with one 384 bucket
+GOAL_ROOFLINE = 1.10  # model time of one 384-token window / roofline time
+GOAL_OVERHEAD_S = 0.005  # p50 per question of everything but model time
+GOAL_RSS_BYTES = 2e9  # worker RSS, BERT-base with all buckets
+GOAL_COLD_START_S = 30.0
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The q-th percentile (0..100), linear interpolation between closest ranks (numpy's default)."""
+    data = sorted(values)
+    if not data:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be in [0, 100], got {q}")
+    rank = q / 100 * (len(data) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (rank - low)
+
+
+def median(values: Iterable[float]) -> float:
+    return percentile(values, 50)
+
+
+def summarize(latencies: Sequence[float], wall_s: float) -> Dict[str, float]:
+    """Latency percentiles (s) and throughput (questions/s) of one concurrency level."""
+    if wall_s <= 0:
+        raise ValueError(f"wall time must be positive, got {wall_s}")
+    return {
+        "n": len(latencies),
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
+        "p99": percentile(latencies, 99),
+        "mean": sum(latencies) / len(latencies),
+        "qps": len(latencies) / wall_s,
+    }
+
+
+def bert_flops(seq: int, hidden: int = 768, layers: int = 12, intermediate: int = 3072) -> float:
+    """Multiply-add FLOPs (2 per MAC) of a BERT encoder on one window of `seq` tokens.
+
+    Per layer: Q, K, V and output projections (4 seq*h*h MACs), the feed-forward pair
+    (2 seq*h*i) and attention scores plus weighted sum (2 seq*seq*h). Embeddings,
+    softmax, LayerNorm and the 2-output QA head are left out (under 0.1%).
+    """
+    macs = 4 * seq * hidden * hidden + 2 * seq * hidden * intermediate + 2 * seq * seq * hidden
+    return 2.0 * layers * macs
+
+
+def compare_answers(a: Mapping[str, Sequence], b: Mapping[str, Sequence]) -> Dict[str, object]:
+    """How many questions got the same answer (text, start, end) from both; ids that differ."""
+    common = sorted(set(a) & set(b))
+    differ = [qid for qid in common if list(a[qid]) != list(b[qid])]
+    return {"compared": len(common), "identical": len(common) - len(differ), "differ": differ,
+            "missing": sorted(set(a) ^ set(b))}
+
+
+def peak_qps(stack: Mapping) -> float:
+    """The best throughput over the concurrency levels of a stack's sweep."""
+    return max(level["qps"] for level in stack["summary"].values())
+
+
+def model_time_384(stack: Mapping, statistic: Callable[[Sequence[float]], float] = median) -> Optional[float]:
+    """Model time of one full 384-token window. In-process stacks: the call's time (measured).
+    Serving: a full-window predict_features round trip minus the null request that the
+    first stage refuses (derived; same statistic of both)."""
+    times = stack["window_latency"].get("384")
+    if not times:
+        return None
+    if "null_rtt" in stack:
+        return statistic(times) - statistic(stack["null_rtt"])
+    return statistic(times)
+
+
+def stage_breakdown(stack: Mapping) -> Dict[str, float]:
+    """p50 per question (s) of each stage at concurrency 1, and the queueing at the highest level.
+
+    Reference stacks time tokenize, model and decode in their own process (measured; no
+    transport). Serving stacks: tokenize and decode are timed in-process with the same
+    library calls (measured); a paired pass sends each question to `predict` and right
+    after each of its windows to `predict_features` (measured), so model time per question
+    = sum of its windows' round trips minus the null request's (derived), queue + transport
+    = end-to-end - tokenize - model - decode (derived), overhead = end-to-end - model.
+    """
+    if "paired" in stack:
+        paired = stack["paired"]
+        e2e = dict(zip(paired["ids"], paired["e2e"]))
+        floor = median(stack["null_rtt"])
+        model = {qid: sum(rtt - floor for rtt in rtts) for qid, rtts in zip(paired["ids"], paired["features_rtt"])}
+    else:
+        level = stack["levels"]["1"]
+        e2e = dict(zip(level["ids"], level["latencies"]))
+        model = stack["stages"]["model"]
+    tokenize, decode = stack["stages"]["tokenize"], stack["stages"]["decode"]
+    rest = [e2e[q] - tokenize[q] - model[q] - decode[q] for q in e2e]
+    top = max(stack["levels"], key=int)
+    return {
+        "e2e": median(e2e.values()),
+        "tokenize": median(tokenize[q] for q in e2e),
+        "model": median(model[q] for q in e2e),
+        "decode": median(decode[q] for q in e2e),
+        "queue_transport": median(rest),
+        "overhead": median(e2e[q] - model[q] for q in e2e),
+        "null_rtt": median(stack["null_rtt"]) if "null_rtt" in stack else 0.0,
+        "queue_at_top": median(stack["levels"][top]["latencies"]) - median(stack["levels"]["1"]["latencies"]),
+        "top_concurrency": int(top),
+    }
+
+
+def summaries(stack: Mapping) -> Dict[str, Dict[str, float]]:
+    return {c: summarize(level["latencies"], level["wall_s"]) for c, level in stack["levels"].items()}
+
+
+def goals(results: Mapping) -> List[Dict[str, object]]:
+    """Each goal of issue #6: name, measured value, target, met or not."""
+    stacks = results["stacks"]
+    ours = stacks["serving_buckets"]
+    out = []
+
+    def goal(name, value, target, ok, unit="", note=""):
+        out.append({"goal": name, "value": value, "target": target, "met": bool(ok), "unit": unit, "note": note})
+
+    if "onnxruntime" in stacks:
+        r = peak_qps(ours) / peak_qps(stacks["onnxruntime"])
+        goal("stream throughput vs ONNX Runtime (peak over concurrency)", r, GOAL_QPS_VS_ORT,
+             r >= GOAL_QPS_VS_ORT, "x")
+    if "serving_384" in stacks:
+        r = peak_qps(ours) / peak_qps(stacks["serving_384"])
+        goal("stream throughput vs fixed-384 servable", r, GOAL_QPS_VS_FIXED, r >= GOAL_QPS_VS_FIXED, "x")
+    t384 = model_time_384(ours)
+    roof = results["roofline"]["roofline_384_s"]
+    if t384 is not None and roof:
+        best = model_time_384(ours, min) / roof
+        goal("model time, one 384 window / roofline (p50)", t384 / roof, GOAL_ROOFLINE, t384 / roof <= GOAL_ROOFLINE,
+             "x", f"fastest run {best:.2f}x")
+    overhead = ours["breakdown"]["overhead"]
+    goal("serving overhead p50 per question", overhead * 1000, GOAL_OVERHEAD_S * 1000,
+         overhead <= GOAL_OVERHEAD_S, "ms")
+    rss = ours["memory"]["rss_after_bytes"]
+    goal("worker RSS, all buckets", rss / 1e9, GOAL_RSS_BYTES / 1e9, rss <= GOAL_RSS_BYTES, "GB")
+    goal("cold start", ours["cold_start_s"], GOAL_COLD_START_S, ours["cold_start_s"] <= GOAL_COLD_START_S, "s")
+    if "serving_384" in stacks:
+        same = results["accuracy"]["buckets_vs_serving_384"]
+        goal("answers identical to fixed-384", same["identical"], same["compared"],
+             same["identical"] == same["compared"] and not same["missing"], "questions")
+    return out
+
+
+def ratios(results: Mapping, ours: str = "serving_buckets") -> List[Dict[str, object]]:
+    """Throughput and p50 latency of `ours` against every other stack, per concurrency level."""
+    stacks = results["stacks"]
+    base = stacks[ours]["summary"]
+    rows = []
+    for name, other in stacks.items():
+        if name == ours:
+            continue
+        for c, level in base.items():
+            if c in other["summary"]:
+                theirs = other["summary"][c]
+                rows.append({"other": name, "concurrency": int(c), "qps_ratio": level["qps"] / theirs["qps"],
+                             "p50_ratio": level["p50"] / theirs["p50"]})
+    return rows

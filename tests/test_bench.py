@@ -1,0 +1,179 @@
+"""The benchmark's arithmetic and report (bench/stats.py, bench/questions.py, bench/report.py).
+
+The benchmark itself takes minutes on BERT-base; these check the parts that turn its
+measurements into numbers, on made-up measurements whose right answers are worked out by hand.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # bench/ is a folder of the repo, not an installed package
+
+from bench import questions, report, stats  # noqa: E402
+
+pytestmark = pytest.mark.pure
+
+
+def test_percentile_interpolates_between_ranks():
+    assert stats.percentile([5, 1, 3, 2, 4], 50) == 3
+    assert stats.percentile([10, 20, 30, 40], 25) == pytest.approx(17.5)  # rank 0.75: 10 + 0.75 * 10
+    assert stats.percentile([10, 20, 30, 40], 0) == 10
+    assert stats.percentile([10, 20, 30, 40], 100) == 40
+    assert stats.percentile([7.0], 99) == 7.0
+
+
+def test_percentile_agrees_with_numpy():
+    rng = random.Random(1)
+    values = [rng.expovariate(3.0) for _ in range(137)]
+    for q in (50, 95, 99):
+        assert stats.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+@pytest.mark.parametrize("values,q", [([], 50), ([1.0], -1), ([1.0], 101)])
+def test_percentile_refuses_bad_input(values, q):
+    with pytest.raises(ValueError):
+        stats.percentile(values, q)
+
+
+def test_summarize_gives_throughput_over_wall_time():
+    s = stats.summarize([0.1, 0.2, 0.3, 0.4], wall_s=0.5)
+    assert s["qps"] == pytest.approx(8.0)
+    assert s["p50"] == pytest.approx(0.25)
+    assert s["mean"] == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        stats.summarize([0.1], wall_s=0)
+
+
+def test_bert_base_flops_at_384_tokens_match_the_issue():
+    # Issue #6: "BERT-base at 384 tokens ~ 70.7 GFLOP".
+    assert stats.bert_flops(384) / 1e9 == pytest.approx(70.7, abs=0.1)
+    # Attention grows with the square of the length, the rest linearly.
+    linear = stats.bert_flops(384) - 2 * 12 * 2 * 384 * 384 * 768
+    assert stats.bert_flops(128) == pytest.approx(linear / 3 + 2 * 12 * 2 * 128 * 128 * 768)
+
+
+def test_compare_answers_counts_offsets_not_only_text():
+    a = {"q1": ["Paris", 10, 15], "q2": ["x", 0, 1], "q3": ["y", 2, 3]}
+    b = {"q1": ["Paris", 10, 15], "q2": ["x", 5, 6], "q4": ["z", 0, 1]}
+    got = stats.compare_answers(a, b)
+    assert got == {"compared": 2, "identical": 1, "differ": ["q2"], "missing": ["q3", "q4"]}
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    head = REPO.parent / "shared" / "data" / "squad-v1.1-dev-head.json"
+    assert head.is_file(), f"SQuAD dev head file missing: {head}"
+    return questions.load_dataset(head)
+
+
+def test_sample_is_deterministic_and_subset_keeps_exactly_those_questions(dataset):
+    first = questions.sample(dataset, 10, seed=3)
+    assert [q.id for q in first] == [q.id for q in questions.sample(dataset, 10, seed=3)]
+    assert [q.id for q in first] != [q.id for q in questions.sample(dataset, 10, seed=4)]
+    assert len({q.id for q in first}) == 10
+    part = questions.subset(dataset, [q.id for q in first])
+    kept = [q.id for q in questions.all_questions(part)]
+    assert sorted(kept) == sorted(q.id for q in first)
+    for q in first:  # each question still sits with its own context
+        assert any(p["context"] == q.context and any(qa["id"] == q.id for qa in p["qas"])
+                   for a in part["data"] for p in a["paragraphs"])
+    with pytest.raises(ValueError, match="pick 1 to"):
+        questions.sample(dataset, 0)
+
+
+def serving_stack(e2e, features_rtt, null, buckets=(128, 256, 384)):
+    ids = [f"q{i}" for i in range(len(e2e))]
+    return {
+        "label": f"serving {buckets}", "buckets": list(buckets), "cold_start_s": 12.0,
+        "null_rtt": [null] * 5,
+        "window_latency": {"384": [0.30 + null, 0.32 + null, 0.31 + null]},
+        "paired": {"ids": ids, "e2e": e2e, "features_rtt": features_rtt},
+        "stages": {"tokenize": {q: 0.001 for q in ids}, "decode": {q: 0.002 for q in ids}},
+        "levels": {"1": {"ids": ids, "latencies": e2e, "wall_s": sum(e2e), "errors": 0},
+                   "4": {"ids": ids, "latencies": [3 * t for t in e2e], "wall_s": sum(e2e) / 2, "errors": 0}},
+        "memory": {"rss_ready_bytes": 1.5e9, "rss_after_bytes": 1.6e9, "hwm_bytes": 1.7e9},
+        "answers": {q: ["a", 0, 1] for q in ids}, "answers_stable": True,
+        "cpu": {"1": {"seconds": 1.0, "our_cores": 1.9, "foreign_cores": 0.0, "load_avg_1m": 2.0}},
+    }
+
+
+def test_serving_breakdown_subtracts_the_null_request_from_each_window():
+    stack = serving_stack(e2e=[0.200, 0.100, 0.300], features_rtt=[[0.100, 0.080], [0.090], [0.290]], null=0.010)
+    b = stats.stage_breakdown(stack)
+    # Per question model time: 0.16, 0.08, 0.28; overhead: 0.04, 0.02, 0.02.
+    assert b["model"] == pytest.approx(0.16)
+    assert b["overhead"] == pytest.approx(0.02)
+    assert b["queue_transport"] == pytest.approx(0.02 - 0.003)  # overhead minus tokenize and decode
+    assert b["queue_at_top"] == pytest.approx(3 * 0.2 - 0.2)
+    assert b["top_concurrency"] == 4
+
+
+def fake_results():
+    ours = serving_stack(e2e=[0.150, 0.160, 0.170], features_rtt=[[0.148], [0.158], [0.168]], null=0.001)
+    fixed = serving_stack(e2e=[0.33] * 3, features_rtt=[[0.32]] * 3, null=0.001, buckets=(384,))
+    for c, level in fixed["levels"].items():
+        level["wall_s"] = ours["levels"][c]["wall_s"] * 2.5  # the same stream, 2.5x slower than ours
+    fixed["answers"]["q2"] = ["b", 3, 4]
+    ort = {k: v for k, v in ours.items() if k not in ("null_rtt", "paired", "buckets")}
+    ort.update(label="onnxruntime", window_latency={"384": [0.29, 0.30, 0.31]},
+               stages={**ours["stages"], "model": {q: 0.14 for q in ours["levels"]["1"]["ids"]}})
+    ort["levels"] = {c: {**lv, "wall_s": lv["wall_s"] * 0.8} for c, lv in ours["levels"].items()}
+    results = {
+        "meta": {"started": "2026-01-01T00:00:00+00:00", "command": "python bench/run.py", "total_s": 100.0,
+                 "machine": {"cpu": "test cpu", "cores": 2, "memory_gb": 24.0}, "threads": 2, "model": "base",
+                 "weights": {"sha256": "ab" * 32, "config": {"hidden_size": 768, "num_hidden_layers": 12}},
+                 "client": "test client", "foreign_cores_before": 0.01},
+        "windows": {"q0": [120], "q1": [200, 300], "q2": [384]},
+        "roofline": {"flops_384": 70.7e9, "gflops": 200.0, "roofline_384_s": 70.7e9 / 200e9, "unset": [],
+                     "runs": [{"python": "3.9", "numpy": "1", "kernel": "k", "gflops_best": 200.0,
+                               "gflops_median": 190.0}]},
+        "stacks": {"serving_buckets": ours, "serving_384": fixed, "onnxruntime": ort},
+    }
+    for s in results["stacks"].values():
+        s["summary"] = stats.summaries(s)
+        s["breakdown"] = stats.stage_breakdown(s)
+    results["accuracy"] = {
+        "em_f1": {name: {"exact_match": 0.0, "f1": 1.5} for name in results["stacks"]},
+        "buckets_vs_serving_384": stats.compare_answers(ours["answers"], fixed["answers"]),
+        "buckets_vs_onnxruntime": stats.compare_answers(ours["answers"], ort["answers"]),
+    }
+    results["goals"] = stats.goals(results)
+    results["ratios"] = stats.ratios(results)
+    return results
+
+
+def test_goals_are_judged_against_the_issue_targets():
+    goals = {g["goal"]: g for g in fake_results()["goals"]}
+    vs_ort = goals["stream throughput vs ONNX Runtime (peak over concurrency)"]
+    assert vs_ort["value"] == pytest.approx(0.8) and not vs_ort["met"]
+    vs_fixed = goals["stream throughput vs fixed-384 servable"]
+    assert vs_fixed["value"] == pytest.approx(2.5) and vs_fixed["met"]
+    roof = goals["model time, one 384 window / roofline (p50)"]
+    # p50 predict_features at 384 (0.311 s) - null request (0.001 s) over 70.7 GFLOP / 200 GFLOP/s = 0.877.
+    assert roof["value"] == pytest.approx(0.31 / 0.3535) and roof["met"]
+    overhead = goals["serving overhead p50 per question"]
+    assert overhead["value"] == pytest.approx(3.0) and overhead["met"]  # ms: 0.150 - (0.148 - 0.001) s
+    assert goals["worker RSS, all buckets"]["met"] and goals["cold start"]["met"]
+    same = goals["answers identical to fixed-384"]
+    assert (same["value"], same["target"], same["met"]) == (2, 3, False)
+
+
+def test_report_shows_goals_ratios_and_differing_answers():
+    results = fake_results()
+    text = report.render(results, "throughput.png")
+    assert "| stream throughput vs fixed-384 servable | 2.50 x | ≥ 2.00 x | yes |" in text
+    assert "| stream throughput vs ONNX Runtime (peak over concurrency) | 0.80 x | ≥ 1.00 x | **no** |" in text
+    assert "![throughput and latency](throughput.png)" in text
+    assert "2 of 3 answers identical (text, start, end); differ: q2." in text
+    assert "| onnxruntime | 1 | 0.80x |" in text  # throughput ratio per concurrency level
+    json.dumps(results)  # everything run.py writes to results.json is JSON
+    lines = report.summary_lines(results)
+    assert "serving_buckets / onnxruntime  at concurrency 4: throughput 0.80x" in lines
