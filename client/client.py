@@ -32,7 +32,7 @@ LOST_IN_FLIGHT_GRACE = 1.0
 PROBE_SERVABLE = "bert-squad-client-probe"  # no such servable: Serving's master answers it without a worker
 # How the bert_squad servable starts the error of a question it refused before doing any work because too many
 # are waiting (bert_squad/servable_glue.py, Admission); such a question is retried with backoff.
-SERVER_BUSY = "server busy:"
+SERVER_BUSY = "enqueued requests count exceeds the limit"  # Serving's text for --max-queued-requests
 
 Pair = Tuple[str, str]  # (question, context)
 Outcome = Union[Result, RequestError]

@@ -10,7 +10,7 @@ which fails only that instance.
 
 Test hooks, in the question: "sleep:SECONDS ..." answers after that delay; "crash-once:PATH ..." kills the
 worker process if PATH does not exist yet (creating it), so Serving restarts the worker; "busy-times:N ..."
-is refused as busy (the text the real servable uses) the first N times it is asked. A context starting with
+is refused as busy (the text Serving uses over --max-queued-requests) the first N times it is asked. A context starting with
 "[bad-offsets]" gets an end offset one past its answer, which a client must refuse.
 """
 import os
@@ -39,7 +39,8 @@ def _answer(question, context, top_k, max_answer_length):
     if hook == "busy-times":
         _asked[question] = _asked.get(question, 0) + 1
         if _asked[question] <= int(argument):
-            raise RuntimeError(f"server busy: asked {_asked[question]} time(s), refused {argument}; retry later")
+            raise RuntimeError(f"enqueued requests count exceeds the limit (toy): asked {_asked[question]} time(s), "
+                               f"refused {argument}")
     if not 1 <= top_k <= settings.MAX_TOP_K:
         raise ValueError(f"top_k must be in [1, {settings.MAX_TOP_K}], got {top_k}")
     spans = [m.span() for m in re.finditer(r"\S+", context) if m.end() - m.start() <= max_answer_length]
