@@ -15,7 +15,6 @@ from typing import Dict, List, Union
 
 import numpy as np
 
-from bert_squad.checkpoint import weight_names
 from bert_squad.config import BertConfig
 
 # Embedding dimensions the oracle reserves; the other dimensions carry small noise.
@@ -100,6 +99,7 @@ def build_oracle_checkpoint(
     """
     import mindspore as ms
 
+    from bert_squad.checkpoint import weight_names  # imports MindSpore: only when building
     from bert_squad.network import BertForQuestionAnswering
 
     vocab = read_vocab(vocab_file)
