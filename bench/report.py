@@ -56,8 +56,9 @@ def render(results: Mapping, plot_name: str) -> str:
     out = [
         "# bert_squad benchmark (issue #6)",
         "",
-        f"Run {meta['started']}, `{meta['command']}`, {meta['total_s']:.0f} s in all. "
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GB. Every stack: {meta['threads']} "
+        f"Run {meta['started']}, `{meta['command']}`, {meta['total_s']:.0f} s in all"
+        + (f" (plus {meta['waited_s']:.0f} s waiting for an idle machine). " if meta.get("waited_s") else ". ")
+        + f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GB. Every stack: {meta['threads']} "
         f"inference threads, fp32, the same weights ({meta['model']}: hidden {meta['weights']['config']['hidden_size']}, "
         f"{meta['weights']['config']['num_hidden_layers']} layers; sha256 {meta['weights']['sha256'][:12]}…).",
         "",
@@ -149,11 +150,13 @@ def render(results: Mapping, plot_name: str) -> str:
                 line += "; differ: " + ", ".join(cmp["differ"][:10]) + ("…" if len(cmp["differ"]) > 10 else "")
             out.append(line + ".")
     out += ["", "## Machine load while measuring", "",
-            "Average cores used by the benchmark's own processes and by everything else on the machine "
-            "(other work on a shared 2-core machine slows every stack; compare runs with low foreign load).", ""]
-    out += _table(["stack", "concurrency", "seconds", "our cores", "foreign cores", "load avg (1 min) at end"],
+            "Average cores used by the benchmark's own processes and by everything else on the machine during the "
+            "kept attempt of each level (a level is measured again, up to --retries times, when other processes "
+            "took more than a quarter of a core meanwhile).", ""]
+    out += _table(["stack", "concurrency", "seconds", "our cores", "foreign cores", "load avg (1 min) at end",
+                   "attempts"],
                   [[s["label"], c, f"{v['seconds']:.0f}", f"{v['our_cores']:.2f}", f"{v['foreign_cores']:.2f}",
-                    f"{v['load_avg_1m']:.2f}"] for s in stacks.values() for c, v in s["cpu"].items()])
+                    f"{v['load_avg_1m']:.2f}", v.get("attempts", 1)] for s in stacks.values() for c, v in s["cpu"].items()])
     versions = [f"{s['label']}: {s['version']}" for s in stacks.values() if "version" in s]
     if versions:
         out += ["", "Versions: " + "; ".join(versions) + "."]
