@@ -69,6 +69,23 @@ def oracle_servable(tmp_path_factory):
     return {"checkpoint": root / "oracle.ckpt", "config": config, "servable_dir": servable_dir}
 
 
+@pytest.fixture(scope="module")
+def oracle_servable_dir(tmp_path_factory) -> Path:
+    """The oracle exported by a Python 3.9 subprocess: usable from tests running under Python 3.11 too."""
+    from harness import export_oracle
+
+    return export_oracle(tmp_path_factory.mktemp("oracle-export"))
+
+
+@pytest.fixture(scope="module")
+def oracle(oracle_servable_dir, tmp_path_factory):
+    """A server of the subprocess-exported oracle, one per test module (client tests restart their own)."""
+    from harness import Server
+
+    with Server(tmp_path_factory.mktemp("oracle-run"), oracle_servable_dir) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def oracle_lite_servable(oracle_servable, tmp_path_factory):
     """The same oracle exported for the lite_direct runtime: one resizable MindIR, exact-length windows."""

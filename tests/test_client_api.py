@@ -20,7 +20,7 @@ import pytest
 from bert_squad_client import (PREDICT_MAX_ANSWER_LENGTH, Answer, AsyncClient, BertSquadError, Client,
                                DeadlineExceeded, InvalidResponse, RequestError, RestClient, Result,
                                ServerUnavailable, Tls)
-from harness import Server, export_oracle, free_port, make_tls, toy_server
+from harness import Server, free_port, make_tls, toy_server
 
 pytestmark = pytest.mark.pure
 
@@ -47,17 +47,6 @@ def assert_known_answer(result: Result, context: str) -> None:
     assert result.text == context[result.start:result.end]
     assert 0.5 < result.score <= 1.0
     assert result.top_k[0] == Answer(result.text, result.score, result.start, result.end)
-
-
-@pytest.fixture(scope="module")
-def oracle_servable(tmp_path_factory) -> Path:
-    return export_oracle(tmp_path_factory.mktemp("oracle-export"))
-
-
-@pytest.fixture(scope="module")
-def oracle(oracle_servable, tmp_path_factory):
-    with Server(tmp_path_factory.mktemp("oracle-run"), oracle_servable) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +327,7 @@ def test_a_request_that_kills_the_worker_is_not_retried_but_the_next_ones_wait_f
 
 
 @pytest.mark.parametrize("flavour", ["blocking", "asyncio", "rest"])
-def test_answers_continue_across_a_server_restart(flavour, oracle_servable, tmp_path):
+def test_answers_continue_across_a_server_restart(flavour, oracle_servable_dir, tmp_path):
     pairs = [(QUESTION, CONTEXTS[i % len(CONTEXTS)]) for i in range(300)]
     results = {}
 
@@ -361,7 +350,7 @@ def test_answers_continue_across_a_server_restart(flavour, oracle_servable, tmp_
 
         asyncio.run(run())
 
-    with Server(tmp_path, oracle_servable) as server:
+    with Server(tmp_path, oracle_servable_dir) as server:
         ask = {"blocking": ask_blocking, "asyncio": ask_asyncio, "rest": ask_rest}[flavour]
         asker = threading.Thread(target=ask, args=(server.rest_address if flavour == "rest" else server.grpc_address,))
         asker.start()
@@ -413,9 +402,9 @@ def certificates(tmp_path_factory):
     return make_tls(tmp_path_factory.mktemp("certs"))
 
 
-def test_tls_with_the_server_certificate(oracle_servable, certificates, tmp_path):
+def test_tls_with_the_server_certificate(oracle_servable_dir, certificates, tmp_path):
     tls = Tls(ca=certificates["ca"])
-    with Server(tmp_path, oracle_servable,
+    with Server(tmp_path, oracle_servable_dir,
                 extra_args=["--tls-cert", certificates["server_cert"], "--tls-key", certificates["server_key"]]
                 ) as server:
         assert_known_answer(Client(server.grpc_address, tls=tls).answer(QUESTION, CONTEXTS[0]), CONTEXTS[0])
@@ -430,10 +419,10 @@ def test_tls_with_the_server_certificate(oracle_servable, certificates, tmp_path
             RestClient(server.rest_address, tls=Tls()).answer(QUESTION, CONTEXTS[0])
 
 
-def test_mutual_tls_needs_the_client_certificate(oracle_servable, certificates, tmp_path):
+def test_mutual_tls_needs_the_client_certificate(oracle_servable_dir, certificates, tmp_path):
     args = ["--tls-cert", certificates["server_cert"], "--tls-key", certificates["server_key"],
             "--tls-client-ca", certificates["ca"]]
-    with Server(tmp_path, oracle_servable, extra_args=args) as server:
+    with Server(tmp_path, oracle_servable_dir, extra_args=args) as server:
         mutual = Tls(ca=certificates["ca"], cert=certificates["client_cert"], key=certificates["client_key"])
         assert_known_answer(Client(server.grpc_address, tls=mutual).answer(QUESTION, CONTEXTS[0]), CONTEXTS[0])
         assert_known_answer(RestClient(server.rest_address, tls=mutual).answer(QUESTION, CONTEXTS[2]),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bert_squad_client import Client
-from harness import REPO, Server, export_oracle, free_port
+from harness import REPO, Server, free_port
 
 pytestmark = pytest.mark.pure
 
@@ -51,17 +51,6 @@ def dev_subset(tmp_path_factory) -> Path:
 def ids_in_order(squad_file: Path) -> list[str]:
     data = json.loads(squad_file.read_text(encoding="utf-8"))
     return [qa["id"] for a in data["data"] for p in a["paragraphs"] for qa in p["qas"]]
-
-
-@pytest.fixture(scope="module")
-def oracle_servable(tmp_path_factory) -> Path:
-    return export_oracle(tmp_path_factory.mktemp("oracle-export"))
-
-
-@pytest.fixture(scope="module")
-def oracle(oracle_servable, tmp_path_factory):
-    with Server(tmp_path_factory.mktemp("oracle-run"), oracle_servable) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -180,9 +169,9 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_answers(stop, or
 
 
 @pytest.mark.parametrize("how", ["restart", "crash"])
-def test_a_run_survives_a_server_restart_half_way(how, oracle_servable, dev_subset, clean_run, tmp_path):
+def test_a_run_survives_a_server_restart_half_way(how, oracle_servable_dir, dev_subset, clean_run, tmp_path):
     output = tmp_path / "predictions.json"
-    with Server(tmp_path / "server", oracle_servable) as server:
+    with Server(tmp_path / "server", oracle_servable_dir) as server:
         run = _run_until(output, [dev_subset, "-o", output, "--server", server.grpc_address, "--concurrency", 4,
                                   "--timeout", 120], 120)
         first = server.process.pid
