@@ -48,7 +48,8 @@ def main(argv: list[str]) -> int:
     stage_ax.set_yticks(range(len(names)), [stacks[n]["label"] for n in names], fontsize=8)
     stage_ax.set_xlabel("ms per question, p50 at concurrency 1")
     stage_ax.set_title("where the time goes")
-    stage_ax.legend(fontsize=8)
+    stage_ax.set_xlim(0, max(bottom) * 1.8)  # room on the right for the legend
+    stage_ax.legend(fontsize=8, loc="upper right")
     fig.suptitle(f"bert_squad benchmark: {results['meta']['model']} weights, {results['meta']['threads']} threads, "
                  f"{len(results['windows'])} SQuAD questions")
     fig.tight_layout(rect=(0, 0.07, 1, 1))

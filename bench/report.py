@@ -134,9 +134,10 @@ def render(results: Mapping, plot_name: str) -> str:
 
     acc = results["accuracy"]
     out += ["", "## Answers", ""]
-    if meta["model"] == "base":
-        out += ["The weights are random (seeded), so answers are arbitrary and EM/F1 are near zero; they show that "
-                "every stack was scored, not model quality. What matters is that the stacks agree.", ""]
+    untrained = {"base": "The weights are random (seeded)",
+                 "minilm": "The encoder is the real all-MiniLM-L6-v2, but its QA head is random (seeded)"}
+    out += [f"{untrained[meta['model']]}, so answers are arbitrary and EM/F1 are near zero; they show that every "
+            "stack was scored, not model quality. What matters is that the stacks agree.", ""]
     out += _table(["stack", "EM", "F1", "answers same at every concurrency"],
                   [[s["label"], f"{acc['em_f1'][n]['exact_match']:.1f}", f"{acc['em_f1'][n]['f1']:.1f}",
                     "yes" if s["answers_stable"] else "**no**"] for n, s in stacks.items()])
