@@ -20,8 +20,8 @@ from typing import Dict, List, Optional, Sequence
 import psutil
 
 from bench.reference import window_input
+from bert_squad.health import find_ready_line
 
-READY = "bert-squad-serve: ready"
 START_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 120.0  # one question; a level that takes longer than this per question is broken
 WORKER_SCRIPT = "start_worker.py"
@@ -94,7 +94,8 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -
             proc.wait()
             raise BenchError(f"the server exited with code {proc.returncode} before it was ready; its output:\n"
                              f"{_tail(log)}")
-        if line.startswith(READY):
+        ready = find_ready_line(line)
+        if ready:
             cold = time.perf_counter() - t0
             break
     workers = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
@@ -102,7 +103,7 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -
     if not workers:
         stop_server_proc(proc)
         raise BenchError(f"no {WORKER_SCRIPT} process under the server (pid {proc.pid}); log: {log}")
-    return Server(proc, address, log, cold, line.strip(), workers)
+    return Server(proc, address, log, cold, ready.strip(), workers)
 
 
 def stop_server_proc(proc: subprocess.Popen, extra_pids: Sequence[int] = ()) -> None:

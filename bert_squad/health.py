@@ -28,6 +28,22 @@ from typing import Callable, Optional, Tuple
 
 from bert_squad import settings
 
+READY_MARKER = "bert-squad-serve: ready"
+
+
+def find_ready_line(output: str) -> Optional[str]:
+    """The serve command's ready line in a server's combined output, or None.
+
+    Serving's C++ threads write the same stdout in pieces (seen: a ready line landing in the
+    middle of "listening on <address>"), so the marker need not start a line. The serve command
+    writes its whole line with one write(), so marker to newline is all ours.
+    """
+    at = output.find(READY_MARKER)
+    if at < 0:
+        return None
+    end = output.find("\n", at)
+    return output[at:] if end < 0 else output[at:end]
+
 STARTING, SERVING, STOPPING = "starting", "serving", "stopping"
 
 Probe = Callable[[], None]  # returns when the model answered, raises (ProbeFailed) when it did not

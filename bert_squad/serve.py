@@ -391,7 +391,8 @@ def serve(args) -> int:
     rest = "off" if args.rest_address == "off" else args.rest_address
     if health_server:
         health_server.mark_serving()
-    print(f"bert-squad-serve: ready grpc={args.grpc_address} rest={rest} servable={args.name} version={version} "
+    # One write, starting on a fresh line: Serving's C++ threads print to the same stdout.
+    print(f"\n{health.READY_MARKER} grpc={args.grpc_address} rest={rest} servable={args.name} version={version} "
           f"device={args.device} workers={len(device_ids)} threads={args.threads} pinned={'yes' if pin else 'no'} "
           f"health={health_server.address if health_server else 'off'} "
           f"max-queued={args.max_queued_requests} start={time.perf_counter() - t0:.1f} s warm-up={warm} "

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from bert_squad.health import READY_MARKER, find_ready_line
+
 REPO = Path(__file__).resolve().parent.parent
 PY39 = Path(os.environ.get("BERT_SQUAD_PY39", REPO / ".stack" / "py39" / "bin" / "python"))
-READY = "bert-squad-serve: ready"
 
 
 def free_port() -> int:
@@ -28,7 +29,7 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m bert_squad.serve` (or any command printing READY) as a managed child process."""
+    """`python -m bert_squad.serve` (or any command printing READY_MARKER) as a managed child process."""
 
     def __init__(self, workdir: Path, servable_dir: Optional[Path] = None, extra_args: Sequence[str] = (),
                  command: Optional[List[str]] = None, grpc_port: Optional[int] = None,
@@ -56,10 +57,10 @@ class Server:
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in self.log_path.read_bytes()[offset:].decode(errors="replace").splitlines():
-                if line.startswith(READY):
-                    self.ready_line = line
-                    return self
+            line = find_ready_line(self.log_path.read_bytes()[offset:].decode(errors="replace"))
+            if line:
+                self.ready_line = line
+                return self
             if self.process.poll() is not None:
                 break
             time.sleep(0.2)

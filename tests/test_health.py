@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from bert_squad import settings
-from bert_squad.health import HealthError, ProbeFailed, start_health_server
+from bert_squad.health import READY_MARKER, HealthError, ProbeFailed, find_ready_line, start_health_server
 
 
 def get(address: str, path: str, method: str = "GET", timeout: float = 10.0):
@@ -174,6 +174,18 @@ def test_bad_addresses_are_refused_clearly():
         port = taken.getsockname()[1]
         with pytest.raises(HealthError, match=f"cannot listen on 127.0.0.1:{port}.*--health-address"):
             start_health_server(f"127.0.0.1:{port}", CountingProbe())
+
+
+@pytest.mark.pure
+def test_the_ready_line_is_found_where_serving_output_splits_around_it():
+    # As CI saw it: Serving's C++ thread wrote "listening on " and its address in two writes,
+    # and the serve command's ready line landed between them.
+    output = ("Serving: Serving gRPC server start success, listening on 127.0.0.1:48929\n"
+              "Serving: Serving RESTful server start success, listening on "
+              f"{READY_MARKER} grpc=127.0.0.1:48929 workers=1\n127.0.0.1:50715\n")
+    assert find_ready_line(output) == f"{READY_MARKER} grpc=127.0.0.1:48929 workers=1"
+    assert find_ready_line(f"started\n{READY_MARKER} grpc=a") == f"{READY_MARKER} grpc=a"  # not yet flushed: no newline
+    assert find_ready_line("Serving: Master server start success\nbert-squad-serve: starting\n") is None
 
 
 # --- real servers (MindSpore Serving on CPU through Lite, oracle model) ---

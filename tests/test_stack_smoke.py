@@ -8,7 +8,8 @@ import urllib.request
 import numpy as np
 
 from bert_squad.runtime import with_lite_on_library_path
-from harness import PY39, READY, Server, free_port
+from bert_squad.health import READY_MARKER
+from harness import PY39, Server, free_port
 
 SERVABLE = """
 from mindspore_serving.server import register
@@ -28,11 +29,11 @@ servable_dir, grpc, rest = sys.argv[1:]
 server.start_servables(server.ServableStartConfig(servable_dir, "tiny", device_ids=0), enable_lite=True)
 server.start_grpc_server(grpc)
 server.start_restful_server(rest)
-print("%s", flush=True)
+print("\\n%s", flush=True)  # one write on a fresh line: Serving's C++ threads print too
 while not ExitSignalHandle_.has_stopped():
     time.sleep(0.1)
 server.stop()
-""" % READY
+""" % READY_MARKER
 
 
 def export_tiny(path):

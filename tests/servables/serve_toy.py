@@ -13,6 +13,8 @@ import time
 from mindspore_serving import server
 from mindspore_serving._mindspore_serving import ExitSignalHandle_
 
+from bert_squad.health import READY_MARKER
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     server.start_grpc_server(args.grpc_address)
     if args.rest_address:
         server.start_restful_server(args.rest_address)
-    print("\nbert-squad-serve: ready", flush=True)  # one write, on a line of its own: Serving's threads print too
+    print("\n" + READY_MARKER, flush=True)  # one write, on a line of its own: Serving's threads print too
     while not ExitSignalHandle_.has_stopped():  # Serving's own SIGINT/SIGTERM handler sets this
         time.sleep(0.1)
     server.stop()
