@@ -41,7 +41,7 @@ def summary_lines(results: Mapping) -> str:
     for g in results["goals"]:
         lines.append(f"{g['goal']:<60}{_goal_value(g):<15}{_goal_target(g):<14}{'yes' if g['met'] else 'NO'}")
     for r in results["ratios"]:
-        lines.append(f"serving_buckets / {r['other']:<12} at concurrency {r['concurrency']}: "
+        lines.append(f"{results['meta']['ours']} / {r['other']:<12} at concurrency {r['concurrency']}: "
                      f"throughput {r['qps_ratio']:.2f}x, p50 latency {r['p50_ratio']:.2f}x")
     return "\n".join(lines)
 
@@ -84,23 +84,23 @@ def render(results: Mapping, plot_name: str) -> str:
             rows.append([s["label"], c, f"{v['qps']:.2f}", _ms(v["p50"]), _ms(v["p95"]), _ms(v["p99"]),
                          s["levels"][c]["errors"]])
     out += _table(["stack", "concurrency", "questions/s", "p50", "p95", "p99", "errors"], rows)
-    out += ["", f"![throughput and latency]({plot_name})", "", "Ratios (bucketed servable / other stack):", ""]
+    out += ["", f"![throughput and latency]({plot_name})", "", f"Ratios ({stacks[meta['ours']]['label']} / other stack):", ""]
     out += _table(["other stack", "concurrency", "throughput ratio", "p50 latency ratio"],
                   [[stacks[r["other"]]["label"], r["concurrency"], f"{r['qps_ratio']:.2f}x", f"{r['p50_ratio']:.2f}x"]
                    for r in results["ratios"]])
 
     out += ["", "## One window (ms, p50 and fastest run)", "",
             "Serving: a `predict_features` gRPC round trip (model + transport, no text stages; the window runs in "
-            "the smallest bucket that holds it). ONNX Runtime / PyTorch: the model call in-process on exactly "
+            "the smallest bucket that holds it, or at its exact length with lite_direct). ONNX Runtime / PyTorch: the model call in-process on exactly "
             "that many tokens.", ""]
     lengths_all = sorted({int(n) for s in stacks.values() for n in s["window_latency"]})
     out += _table(["tokens"] + [s["label"] for s in stacks.values()],
                   [[n] + [_window_cell(s["window_latency"].get(str(n))) for s in stacks.values()] for n in lengths_all])
-    ours = stacks["serving_buckets"]
+    ours = stacks[meta["ours"]]
     model_384 = stats.model_time_384(ours)
     out += ["", f"Roofline: {roof['flops_384'] / 1e9:.1f} GFLOP per 384-token window / {roof['gflops']:.0f} GFLOP/s "
             f"(best 2048x2048 float32 numpy matmul, {meta['threads']} threads) = {roof['roofline_384_s'] * 1000:.0f} ms. "
-            f"Bucketed servable model time at 384: {model_384 * 1000:.0f} ms = "
+            f"{ours['label']}: model time at 384: {model_384 * 1000:.0f} ms = "
             f"{model_384 / roof['roofline_384_s']:.2f}x roofline. GEMM runs: "
             + "; ".join(f"Python {r['python']} numpy {r['numpy']}: {r['gflops_best']:.0f} GFLOP/s best, "
                         f"{r['gflops_median']:.0f} median ({r['kernel']})" for r in roof["runs"])
@@ -143,9 +143,9 @@ def render(results: Mapping, plot_name: str) -> str:
                     "yes" if s["answers_stable"] else "**no**"] for n, s in stacks.items()])
     out += [""]
     for key, cmp in acc.items():
-        if key.startswith("buckets_vs_"):
-            other = stacks[key[len("buckets_vs_"):]]["label"]
-            line = (f"- Bucketed servable vs {other}: {cmp['identical']} of {cmp['compared']} answers identical "
+        if key.startswith("ours_vs_"):
+            other = stacks[key[len("ours_vs_"):]]["label"]
+            line = (f"- {ours['label']} vs {other}: {cmp['identical']} of {cmp['compared']} answers identical "
                     f"(text, start, end)")
             if cmp["differ"]:
                 line += "; differ: " + ", ".join(cmp["differ"][:10]) + ("…" if len(cmp["differ"]) > 10 else "")

@@ -3,7 +3,8 @@
     .stack/py39/bin/python bench/run.py [--quick] [--questions N] [--concurrency 1,2,4,8] [--out bench/results]
 
 One run, same weights, same thread count for every stack:
-  serving_buckets  bert_squad servable, buckets 128,256,384, over gRPC (bert_squad.serve)
+  serving_exact    bert_squad servable, runtime lite_direct: one model run at each window's exact length
+  serving_buckets  bert_squad servable, runtime serving, buckets 128,256,384, over gRPC (bert_squad.serve)
   serving_384      the same servable exported with one 384 bucket (what the zoo export gives)
   onnxruntime      the Hugging Face model exported to ONNX, dynamic shapes (Python 3.11 venv)
   pytorch          transformers eager on the same folder (Python 3.11 venv)
@@ -33,7 +34,7 @@ import numpy as np  # noqa: E402
 from bench import machine, questions as squad, report, serving, stacks, stats  # noqa: E402
 from bert_squad import settings  # noqa: E402
 from bert_squad.decode import decode  # noqa: E402
-from bert_squad.metadata import read_metadata, sha256_file  # noqa: E402
+from bert_squad.metadata import EXPORT_RUNTIME, read_metadata, sha256_file  # noqa: E402
 from bert_squad.metric import evaluate  # noqa: E402
 from bert_squad.tokenizer import load_tokenizer  # noqa: E402
 from bert_squad.windows import build_features  # noqa: E402
@@ -43,8 +44,9 @@ PY311 = Path(os.environ.get("BERT_SQUAD_PY311", REPO / ".stack" / "py311" / "bin
 BENCH = REPO / "bench"
 SERVABLE_CONFIG = REPO / "servable" / settings.SERVABLE_NAME / "servable_config.py"
 WINDOW_LENGTHS = (100, 128, 200, 256, 380, 384)  # single-window latency table (issue #6 "where we start")
-STACKS = ("serving_buckets", "serving_384", "onnxruntime", "pytorch")
+STACKS = ("serving_exact", "serving_buckets", "serving_384", "onnxruntime", "pytorch")
 LABELS = {
+    "serving_exact": "Serving + Lite, gRPC, exact length (lite_direct)",
     "serving_buckets": "Serving + Lite, gRPC, buckets 128/256/384",
     "serving_384": "Serving + Lite, gRPC, fixed 384",
     "onnxruntime": "ONNX Runtime, dynamic shape",
@@ -52,7 +54,11 @@ LABELS = {
 }
 PAIRED_QUESTIONS = 32  # questions of the serving stacks' stage-breakdown pass
 IDLE_CORES = 0.25  # foreign load under which the machine counts as idle
-EXPORTS = {"serving_buckets": settings.BUCKETS, "serving_384": (settings.MAX_SEQ_LENGTH,)}
+# Servable stacks: (export runtime, buckets). Goals and ratios are judged on the export tool's default.
+EXPORTS = {"serving_exact": ("lite_direct", (settings.MAX_SEQ_LENGTH,)),
+           "serving_buckets": ("serving", settings.BUCKETS),
+           "serving_384": ("serving", (settings.MAX_SEQ_LENGTH,))}
+OURS = next(name for name, (runtime, _) in EXPORTS.items() if runtime == EXPORT_RUNTIME)
 
 
 def log(message: str) -> None:
@@ -97,8 +103,8 @@ def parse_args(argv):
         p.error("--concurrency must start with 1: answers and the stage breakdown are taken at concurrency 1")
     args.stacks = [s.strip() for s in args.stacks.split(",") if s.strip()]
     unknown = set(args.stacks) - set(STACKS)
-    if unknown or "serving_buckets" not in args.stacks:
-        p.error(f"--stacks takes names from {', '.join(STACKS)} and must include serving_buckets")
+    if unknown or OURS not in args.stacks:
+        p.error(f"--stacks takes names from {', '.join(STACKS)} and must include {OURS} (the default export)")
     if args.threads < 1 or args.repeats < 1 or args.retries < 0:
         p.error("--threads and --repeats must be at least 1, --retries at least 0")
     for python in (PY39, PY311):
@@ -140,15 +146,18 @@ def export_servable(args, weights: Path, weights_sha: str, stack: str) -> Path:
     version = servable_dir / settings.SERVABLE_NAME / "1"
     try:
         cached = read_metadata(version)
-        fresh = args.fresh or cached.source_sha256 != weights_sha or tuple(cached.buckets) != EXPORTS[stack]
+        fresh = (args.fresh or cached.source_sha256 != weights_sha
+                 or (cached.runtime, tuple(cached.buckets)) != EXPORTS[stack])
     except Exception:  # noqa: BLE001 - anything unreadable is rebuilt
         fresh = True
     if fresh:
         shutil.rmtree(servable_dir, ignore_errors=True)
-        log(f"exporting {stack} (buckets {','.join(map(str, EXPORTS[stack]))})")
+        runtime, buckets = EXPORTS[stack]
+        log(f"exporting {stack} (runtime {runtime}, buckets {','.join(map(str, buckets))})")
+        shape = ["--buckets", ",".join(map(str, buckets))] if runtime == "serving" else []
         run_checked([PY39, "-m", "bert_squad_export", weights, "--servable-dir", servable_dir,
-                     "--name", settings.SERVABLE_NAME, "--version", "1",
-                     "--buckets", ",".join(map(str, EXPORTS[stack]))], f"exporting {stack}", cwd=tempfile.gettempdir())
+                     "--name", settings.SERVABLE_NAME, "--version", "1", "--runtime", runtime, *shape],
+                    f"exporting {stack}", cwd=tempfile.gettempdir())
     shutil.copyfile(SERVABLE_CONFIG, servable_dir / settings.SERVABLE_NAME / "servable_config.py")
     return servable_dir
 
@@ -216,7 +225,7 @@ def make_stacks(args, servables, weights: Path, onnx, questions, scratch: Path) 
     made = []
     for name in args.stacks:
         if name in EXPORTS:
-            made.append(stacks.ServingStack(name, LABELS[name], str(PY39), servables[name], EXPORTS[name],
+            made.append(stacks.ServingStack(name, LABELS[name], str(PY39), servables[name], EXPORTS[name][1],
                                             args.threads, scratch / name, args.client))
         else:
             made.append(stacks.ReferenceStack(name, LABELS[name], str(PY311), BENCH / "reference.py", job,
@@ -285,10 +294,10 @@ def accuracy(dataset: dict, results: dict) -> dict:
     part = squad.subset(dataset, ids)
     out = {"em_f1": {name: evaluate(part, {qid: a[0] for qid, a in s["answers"].items()})
                      for name, s in stacks.items()}}
-    ours = stacks["serving_buckets"]["answers"]
+    ours = stacks[results["meta"]["ours"]]["answers"]
     for name, s in stacks.items():
-        if name != "serving_buckets":
-            out[f"buckets_vs_{name}"] = stats.compare_answers(ours, s["answers"])
+        if name != results["meta"]["ours"]:
+            out[f"ours_vs_{name}"] = stats.compare_answers(ours, s["answers"])
     return out
 
 
@@ -311,7 +320,7 @@ def main(argv=None) -> int:
     questions = [q.to_json() for q in squad.sample(dataset, args.questions, args.seed)]
     results = {"meta": {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "machine": machine.describe(), "threads": args.threads, "model": args.model,
-                        "seed": args.seed, "levels": args.levels, "repeats": args.repeats,
+                        "seed": args.seed, "levels": args.levels, "ours": OURS, "repeats": args.repeats,
                         "client": serving.CLIENTS[args.client].name,
                         "command": " ".join([Path(sys.executable).name, "bench/run.py"] + (argv or sys.argv[1:]))},
                "questions": [{"id": q["id"]} for q in questions]}

@@ -26,6 +26,7 @@ COMPUTE_DTYPES = ("float32", "float16")
 #                  MAX_SEQ_LENGTH, so a reader that predates the field still runs it correctly.
 RUNTIMES = ("serving", "lite_direct")
 DEFAULT_RUNTIME = "serving"  # of files written before the field existed
+EXPORT_RUNTIME = "serving"  # what bert-squad-export (and the serve command's export on first start) writes
 
 
 class MetadataError(ValueError):

@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 
 from bert_squad import settings
 from bert_squad.config import BertConfig, ConfigError
-from bert_squad.metadata import DEFAULT_RUNTIME, RUNTIMES, MetadataError
+from bert_squad.metadata import EXPORT_RUNTIME, RUNTIMES, MetadataError
 
 
 def _buckets(text: str) -> Tuple[int, ...]:
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
-        default=DEFAULT_RUNTIME,
+        default=EXPORT_RUNTIME,
         help="serving: one MindIR per bucket, run by MindSpore Serving; lite_direct: one MindIR that "
         "MindSpore Lite resizes to each window's exact length (needs the shim of scripts/setup.sh) "
         "(default: %(default)s)",

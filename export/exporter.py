@@ -23,7 +23,7 @@ from bert_squad import settings
 from bert_squad.checkpoint import LoadedCheckpoint, build_network, load_checkpoint
 from bert_squad.config import BertConfig
 from bert_squad.lite_runtime import LiteError, min_length, score_in_subprocess
-from bert_squad.metadata import (COMPUTE_DTYPES, DEFAULT_RUNTIME, RUNTIMES, Metadata, sha256_file, validate_buckets,
+from bert_squad.metadata import (COMPUTE_DTYPES, EXPORT_RUNTIME, RUNTIMES, Metadata, sha256_file, validate_buckets,
                                  write_metadata)
 from bert_squad.runtime import RuntimeMissing
 
@@ -91,7 +91,7 @@ def export_version(
     force: bool = False,
     compute_dtype: str = "float32",
     expected_sha256: Optional[str] = None,
-    runtime: str = DEFAULT_RUNTIME,
+    runtime: str = EXPORT_RUNTIME,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Export `checkpoint` (zoo .ckpt or Hugging Face folder) to servable_dir/name/N/.

@@ -4,11 +4,10 @@ The oracle checkpoint (tests/oracle.py) scores the start at the word "paris" and
 at the word "france", wherever they are, so the expected answer of every context is
 context[index of Paris : end of France], computed here from the text alone.
 """
-import json
-import urllib.request
-
 import numpy as np
 import pytest
+
+from wire import rest_post
 
 FILLER = "The committee met again on a rainy day to talk about roads, bridges and trains. "
 
@@ -36,11 +35,7 @@ def any_server(request):
 
 
 def rest(server, method, instances):
-    request = urllib.request.Request(
-        f"http://{server.rest_address}/model/bert_squad:{method}",
-        data=json.dumps({"instances": instances}).encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=60) as reply:
-        return json.loads(reply.read())
+    return rest_post(server.rest_address, f"/model/bert_squad:{method}", {"instances": instances}, timeout=60)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

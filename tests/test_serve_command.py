@@ -1,15 +1,14 @@
 """bert-squad-serve as a user runs it: export on first start, Hub download (from a local mirror), clear refusals."""
 import hashlib
 import http.server
-import json
 import shutil
 import subprocess
 import threading
-import urllib.request
 
 import pytest
 
 from harness import PY39, REPO, Server, free_port
+from wire import rest_post
 
 QUESTION = {"question": "Which capital?", "context": "The city of Paris is the capital of France, they say."}
 ANSWER = "Paris is the capital of France"
@@ -23,10 +22,8 @@ def empty_servable(tmp_path):
 
 
 def ask(server):
-    body = json.dumps({"instances": [QUESTION]}).encode()
-    req = urllib.request.Request(f"http://{server.rest_address}/model/bert_squad:predict", data=body, method="POST")
-    with urllib.request.urlopen(req, timeout=60) as reply:
-        return json.loads(reply.read())["instances"][0]["answer"]
+    reply = rest_post(server.rest_address, "/model/bert_squad:predict", {"instances": [QUESTION]}, timeout=60)
+    return reply["instances"][0]["answer"]
 
 
 def oracle_files(oracle_servable, tmp_path):

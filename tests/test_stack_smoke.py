@@ -1,15 +1,14 @@
 """The bare stack, without any bert_squad code: a tiny MindSpore network exported to MindIR,
 served by start_servables on CPU through MindSpore Lite, answering over gRPC and REST.
 When this fails, the set-up (Python 3.9 venv, Lite runtime, LD_LIBRARY_PATH) is broken."""
-import json
 import textwrap
-import urllib.request
 
 import numpy as np
 
 from bert_squad.runtime import with_lite_on_library_path
 from bert_squad.health import READY_MARKER
 from harness import PY39, Server, free_port
+from wire import rest_post
 
 SERVABLE = """
 from mindspore_serving.server import register
@@ -73,8 +72,7 @@ def test_tiny_mindir_answers_over_grpc_and_rest(tmp_path):
         got = Client(server.grpc_address, "tiny", "scale_add").infer([{"x1": x1, "x2": x2}])
         np.testing.assert_allclose(got[0]["y"], want)
 
-        body = json.dumps({"instances": [{"x1": x1.tolist(), "x2": x2.tolist()}]}).encode()
-        req = urllib.request.Request(f"http://{server.rest_address}/model/tiny:scale_add", data=body, method="POST")
-        with urllib.request.urlopen(req, timeout=30) as reply:
-            np.testing.assert_allclose(json.loads(reply.read())["instances"][0]["y"], want)
+        reply = rest_post(server.rest_address, "/model/tiny:scale_add",
+                          {"instances": [{"x1": x1.tolist(), "x2": x2.tolist()}]}, timeout=30)
+        np.testing.assert_allclose(reply["instances"][0]["y"], want)
     assert server.worker_pids() == [], "a worker outlived the server"

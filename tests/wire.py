@@ -92,24 +92,32 @@ def _value(tensor: pb.Tensor):
     return value.item() if value.ndim == 0 else value.tolist()
 
 
-def rest_predict(address: str, method: str, body: Union[dict, bytes], servable: str = "bert_squad",
-                 version: Optional[int] = None, timeout: float = 120.0, scheme: str = "http",
-                 context: Optional[ssl.SSLContext] = None) -> Reply:
-    """One REST predict call; `body` is a dict (sent as JSON) or raw bytes.
+def rest_post(address: str, path: str, body: Union[dict, bytes], timeout: float = 120.0, scheme: str = "http",
+              context: Optional[ssl.SSLContext] = None) -> dict:
+    """POST `body` (a dict sent as JSON, or raw bytes) to a Serving REST path; its JSON reply as it is.
 
     http.client, not urllib: urllib sends "Connection: close", and Serving 2.0.2's REST server then
     leaves a request of several KB unanswered now and then (about 1 in 150 at 9 KB).
     """
-    path = f"/model/{servable}" + (f"/version/{version}" if version is not None else "") + f":{method}"
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     host, port = address.rsplit(":", 1)
     connection = (http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context) if scheme == "https"
                   else http.client.HTTPConnection(host, int(port), timeout=timeout))
     try:
         connection.request("POST", path, body=data, headers={"Content-Type": "application/json"})
-        answer = json.loads(connection.getresponse().read())
+        return json.loads(connection.getresponse().read())
     finally:
         connection.close()
+
+
+def rest_predict(address: str, method: str, body: Union[dict, bytes], servable: str = "bert_squad",
+                 version: Optional[int] = None, timeout: float = 120.0, scheme: str = "http",
+                 context: Optional[ssl.SSLContext] = None) -> Reply:
+    """One REST predict call; `body` is a dict (sent as JSON) or raw bytes.
+
+    """
+    path = f"/model/{servable}" + (f"/version/{version}" if version is not None else "") + f":{method}"
+    answer = rest_post(address, path, body, timeout, scheme, context)
     if "error_msg" in answer:
         return answer["error_msg"]
     return [{"error": r["error_msg"]} if "error_msg" in r else r for r in answer["instances"]]
