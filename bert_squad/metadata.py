@@ -26,7 +26,9 @@ COMPUTE_DTYPES = ("float32", "float16")
 #                  MAX_SEQ_LENGTH, so a reader that predates the field still runs it correctly.
 RUNTIMES = ("serving", "lite_direct")
 DEFAULT_RUNTIME = "serving"  # of files written before the field existed
-EXPORT_RUNTIME = "serving"  # what bert-squad-export (and the serve command's export on first start) writes
+# What bert-squad-export (and the serve command's export on first start, on CPU) writes: on CPU the exact-length
+# runtime answers SQuAD questions ~1.5x faster than buckets 128/256/384 with a third of the memory (README Performance).
+EXPORT_RUNTIME = "lite_direct"
 
 
 class MetadataError(ValueError):

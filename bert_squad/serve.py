@@ -127,13 +127,14 @@ def ensure_exported(args) -> None:
         expected = args.hub_sha256
     from bert_squad.checkpoint import CheckpointError
     from bert_squad.config import BertConfig, ConfigError
-    from bert_squad.metadata import MetadataError
+    from bert_squad.metadata import EXPORT_RUNTIME, MetadataError
     from bert_squad_export.exporter import ExportError, export_version
 
     try:
         config = BertConfig.from_json_file(args.config) if args.config else None
         export_version(checkpoint, args.servable_dir, name=args.name, vocab_file=args.vocab, config=config,
-                       expected_sha256=expected, log=lambda line: print(f"bert-squad-serve: {line}", flush=True))
+                       expected_sha256=expected, runtime=EXPORT_RUNTIME if args.device == "cpu" else "serving",
+                       log=lambda line: print(f"bert-squad-serve: {line}", flush=True))
     except (ExportError, CheckpointError, ConfigError, MetadataError) as e:
         raise ServeError(f"cannot export {checkpoint}: {e}") from e
 
@@ -174,15 +175,19 @@ def resolve_version(servable_dir: Path, name: str, version: int) -> int:
     return chosen
 
 
-def check_version_folder(folder: Path) -> None:
+def check_version_folder(folder: Path, device: str) -> None:
     """Refuse what Serving would only report as "Load model failed": bad metadata, a changed
-    vocabulary (sha256 recorded at export), a missing, empty or truncated model file."""
+    vocabulary (sha256 recorded at export), a missing, empty or truncated model file, a
+    lite_direct export (CPU only) on a GPU/Ascend device."""
     from bert_squad.metadata import MetadataError, read_metadata
 
     try:
         meta = read_metadata(folder)
     except MetadataError as e:
         raise ServeError(str(e)) from None
+    if meta.runtime == "lite_direct" and device != "cpu":
+        raise ServeError(f"{folder} was exported with --runtime lite_direct, which runs on CPU only; for "
+                         f"--device {device} export a version with bert-squad-export --runtime serving --fp16")
     for name in meta.model_files.values():
         path = folder / name
         if not _complete_protobuf(path):
@@ -347,7 +352,7 @@ def serve(args) -> int:
     ensure_exported(args)
     servable_dir = args.servable_dir
     version = resolve_version(servable_dir, args.name, args.version)
-    check_version_folder(servable_dir / args.name / str(version))
+    check_version_folder(servable_dir / args.name / str(version), args.device)
     device_ids = [int(x) for x in args.device_ids.split(",") if x.strip()]
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bert-squad-serve-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

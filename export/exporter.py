@@ -107,11 +107,12 @@ def export_version(
     if runtime == "lite_direct":
         if buckets is not None and tuple(buckets) != (settings.MAX_SEQ_LENGTH,):
             raise ExportError(
-                "--buckets does not apply to --runtime lite_direct: its one model runs every window at the "
-                "window's own length"
+                "--buckets does not apply to --runtime lite_direct (the default): its one model runs every window "
+                "at the window's own length; for one model per bucket add --runtime serving"
             )
         if compute_dtype != "float32":
-            raise ExportError("--runtime lite_direct runs on CPU, where matmuls run in float32; leave out --fp16")
+            raise ExportError("--runtime lite_direct (the default) runs on CPU, where matmuls run in float32; leave "
+                              "out --fp16, or add --runtime serving for a GPU/Ascend export")
         buckets = (settings.MAX_SEQ_LENGTH,)
     elif buckets is None:
         buckets = settings.BUCKETS

@@ -65,7 +65,7 @@ def oracle_servable(tmp_path_factory):
     (servable_dir / "bert_squad").mkdir(parents=True)
     shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", servable_dir / "bert_squad")
     export_version(root / "oracle.ckpt", servable_dir, vocab_file=uncased_vocab_file(), config=config,
-                   buckets=ORACLE_BUCKETS, log=lambda _: None)
+                   buckets=ORACLE_BUCKETS, runtime="serving", log=lambda _: None)
     return {"checkpoint": root / "oracle.ckpt", "config": config, "servable_dir": servable_dir}
 
 

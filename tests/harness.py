@@ -201,7 +201,7 @@ config = build_oracle_checkpoint(root / "oracle.ckpt", uncased_vocab_file(), "pa
 (root / "servable" / "bert_squad").mkdir(parents=True)
 shutil.copy(repo / "servable" / "bert_squad" / "servable_config.py", root / "servable" / "bert_squad")
 export_version(root / "oracle.ckpt", root / "servable", vocab_file=uncased_vocab_file(), config=config,
-               buckets=buckets, log=lambda _: None)
+               buckets=buckets, runtime="serving", log=lambda _: None)
 """
 
 

@@ -61,7 +61,7 @@ def run_mindir(path, *arrays):
 
 def test_zoo_round_trip(oracle, tmp_path, capsys):
     servable = tmp_path / "servable"
-    assert main(export_args(oracle, servable, "--batch-size", "2")) == 0
+    assert main(export_args(oracle, servable, "--runtime", "serving", "--batch-size", "2")) == 0
     out = capsys.readouterr().out
     assert "1,010,370 parameters" in out and "adam_m.* (39)" in out and "global_step" in out
 
@@ -89,9 +89,18 @@ def test_zoo_round_trip(oracle, tmp_path, capsys):
             np.testing.assert_allclose(a, e, atol=1e-5, rtol=0)
 
 
+def test_the_default_export_is_one_resizable_model_checked_in_lite(oracle, tmp_path, capsys):
+    assert main(export_args(oracle, tmp_path)) == 0
+    assert "MindSpore Lite at lengths" in capsys.readouterr().out  # the exporter ran the model in Lite
+    version = tmp_path / "bert_squad" / "1"
+    metadata = read_metadata(version)
+    assert metadata.runtime == "lite_direct" and metadata.buckets == (settings.MAX_SEQ_LENGTH,)
+    assert sorted(p.name for p in version.iterdir()) == sorted([METADATA_FILE, "vocab.txt", "bert.mindir"])
+
+
 def test_exported_oracle_answers(oracle, tmp_path):
     """The exported MindIR still finds the oracle's words, inside padding."""
-    assert main(export_args(oracle, tmp_path, "--buckets", "64,384")) == 0
+    assert main(export_args(oracle, tmp_path, "--runtime", "serving", "--buckets", "64,384")) == 0
     vocab = read_vocab(oracle["vocab"])
     tokens = "[CLS] where ? [SEP] the road from paris to france is long [SEP]".split()
     ids = np.zeros((1, 64), np.int32)
@@ -104,7 +113,7 @@ def test_exported_oracle_answers(oracle, tmp_path):
 
 
 def test_versions_are_never_overwritten_unless_forced(oracle, tmp_path, capsys):
-    args = export_args(oracle, tmp_path, "--buckets", "384", "--name", "qa")
+    args = export_args(oracle, tmp_path, "--runtime", "serving", "--buckets", "384", "--name", "qa")
     assert main(args) == 0
     assert main(args) == 0  # next free number
     first = tmp_path / "qa" / "1" / METADATA_FILE
@@ -120,9 +129,9 @@ def test_versions_are_never_overwritten_unless_forced(oracle, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--buckets", "128,256"], "last bucket must be 384"),
-        (["--buckets", "256,128,384"], "strictly increasing"),
-        (["--buckets", "0,384"], "positive integers"),
+        (["--runtime", "serving", "--buckets", "128,256"], "last bucket must be 384"),
+        (["--runtime", "serving", "--buckets", "256,128,384"], "strictly increasing"),
+        (["--runtime", "serving", "--buckets", "0,384"], "positive integers"),
     ],
 )
 def test_bad_buckets(oracle, tmp_path, capsys, extra, message):
@@ -160,7 +169,7 @@ def test_user_errors_are_explained(oracle, tmp_path, capsys):
     assert main(export_args(oracle, tmp_path, "--vocab", str(big_vocab))) == 1
     assert "not this model's vocabulary" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        main(export_args(oracle, tmp_path, "--buckets", "128;384"))
+        main(export_args(oracle, tmp_path, "--runtime", "serving", "--buckets", "128;384"))
     assert exit_info.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
     assert not (tmp_path / "bert_squad").exists()
 
@@ -183,7 +192,8 @@ def test_hugging_face_folder_and_fp16(tmp_path):
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
 
     servable = tmp_path / "servable"
-    assert main([str(folder), "--servable-dir", str(servable), "--buckets", "32,384", "--fp16"]) == 0
+    assert main([str(folder), "--servable-dir", str(servable), "--runtime", "serving", "--buckets", "32,384",
+                 "--fp16"]) == 0
     metadata = read_metadata(servable / "bert_squad" / "1")
     assert metadata.config == config and metadata.scoring == "logits"
     assert metadata.do_lower_case is False and metadata.compute_dtype == "float16"
@@ -197,7 +207,7 @@ def test_hugging_face_folder_and_fp16(tmp_path):
 
 
 def test_metadata_guards_the_version_folder(oracle, tmp_path):
-    assert main(export_args(oracle, tmp_path, "--buckets", "384")) == 0
+    assert main(export_args(oracle, tmp_path, "--runtime", "serving", "--buckets", "384")) == 0
     version = tmp_path / "bert_squad" / "1"
     with (version / "vocab.txt").open("a") as f:
         f.write("extra\n")

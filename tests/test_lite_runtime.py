@@ -223,17 +223,18 @@ def test_missing_shim_and_library_path_are_explained(oracle, monkeypatch):
     assert "first on LD_LIBRARY_PATH; bert-squad-serve does this" in done.stderr
 
 
+@pytest.mark.parametrize("runtime", [[], ["--runtime", "lite_direct"]], ids=["default", "explicit"])
 @pytest.mark.parametrize("extra, message", [
-    (["--buckets", "128,384"], "--buckets does not apply to --runtime lite_direct"),
-    (["--fp16"], "leave out --fp16"),
+    (["--buckets", "128,384"], "--buckets does not apply to --runtime lite_direct (the default)"),
+    (["--fp16"], "leave out --fp16, or add --runtime serving"),
 ])
-def test_export_refuses_options_that_do_not_apply_to_lite_direct(oracle, tmp_path, capsys, extra, message):
+def test_export_refuses_options_that_do_not_apply_to_lite_direct(oracle, tmp_path, capsys, runtime, extra, message):
     from bert_squad_export.cli import main
     from oracle import uncased_vocab_file
 
     oracle["config"].to_json_file(tmp_path / "config.json")
     argv = [str(oracle["root"] / "oracle.ckpt"), "--vocab", str(uncased_vocab_file()), "--config",
-            str(tmp_path / "config.json"), "--servable-dir", str(tmp_path), "--runtime", "lite_direct", *extra]
+            str(tmp_path / "config.json"), "--servable-dir", str(tmp_path), *runtime, *extra]
     assert main(argv) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "bert_squad").exists()

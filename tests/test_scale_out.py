@@ -47,7 +47,7 @@ def paced_servable(tmp_path_factory):
     (servable_dir / "bert_squad").mkdir(parents=True)
     shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", servable_dir / "bert_squad")
     export_version(root / "oracle.ckpt", servable_dir, vocab_file=uncased_vocab_file(), config=config,
-                   buckets=(384,), log=lambda _: None)
+                   buckets=(384,), runtime="serving", log=lambda _: None)
     return servable_dir
 
 

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from bert_squad.metadata import read_metadata
 from harness import PY39, REPO, Server, free_port
 from wire import rest_post
 
@@ -49,7 +50,15 @@ def test_first_start_exports_the_named_checkpoint_and_stops_cleanly(oracle_serva
     assert server.process.returncode == 0, server.output()
     assert server.worker_pids() == []
     assert "stopped" in server.output()
-    assert (servable / "bert_squad" / "1" / "metadata.json").is_file()
+    assert read_metadata(servable / "bert_squad" / "1").runtime == "lite_direct"  # the CPU default
+
+
+def test_a_cpu_only_export_is_refused_for_a_gpu_device(oracle_lite_servable, tmp_path):
+    result = run_serve("--servable-dir", str(oracle_lite_servable), "--device", "gpu", "--workdir",
+                       str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert "--runtime lite_direct, which runs on CPU only" in result.stderr and "--runtime serving" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 class _Mirror(http.server.SimpleHTTPRequestHandler):
