@@ -80,7 +80,8 @@ def _load() -> ctypes.CDLL:
                 "LD_LIBRARY_PATH; bert-squad-serve does this for its workers"
             ) from None
         lib.bert_lite_create.restype = ctypes.c_void_p
-        lib.bert_lite_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+        lib.bert_lite_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int,
+                                         ctypes.c_char_p, ctypes.c_size_t]
         lib.bert_lite_batch.restype = ctypes.c_int64
         lib.bert_lite_batch.argtypes = [ctypes.c_void_p]
         lib.bert_lite_predict.restype = ctypes.c_int
@@ -100,10 +101,11 @@ class LiteModel:
     and a call shorter than `min_length` (use min_length(config)) runs padded to it.
     Ids are not range-checked here: Lite scores an out-of-range id as if its embedding
     were zero, so callers validate them (servable_glue.check_tokens does).
+    `cores`, when given, binds Lite's threads to those cores (several workers side by side).
     Thread-safe: calls on one model run one at a time.
     """
 
-    def __init__(self, path: Union[str, Path], threads: int = 1, min_length: int = 1):
+    def __init__(self, path: Union[str, Path], threads: int = 1, min_length: int = 1, cores: Sequence[int] = ()):
         if threads < 1 or min_length < 1:
             raise ValueError(f"threads and min_length must be at least 1, got {threads} and {min_length}")
         path = Path(path)
@@ -111,7 +113,9 @@ class LiteModel:
             raise LiteError(f"model file {path} does not exist")
         self._lib = _load()
         error = ctypes.create_string_buffer(ERROR_BYTES)
-        self._handle = self._lib.bert_lite_create(os.fsencode(path), threads, error, ERROR_BYTES)
+        core_list = (ctypes.c_int * len(cores))(*cores)
+        self._handle = self._lib.bert_lite_create(os.fsencode(path), threads, core_list, len(cores), error,
+                                                  ERROR_BYTES)
         if not self._handle:
             raise LiteError(error.value.decode(errors="replace"))
         self.path, self.min_length = path, min_length

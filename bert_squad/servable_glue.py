@@ -161,14 +161,16 @@ def run_model(models: Mapping[int, object], buckets: Sequence[int], instances):
 _lite_models: dict = {}  # model file -> this process's LiteModel (runtime lite_direct)
 
 
-def run_model_lite(folder: Path, meta: Metadata, threads: int, instances):
+def run_model_lite(folder: Path, meta: Metadata, context: Mapping, instances):
     """Batch stage of the lite_direct runtime: every window at its own length in one Lite model,
-    made on the first batch this process runs, so processes that never run the stage load nothing."""
+    made on the first batch this process runs, so processes that never run the stage load nothing.
+    `context` is this worker's model_context()."""
     from bert_squad.lite_runtime import LiteModel, min_length, score_windows
 
     path = folder / meta.model_files[settings.MAX_SEQ_LENGTH]
     if path not in _lite_models:
-        _lite_models[path] = LiteModel(path, threads, min_length(meta.config))
+        _lite_models[path] = LiteModel(path, context["thread_num"], min_length(meta.config),
+                                       context.get("thread_affinity_core_list", ()))
     yield from score_windows(_lite_models[path], list(instances))
 
 

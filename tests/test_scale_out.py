@@ -217,10 +217,13 @@ def test_four_cpu_workers_start_and_share_the_requests(oracle_servable, tmp_path
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning two workers needs two cores")
-def test_two_one_thread_workers_run_on_cores_of_their_own(oracle_servable, tmp_path):
-    """Worker k computes on the k-th block of --threads cores (MindSpore Lite thread affinity); the harness
-    starts servers with --threads 1, so on two cores each worker has one of its own."""
-    server = Server(tmp_path / "run", oracle_servable["servable_dir"],
+@pytest.mark.parametrize("runtime", ["serving", "lite_direct"])
+def test_two_one_thread_workers_run_on_cores_of_their_own(oracle_servable, oracle_lite_servable, tmp_path, runtime):
+    """Worker k computes on the k-th block of --threads cores (MindSpore Lite thread affinity, set by Serving for
+    its models and by our shim for lite_direct); the harness starts servers with --threads 1, so on two cores each
+    worker has one of its own."""
+    servable_dir = oracle_servable["servable_dir"] if runtime == "serving" else oracle_lite_servable
+    server = Server(tmp_path / "run", servable_dir,
                     extra_args=["--device-ids", "0,1", "--rest-address", "off", "--health-address", "off"]).start()
     try:
         devices = {pid: worker_device(pid) for pid in server.worker_pids()}

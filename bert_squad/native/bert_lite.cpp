@@ -62,13 +62,16 @@ std::string signature_problem(mindspore::Model &model) {
 
 extern "C" {
 
-// Load the MindIR at `model_path` for CPU inference on `threads` threads.
+// Load the MindIR at `model_path` for CPU inference on `threads` threads, bound to the `core_count`
+// cores in `cores` when there are any (workers side by side each keep to their own cores).
 // Returns null and fills `error` on failure.
-void *bert_lite_create(const char *model_path, int threads, char *error, size_t error_size) {
+void *bert_lite_create(const char *model_path, int threads, const int *cores, int core_count, char *error,
+                       size_t error_size) {
   const std::string path = model_path == nullptr ? "" : model_path;
   try {
     auto context = std::make_shared<mindspore::Context>();
     context->SetThreadNum(threads);
+    if (cores != nullptr && core_count > 0) context->SetThreadAffinity(std::vector<int>(cores, cores + core_count));
     context->MutableDeviceInfo().push_back(std::make_shared<mindspore::CPUDeviceInfo>());
     auto handle = std::make_unique<Handle>();
     auto status = handle->model.Build(path, mindspore::kMindIR, context);

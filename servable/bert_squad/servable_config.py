@@ -15,7 +15,6 @@ glue.keep_worker_alive_on_bad_text()
 version_dir = glue.version_dir(Path(__file__).resolve().parent, os.environ.get(glue.VERSION_ENV))
 meta, tokenizer = glue.load_version(version_dir)
 lite_context = glue.model_context(os.environ, os.sched_getaffinity(0))
-threads = lite_context["thread_num"]
 if meta.runtime == "serving":  # one Serving model per bucket; lite_direct runs one resizable model itself
     models = {bucket: register.declare_model(model_file=name, model_format="MindIR",
                                              context=register.Context(**lite_context))
@@ -32,7 +31,7 @@ def check_tokens(input_ids, input_mask, token_type_id):
 
 def run_model(instances):
     if meta.runtime == "lite_direct":
-        yield from glue.run_model_lite(version_dir, meta, threads, instances)
+        yield from glue.run_model_lite(version_dir, meta, lite_context, instances)
     else:
         yield from glue.run_model(models, meta.buckets, instances)
 
