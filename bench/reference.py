@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -102,37 +103,47 @@ def answer(model, tokenizer, question: str, context: str):
     return [best.text, best.start, best.end], (t1 - t0, t2 - t1, t3 - t2)
 
 
-def sweep(model, tokenizer, questions: list, concurrency: int) -> dict:
-    """Every question once, `concurrency` threads taking the next one as they finish."""
+def stream(questions: list, concurrency: int, make_ask: Callable[[], Callable[[dict], object]],
+           join_timeout: Optional[Callable[[float], float]] = None) -> dict:
+    """Every question once, `concurrency` threads taking the next one as they finish; each thread asks
+    through its own `make_ask()` (question -> result). `join_timeout(elapsed)` bounds the wait for each
+    thread (None: wait); a thread still running then raises TimeoutError. Shared by every stack's sweep."""
     n = len(questions)
-    latencies, answers, stages, errors = [0.0] * n, [None] * n, [None] * n, []
+    latencies, results, errors = [0.0] * n, [None] * n, []
     cursor, lock = iter(range(n)), threading.Lock()
 
     def worker():
+        ask = make_ask()
         while True:
             with lock:
                 i = next(cursor, None)
             if i is None:
                 return
-            q = questions[i]
             t = time.perf_counter()
             try:
-                answers[i], stages[i] = answer(model, tokenizer, q["question"], q["context"])
+                results[i] = ask(questions[i])
             except Exception as e:  # noqa: BLE001 - counted and reported, the level goes on
-                errors.append(f"{q['id']}: {e}")
+                errors.append(f"{questions[i]['id']}: {e}")
             latencies[i] = time.perf_counter() - t
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    ids = [q["id"] for q in questions]
-    return {"ids": ids, "latencies": latencies, "wall_s": wall, "errors": len(errors), "error_examples": errors[:3],
-            "answers": {qid: a for qid, a in zip(ids, answers) if a is not None},
-            "stages": {qid: s for qid, s in zip(ids, stages) if s is not None}}
+        t.join(None if join_timeout is None else join_timeout(time.perf_counter() - t0))
+        if t.is_alive():
+            raise TimeoutError(f"concurrency {concurrency}: requests still open after {time.perf_counter() - t0:.0f} s")
+    return {"ids": [q["id"] for q in questions], "latencies": latencies, "wall_s": time.perf_counter() - t0,
+            "errors": len(errors), "error_examples": errors[:3], "results": results}
+
+
+def sweep(model, tokenizer, questions: list, concurrency: int) -> dict:
+    """The stream with the model in this process; answers and per-stage times per question."""
+    level = stream(questions, concurrency,
+                   lambda: lambda q: answer(model, tokenizer, q["question"], q["context"]))
+    done = [(qid, r) for qid, r in zip(level["ids"], level.pop("results")) if r is not None]
+    return {**level, "answers": {qid: r[0] for qid, r in done}, "stages": {qid: r[1] for qid, r in done}}
 
 
 def window_input(length: int):

@@ -84,15 +84,16 @@ def render(results: Mapping, plot_name: str) -> str:
             rows.append([s["label"], c, f"{v['qps']:.2f}", _ms(v["p50"]), _ms(v["p95"]), _ms(v["p99"]),
                          s["levels"][c]["errors"]])
     out += _table(["stack", "concurrency", "questions/s", "p50", "p95", "p99", "errors"], rows)
-    out += ["", f"![throughput and latency]({plot_name})", "", f"Ratios ({stacks[meta['ours']]['label']} / other stack):", ""]
+    out += ["", f"![throughput and latency]({plot_name})", "",
+            f"Ratios ({stacks[meta['ours']]['label']} / other stack):", ""]
     out += _table(["other stack", "concurrency", "throughput ratio", "p50 latency ratio"],
                   [[stacks[r["other"]]["label"], r["concurrency"], f"{r['qps_ratio']:.2f}x", f"{r['p50_ratio']:.2f}x"]
                    for r in results["ratios"]])
 
     out += ["", "## One window (ms, p50 and fastest run)", "",
             "Serving: a `predict_features` gRPC round trip (model + transport, no text stages; the window runs in "
-            "the smallest bucket that holds it, or at its exact length with lite_direct). ONNX Runtime / PyTorch: the model call in-process on exactly "
-            "that many tokens.", ""]
+            "the smallest bucket that holds it, or at its exact length with lite_direct). ONNX Runtime / PyTorch: "
+            "the model call in-process on exactly that many tokens.", ""]
     lengths_all = sorted({int(n) for s in stacks.values() for n in s["window_latency"]})
     out += _table(["tokens"] + [s["label"] for s in stacks.values()],
                   [[n] + [_window_cell(s["window_latency"].get(str(n))) for s in stacks.values()] for n in lengths_all])

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 import psutil
 
-from bench.reference import window_input
+from bench.reference import stream, window_input
 from bert_squad.health import find_ready_line
 
 START_TIMEOUT_S = 300.0
@@ -190,39 +190,18 @@ CLIENTS = {"official": OfficialClient, "ours": ProjectClient}
 
 
 def sweep(client_kind: str, address: str, questions: Sequence[dict], concurrency: int) -> dict:
-    """Every question once over `concurrency` threads; latencies as the client sees them."""
-    n = len(questions)
-    latencies, answers, errors = [0.0] * n, [None] * n, []
-    cursor, lock = iter(range(n)), threading.Lock()
-
-    def worker():
+    """Every question once over `concurrency` threads, a client each; latencies as the client sees them."""
+    def make_ask():
         client = CLIENTS[client_kind](address)
-        while True:
-            with lock:
-                i = next(cursor, None)
-            if i is None:
-                return
-            q = questions[i]
-            t = time.perf_counter()
-            try:
-                answers[i] = client.answer(q["question"], q["context"])
-            except Exception as e:  # noqa: BLE001 - counted and reported, the level goes on
-                errors.append(f"{q['id']}: {e}")
-            latencies[i] = time.perf_counter() - t
+        return lambda q: client.answer(q["question"], q["context"])
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max(1.0, REQUEST_TIMEOUT_S * n / concurrency - (time.perf_counter() - t0)))
-        if t.is_alive():
-            raise BenchError(f"concurrency {concurrency}: requests still open after {REQUEST_TIMEOUT_S} s "
-                             f"per question; the server hangs")
-    wall = time.perf_counter() - t0
-    ids = [q["id"] for q in questions]
-    return {"ids": ids, "latencies": latencies, "wall_s": wall, "errors": len(errors), "error_examples": errors[:3],
-            "answers": {qid: a for qid, a in zip(ids, answers) if a is not None}}
+    budget = REQUEST_TIMEOUT_S * len(questions) / concurrency
+    try:
+        level = stream(list(questions), concurrency, make_ask, lambda elapsed: max(1.0, budget - elapsed))
+    except TimeoutError as e:
+        raise BenchError(f"{e}: more than {REQUEST_TIMEOUT_S} s per question; the server hangs") from None
+    answers = level.pop("results")
+    return {**level, "answers": {qid: a for qid, a in zip(level["ids"], answers) if a is not None}}
 
 
 def window_latency(client_kind: str, address: str, length: int, repeats: int) -> List[float]:

@@ -343,9 +343,9 @@ def load_into_network(net, checkpoint: LoadedCheckpoint) -> None:
         p.set_data(Tensor(checkpoint.weights[name]))
 
 
-def build_network(checkpoint: LoadedCheckpoint, compute_dtype: str = "float32"):
+def build_network(checkpoint: LoadedCheckpoint, compute_dtype: str = "float32", lite_only: bool = False):
     """A BertForQuestionAnswering in inference mode holding the checkpoint's weights."""
-    net = BertForQuestionAnswering(checkpoint.config, getattr(mstype, compute_dtype))
+    net = BertForQuestionAnswering(checkpoint.config, getattr(mstype, compute_dtype), lite_only)
     load_into_network(net, checkpoint)
     net.set_train(False)
     return net

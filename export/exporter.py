@@ -34,9 +34,10 @@ VERIFY_TOLERANCE = 1e-4  # MindIR vs the in-memory network, per score
 # full window: run in ascending order, a resize that spoils the model also fails the later lengths.
 LITE_MODEL_FILE = "bert.mindir"
 LITE_VERIFY_LENGTHS = (1, 5, settings.MAX_SEQ_LENGTH // 3, 2 * settings.MAX_SEQ_LENGTH // 3, settings.MAX_SEQ_LENGTH)
-# Lite's CPU kernels sum in another order than MindSpore's: on a random BERT-base the log-softmax scores differ
-# by up to ~4e-4 (rankings identical); on the 2-layer test models by ~1e-5. Allowed: this much per unit of the
-# largest score magnitude (at least 1). A broken export is off by far more.
+# Lite's CPU kernels sum in another order than MindSpore's, and its tanh GELU is a cheaper approximation: on a
+# seeded BERT-base the scores differ by up to 1.1e-5 (erf GELU) and 2.9e-6 (tanh GELU); on the 2-layer test models
+# by ~1e-5. (Before GeLU carried its `approximate` attribute, Lite computed a tanh model's GELU as erf: 2.8e-4.)
+# Allowed: this much per unit of the largest score magnitude (at least 1). A broken export is off by far more.
 LITE_VERIFY_TOLERANCE = 1e-3
 
 
@@ -138,6 +139,10 @@ def export_version(
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     net = build_network(loaded, compute_dtype)
+    # A lite_direct model runs only in Lite, which computes an exact GELU in one fused kernel; MindSpore would
+    # compute that graph's GELU as tanh, so the MindIR is checked in Lite alone (bert_squad/network.py, GELU).
+    lite_only = runtime == "lite_direct" and loaded.config.hidden_act == "gelu_erf"
+    exported = build_network(loaded, compute_dtype, lite_only=True) if lite_only else net
     model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir) if version is None else version
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
@@ -146,12 +151,15 @@ def export_version(
         for bucket, file_name in model_files.items():
             inputs = export_inputs(batch_size, bucket, loaded.config.vocab_size)
             path = staging / file_name
-            ms.export(net, *inputs, file_name=str(path.with_suffix("")), file_format="MINDIR")
+            ms.export(exported, *inputs, file_name=str(path.with_suffix("")), file_format="MINDIR")
             if not path.is_file():
                 raise ExportError(f"MindSpore did not write {path.name}")
-            difference = _verify(net, path, inputs)
             size = path.stat().st_size / 2**20
-            log(f"bucket {bucket}: {path.name} ({size:.1f} MiB), verified (max difference {difference:.2g})")
+            if lite_only:
+                log(f"bucket {bucket}: {path.name} ({size:.1f} MiB), for MindSpore Lite only (fused exact GELU)")
+            else:
+                difference = _verify(net, path, inputs)
+                log(f"bucket {bucket}: {path.name} ({size:.1f} MiB), verified (max difference {difference:.2g})")
         if runtime == "lite_direct":
             lengths = sorted({*LITE_VERIFY_LENGTHS, loaded.config.num_attention_heads})
             difference = _verify_lite(net, staging / LITE_MODEL_FILE, batch_size, loaded.config, lengths)

@@ -53,19 +53,14 @@ ORACLE_BUCKETS = (64, 128, 384)
 
 @pytest.fixture(scope="session")
 def oracle_servable(tmp_path_factory):
-    """A servable directory with the oracle model exported (answers span "paris" .. "france")."""
-    import shutil
-
-    from bert_squad_export.exporter import export_version
+    """A servable directory with the oracle model exported (answers span "paris" .. "france"), runtime serving."""
+    from harness import export_servable
     from oracle import build_oracle_checkpoint, uncased_vocab_file
 
     root = tmp_path_factory.mktemp("oracle")
     config = build_oracle_checkpoint(root / "oracle.ckpt", uncased_vocab_file(), "paris", "france")
-    servable_dir = root / "servable"
-    (servable_dir / "bert_squad").mkdir(parents=True)
-    shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", servable_dir / "bert_squad")
-    export_version(root / "oracle.ckpt", servable_dir, vocab_file=uncased_vocab_file(), config=config,
-                   buckets=ORACLE_BUCKETS, runtime="serving", log=lambda _: None)
+    servable_dir = export_servable(root / "servable", root / "oracle.ckpt", vocab_file=uncased_vocab_file(),
+                                   config=config, buckets=ORACLE_BUCKETS, runtime="serving")
     return {"checkpoint": root / "oracle.ckpt", "config": config, "servable_dir": servable_dir}
 
 
@@ -89,17 +84,11 @@ def oracle(oracle_servable_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def oracle_lite_servable(oracle_servable, tmp_path_factory):
     """The same oracle exported for the lite_direct runtime: one resizable MindIR, exact-length windows."""
-    import shutil
-
-    from bert_squad_export.exporter import export_version
+    from harness import export_servable
     from oracle import uncased_vocab_file
 
-    servable_dir = tmp_path_factory.mktemp("oracle-lite") / "servable"
-    (servable_dir / "bert_squad").mkdir(parents=True)
-    shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", servable_dir / "bert_squad")
-    export_version(oracle_servable["checkpoint"], servable_dir, vocab_file=uncased_vocab_file(),
-                   config=oracle_servable["config"], runtime="lite_direct", log=lambda _: None)
-    return servable_dir
+    return export_servable(tmp_path_factory.mktemp("oracle-lite") / "servable", oracle_servable["checkpoint"],
+                           vocab_file=uncased_vocab_file(), config=oracle_servable["config"], runtime="lite_direct")
 
 
 @pytest.fixture(scope="session")

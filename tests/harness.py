@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from bert_squad.health import READY_MARKER, find_ready_line
+from bert_squad.health import find_ready_line
+from bert_squad.runtime import with_lite_on_library_path
 
 REPO = Path(__file__).resolve().parent.parent
 PY39 = Path(os.environ.get("BERT_SQUAD_PY39", REPO / ".stack" / "py39" / "bin" / "python"))
@@ -147,12 +148,26 @@ TOY_SERVE = REPO / "tests" / "servables" / "serve_toy.py"
 TOY_CONFIG = REPO / "tests" / "servables" / "toy_qa" / "servable_config.py"
 
 
-def lite_env() -> dict:
-    """Variables a server process started without bert-squad-serve needs: the Lite runtime on the library path."""
-    lite = next((p for p in (REPO / ".stack" / "lite" / "lib", Path("/tmp/wh/litex/mindspore_lite/lib"))
-                 if p.is_dir()), None)
-    assert lite, "MindSpore Lite runtime not found: run scripts/setup.sh"
-    return {"LD_LIBRARY_PATH": os.pathsep.join(p for p in (str(lite), os.environ.get("LD_LIBRARY_PATH")) if p)}
+SERVABLE_CONFIG = REPO / "servable" / "bert_squad" / "servable_config.py"
+
+
+def new_servable_dir(servable_dir: Path) -> Path:
+    """servable_dir/bert_squad/ holding our servable_config.py and no version yet; returns servable_dir."""
+    import shutil
+
+    servable_dir = Path(servable_dir)
+    (servable_dir / "bert_squad").mkdir(parents=True, exist_ok=True)
+    shutil.copy(SERVABLE_CONFIG, servable_dir / "bert_squad")
+    return servable_dir
+
+
+def export_servable(servable_dir: Path, checkpoint: Path, **export_args) -> Path:
+    """new_servable_dir() with `checkpoint` exported into it as version 1 (export_version's arguments, quiet)."""
+    from bert_squad_export.exporter import export_version
+
+    new_servable_dir(servable_dir)
+    export_version(checkpoint, servable_dir, log=lambda _: None, **export_args)
+    return Path(servable_dir)
 
 
 def toy_server(workdir: Path) -> Server:
@@ -166,7 +181,8 @@ def toy_server(workdir: Path) -> Server:
     grpc_port, rest_port = free_port(), free_port()
     command = [str(PY39), str(TOY_SERVE), "--servable-dir", str(servables), "--name", "bert_squad",
                "--grpc-address", f"127.0.0.1:{grpc_port}", "--rest-address", f"127.0.0.1:{rest_port}"]
-    return Server(workdir / "run", command=command, grpc_port=grpc_port, rest_port=rest_port, env=lite_env())
+    return Server(workdir / "run", command=command, grpc_port=grpc_port, rest_port=rest_port,
+                  env=with_lite_on_library_path({"LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", "")}))
 
 
 def make_tls(directory: Path) -> dict:
@@ -191,17 +207,15 @@ def make_tls(directory: Path) -> dict:
 
 
 _EXPORT_ORACLE = """
-import shutil, sys
+import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from bert_squad_export.exporter import export_version
+from harness import export_servable
 from oracle import build_oracle_checkpoint, uncased_vocab_file
-repo, root, buckets = Path(sys.argv[1]).parent, Path(sys.argv[2]), [int(b) for b in sys.argv[3].split(",")]
+root, buckets = Path(sys.argv[2]), [int(b) for b in sys.argv[3].split(",")]
 config = build_oracle_checkpoint(root / "oracle.ckpt", uncased_vocab_file(), "paris", "france")
-(root / "servable" / "bert_squad").mkdir(parents=True)
-shutil.copy(repo / "servable" / "bert_squad" / "servable_config.py", root / "servable" / "bert_squad")
-export_version(root / "oracle.ckpt", root / "servable", vocab_file=uncased_vocab_file(), config=config,
-               buckets=buckets, runtime="serving", log=lambda _: None)
+export_servable(root / "servable", root / "oracle.ckpt", vocab_file=uncased_vocab_file(), config=config,
+                buckets=buckets, runtime="serving")
 """
 
 

@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic and report (bench/stats.py, bench/questions.py, bench/report.py).
+"""The benchmark's arithmetic, report and stream driver (bench/stats.py, questions.py, report.py, reference.py).
 
 The benchmark itself takes minutes on BERT-base; these check the parts that turn its
 measurements into numbers, on made-up measurements whose right answers are worked out by hand.
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # bench/ is a folder of the repo, not an installed package
 
-from bench import questions, report, stats  # noqa: E402
+from bench import questions, reference, report, stats  # noqa: E402
 
 pytestmark = pytest.mark.pure
 
@@ -177,3 +177,39 @@ def test_report_shows_goals_ratios_and_differing_answers():
     json.dumps(results)  # everything run.py writes to results.json is JSON
     lines = report.summary_lines(results)
     assert "serving_buckets / onnxruntime  at concurrency 4: throughput 0.80x" in lines
+
+
+def test_stream_asks_every_question_once_in_parallel_and_keeps_input_order():
+    import threading
+    import time
+
+    questions_ = [{"id": f"q{i}"} for i in range(12)]
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def make_ask():
+        def ask(q):
+            with lock:
+                in_flight[0] += 1
+                peak[0] = max(peak[0], in_flight[0])
+            time.sleep(0.02)
+            with lock:
+                in_flight[0] -= 1
+            if q["id"] == "q5":
+                raise ValueError("bad question")
+            return q["id"].upper()
+        return ask
+
+    level = reference.stream(questions_, 3, make_ask)
+    assert level["ids"] == [q["id"] for q in questions_]
+    assert level["results"] == [None if i == 5 else f"Q{i}" for i in range(12)]
+    assert level["errors"] == 1 and level["error_examples"] == ["q5: bad question"]
+    assert peak[0] == 3 and all(t >= 0.02 for t in level["latencies"])
+
+
+def test_stream_gives_up_on_a_hanging_stack():
+    import threading
+
+    release = threading.Event()
+    with pytest.raises(TimeoutError, match="requests still open"):
+        reference.stream([{"id": "q"}], 1, lambda: lambda q: release.wait(5), lambda elapsed: 0.1)
+    release.set()

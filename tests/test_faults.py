@@ -10,7 +10,7 @@ import pytest
 
 import wire
 from bert_squad.metadata import sha256_file
-from harness import PY39, REPO, Server
+from harness import PY39, Server, new_servable_dir
 
 FILLER = "The committee met again on a rainy day to talk about roads, bridges and trains. "
 CONTEXT = FILLER * 30 + "Later Paris became the capital of France again. " + FILLER * 3  # 2 windows
@@ -172,9 +172,7 @@ def test_a_truncated_checkpoint_is_refused_at_export_with_its_name(oracle_servab
     checkpoint = tmp_path / "cut.ckpt"
     data = oracle_servable["checkpoint"].read_bytes()
     checkpoint.write_bytes(data[: len(data) // 3])
-    servable = tmp_path / "servable" / "bert_squad"
-    servable.mkdir(parents=True)
-    shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", servable)
+    servable = new_servable_dir(tmp_path / "servable") / "bert_squad"
     oracle_servable["config"].to_json_file(tmp_path / "config.json")
     from oracle import uncased_vocab_file
 
@@ -198,9 +196,7 @@ def test_a_checkpoint_with_another_sha256_is_refused_before_export(oracle_servab
     handler = lambda *a, **k: Quiet(*a, directory=str(mirror), **k)  # noqa: E731
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    servable = tmp_path / "servable" / "bert_squad"
-    servable.mkdir(parents=True)
-    shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", servable)
+    servable = new_servable_dir(tmp_path / "servable") / "bert_squad"
     from oracle import uncased_vocab_file
 
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO, Server
+from harness import Server, export_servable
 
 QUESTIONS = 400
 MARKER = " Long ago, Paris was a small town in France."
@@ -37,18 +36,13 @@ REQUEST_LINE = re.compile(r"RequestHandle Time Cost")
 @pytest.fixture(scope="module")
 def paced_servable(tmp_path_factory):
     """The oracle at hidden 256 x 8 layers, one 384-token bucket: tens of milliseconds of CPU per question."""
-    from bert_squad_export.exporter import export_version
     from oracle import build_oracle_checkpoint, uncased_vocab_file
 
     root = tmp_path_factory.mktemp("paced")
     config = build_oracle_checkpoint(root / "oracle.ckpt", uncased_vocab_file(), "paris", "france",
                                      hidden=256, layers=8, heads=4, intermediate=1024)
-    servable_dir = root / "servable"
-    (servable_dir / "bert_squad").mkdir(parents=True)
-    shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", servable_dir / "bert_squad")
-    export_version(root / "oracle.ckpt", servable_dir, vocab_file=uncased_vocab_file(), config=config,
-                   buckets=(384,), runtime="serving", log=lambda _: None)
-    return servable_dir
+    return export_servable(root / "servable", root / "oracle.ckpt", vocab_file=uncased_vocab_file(), config=config,
+                           buckets=(384,), runtime="serving")
 
 
 def squad_questions(squad_dev: Path, path: Path, count: int) -> dict:

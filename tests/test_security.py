@@ -14,7 +14,7 @@ import pytest
 
 import wire
 from bert_squad import settings
-from harness import PY39, REPO, Server, make_tls
+from harness import PY39, REPO, Server, make_tls, new_servable_dir
 
 QUESTION = {"question": "Which capital?", "context": "The city of Paris is the capital of France, they say."}
 ANSWER = "Paris is the capital of France"
@@ -49,9 +49,7 @@ def test_a_pickled_pytorch_checkpoint_is_refused_unread_by_the_serve_command(tmp
     (model / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(marker)))
     config = {"model_type": "bert", "architectures": ["BertForQuestionAnswering"]}
     (model / "config.json").write_text(json.dumps(config))
-    servable = tmp_path / "servable" / "bert_squad"
-    servable.mkdir(parents=True)
-    shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", servable)
+    servable = new_servable_dir(tmp_path / "servable") / "bert_squad"
     done = subprocess.run([str(PY39), "-m", "bert_squad.serve", "--servable-dir", str(servable.parent),
                            "--checkpoint", str(model), "--workdir", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=300)

@@ -8,18 +8,11 @@ import threading
 import pytest
 
 from bert_squad.metadata import read_metadata
-from harness import PY39, REPO, Server, free_port
+from harness import PY39, Server, free_port, new_servable_dir
 from wire import rest_post
 
 QUESTION = {"question": "Which capital?", "context": "The city of Paris is the capital of France, they say."}
 ANSWER = "Paris is the capital of France"
-
-
-def empty_servable(tmp_path):
-    folder = tmp_path / "servable" / "bert_squad"
-    folder.mkdir(parents=True)
-    shutil.copy(REPO / "servable" / "bert_squad" / "servable_config.py", folder)
-    return tmp_path / "servable"
 
 
 def ask(server):
@@ -40,7 +33,7 @@ def run_serve(*args, env=None, timeout=120):
 
 
 def test_first_start_exports_the_named_checkpoint_and_stops_cleanly(oracle_servable, tmp_path):
-    servable = empty_servable(tmp_path)
+    servable = new_servable_dir(tmp_path / "servable")
     args = ["--checkpoint", str(oracle_servable["checkpoint"]), *oracle_files(oracle_servable, tmp_path)]
     server = Server(tmp_path / "run", servable, extra_args=args)
     with server:
@@ -77,7 +70,7 @@ def test_no_checkpoint_downloads_it_from_the_hub_url_verifies_it_and_serves(orac
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/squad.ckpt"
         args = ["--hub-url", url, "--hub-sha256", sha, *oracle_files(oracle_servable, tmp_path)]
-        server = Server(tmp_path / "run", empty_servable(tmp_path), extra_args=args,
+        server = Server(tmp_path / "run", new_servable_dir(tmp_path / "servable"), extra_args=args,
                         env={"BERT_SQUAD_CACHE": str(tmp_path / "cache")})
         with server:
             assert ask(server) == ANSWER
@@ -89,7 +82,7 @@ def test_no_checkpoint_downloads_it_from_the_hub_url_verifies_it_and_serves(orac
 
 def test_no_network_names_the_url_the_checksum_and_the_flag(oracle_servable, tmp_path):
     url = f"http://127.0.0.1:{free_port()}/squad.ckpt"  # nothing listens there
-    result = run_serve("--servable-dir", str(empty_servable(tmp_path)), "--hub-url", url,
+    result = run_serve("--servable-dir", str(new_servable_dir(tmp_path / "servable")), "--hub-url", url,
                        *oracle_files(oracle_servable, tmp_path), "--workdir", str(tmp_path / "run"),
                        env={"BERT_SQUAD_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
@@ -104,7 +97,7 @@ def test_no_network_names_the_url_the_checksum_and_the_flag(oracle_servable, tmp
     ("broken metadata", {"metadata.json": b"{not json"}, "not valid JSON"),
 ])
 def test_a_bad_version_folder_is_refused_with_the_file_named(tmp_path, problem, files, expect):
-    servable = empty_servable(tmp_path)
+    servable = new_servable_dir(tmp_path / "servable")
     version = servable / "bert_squad" / "1"
     version.mkdir()
     for name, data in files.items():
