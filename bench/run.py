@@ -14,6 +14,7 @@ Weights, exports and the ONNX file are cached in bench/.cache (delete it, or --f
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -58,6 +59,7 @@ IDLE_CORES = 0.25  # foreign load under which the machine counts as idle
 EXPORTS = {"serving_exact": ("lite_direct", (settings.MAX_SEQ_LENGTH,)),
            "serving_buckets": ("serving", settings.BUCKETS),
            "serving_384": ("serving", (settings.MAX_SEQ_LENGTH,))}
+EXPORT_CODE = [REPO / "bert_squad" / "network.py", REPO / "bert_squad" / "checkpoint.py", REPO / "export" / "exporter.py"]
 OURS = next(name for name, (runtime, _) in EXPORTS.items() if runtime == EXPORT_RUNTIME)
 
 
@@ -140,14 +142,23 @@ def build_weights(args) -> Path:
     return folder
 
 
+def export_code_sha256() -> str:
+    """Of the code that decides what an export contains: a change to it makes cached exports stale."""
+    digest = hashlib.sha256()
+    for path in EXPORT_CODE:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def export_servable(args, weights: Path, weights_sha: str, stack: str) -> Path:
-    """servable dir with bert_squad/1/ exported from `weights` (cached while the weights match)."""
+    """servable dir with bert_squad/1/ exported from `weights` (cached while the weights and export code match)."""
     servable_dir = args.cache / "servables" / f"{args.model}-seed{args.seed}-{stack}"
     version = servable_dir / settings.SERVABLE_NAME / "1"
+    stamp, code_sha = servable_dir / "export-code.sha256", export_code_sha256()
     try:
         cached = read_metadata(version)
         fresh = (args.fresh or cached.source_sha256 != weights_sha
-                 or (cached.runtime, tuple(cached.buckets)) != EXPORTS[stack])
+                 or (cached.runtime, tuple(cached.buckets)) != EXPORTS[stack] or stamp.read_text() != code_sha)
     except Exception:  # noqa: BLE001 - anything unreadable is rebuilt
         fresh = True
     if fresh:
@@ -158,6 +169,7 @@ def export_servable(args, weights: Path, weights_sha: str, stack: str) -> Path:
         run_checked([PY39, "-m", "bert_squad_export", weights, "--servable-dir", servable_dir,
                      "--name", settings.SERVABLE_NAME, "--version", "1", "--runtime", runtime, *shape],
                     f"exporting {stack}", cwd=tempfile.gettempdir())
+        stamp.write_text(code_sha)
     shutil.copyfile(SERVABLE_CONFIG, servable_dir / settings.SERVABLE_NAME / "servable_config.py")
     return servable_dir
 
