@@ -144,8 +144,12 @@ def test_batch_over_three_servers_survives_one_killed_and_restarted(paced_servab
     print(f"\nrequests per server: {split}; the restarted one after its restart: {after_restart}; "
           f"killed at {killed_at:.0%}, back at {restarted_at:.0%} of the questions")
     assert sum(handled) >= QUESTIONS
-    for n in handled:
+    for n in handled[::2]:
         assert n >= 0.1 * QUESTIONS, f"load not spread over the three servers: {split}"
+    # The restarted server was up for a part of the run only (how much depends on how fast it restarted on a
+    # loaded machine): while up it must have taken at least half of its third.
+    up = killed_at + (1 - restarted_at)
+    assert handled[1] >= 0.5 * up * QUESTIONS / 3, f"the restarted server took too little while up: {split}"
     assert after_restart >= 0.05 * QUESTIONS, f"the restarted server got {after_restart} requests after its restart"
 
 
