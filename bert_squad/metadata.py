@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Sequence, Tuple, Union
 
@@ -84,6 +84,8 @@ class Metadata:
     tool_version: str
     runtime: str = DEFAULT_RUNTIME
     format_version: int = FORMAT_VERSION
+    # MindIR file name -> sha256 at export; versions written before the field existed have none
+    model_sha256: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_buckets(self.buckets, self.config.max_position_embeddings)
@@ -102,6 +104,9 @@ class Metadata:
                 f"a lite_direct version has one model, exported at {settings.MAX_SEQ_LENGTH} tokens and resized to "
                 f"each window's length; its buckets must be [{settings.MAX_SEQ_LENGTH}], got {list(self.buckets)}"
             )
+        unknown = sorted(set(self.model_sha256) - set(self.model_files.values()))
+        if unknown:
+            raise MetadataError(f"model_sha256 names files {unknown} that are not among the model_files")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise MetadataError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         if self.format_version != FORMAT_VERSION:
@@ -127,6 +132,7 @@ class Metadata:
             "source_sha256": self.source_sha256,
             "created": self.created,
             "tool_version": self.tool_version,
+            "model_sha256": dict(sorted(self.model_sha256.items())),
         }
 
     @classmethod
@@ -148,6 +154,7 @@ class Metadata:
                 source_sha256=data["source_sha256"],
                 created=data["created"],
                 tool_version=data["tool_version"],
+                model_sha256=dict(data.get("model_sha256", {})),
             )
         except KeyError as exc:
             raise MetadataError(f"metadata lacks the field {exc.args[0]!r}") from None
@@ -157,6 +164,19 @@ class Metadata:
             raise MetadataError(f"metadata holds a bad config: {exc}") from None
         except (TypeError, ValueError, AttributeError) as exc:
             raise MetadataError(f"metadata is malformed: {exc}") from None
+
+
+def check_model_files(version_dir: Union[str, Path], metadata: Metadata) -> None:
+    """Each model file against the sha256 recorded at export: a flipped bit in the weights leaves a MindIR that
+    still loads and answers wrongly. Reads every file whole (about a second for BERT-base), so the serve
+    command runs it once at start, not every worker."""
+    for name, expected in sorted(metadata.model_sha256.items()):
+        path = Path(version_dir) / name
+        if sha256_file(path) != expected:
+            raise MetadataError(
+                f"model file {path} does not match the sha256 recorded at export (it changed or was corrupted "
+                "since); copy it again or re-export the model"
+            )
 
 
 def write_metadata(version_dir: Union[str, Path], metadata: Metadata) -> Path:

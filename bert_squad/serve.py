@@ -177,9 +177,9 @@ def resolve_version(servable_dir: Path, name: str, version: int) -> int:
 
 def check_version_folder(folder: Path, device: str) -> None:
     """Refuse what Serving would only report as "Load model failed": bad metadata, a changed
-    vocabulary (sha256 recorded at export), a missing, empty or truncated model file, a
+    vocabulary (sha256 recorded at export), a missing, empty, truncated or changed model file, a
     lite_direct export (CPU only) on a GPU/Ascend device."""
-    from bert_squad.metadata import MetadataError, read_metadata
+    from bert_squad.metadata import MetadataError, check_model_files, read_metadata
 
     try:
         meta = read_metadata(folder)
@@ -193,6 +193,10 @@ def check_version_folder(folder: Path, device: str) -> None:
         if not _complete_protobuf(path):
             raise ServeError(f"model file {path} ({path.stat().st_size} bytes) is truncated or corrupted: it is "
                              f"not one complete MindIR protobuf; copy it again or re-export the model")
+    try:
+        check_model_files(folder, meta)
+    except MetadataError as e:
+        raise ServeError(str(e)) from None
 
 
 def _complete_protobuf(path: Path) -> bool:

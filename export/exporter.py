@@ -183,6 +183,7 @@ def export_version(
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 tool_version=tool_version(),
                 runtime=runtime,
+                model_sha256={name: sha256_file(staging / name) for name in set(model_files.values())},
             ),
         )
         target = model_dir / str(version)

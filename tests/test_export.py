@@ -78,6 +78,7 @@ def test_zoo_round_trip(oracle, tmp_path, capsys):
     datetime.fromisoformat(metadata.created)
     assert sorted(p.name for p in version.iterdir()) == sorted(
         [METADATA_FILE, "vocab.txt"] + [f"bert_{b}.mindir" for b in settings.BUCKETS])
+    assert metadata.model_sha256 == {f"bert_{b}.mindir": sha256(version / f"bert_{b}.mindir") for b in settings.BUCKETS}
 
     net = build_network(load_checkpoint(oracle["ckpt"], oracle["bert_config"]))
     for bucket in settings.BUCKETS:
