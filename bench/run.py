@@ -59,7 +59,8 @@ IDLE_CORES = 0.25  # foreign load under which the machine counts as idle
 EXPORTS = {"serving_exact": ("lite_direct", (settings.MAX_SEQ_LENGTH,)),
            "serving_buckets": ("serving", settings.BUCKETS),
            "serving_384": ("serving", (settings.MAX_SEQ_LENGTH,))}
-EXPORT_CODE = [REPO / "bert_squad" / "network.py", REPO / "bert_squad" / "checkpoint.py", REPO / "export" / "exporter.py"]
+EXPORT_CODE = [REPO / "bert_squad" / "network.py", REPO / "bert_squad" / "checkpoint.py",
+               REPO / "export" / "exporter.py"]
 OURS = next(name for name, (runtime, _) in EXPORTS.items() if runtime == EXPORT_RUNTIME)
 
 

@@ -9,6 +9,7 @@ free at run time, and is stopped by its pid: SIGTERM, then SIGKILL of the group.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,8 +154,6 @@ SERVABLE_CONFIG = REPO / "servable" / "bert_squad" / "servable_config.py"
 
 def new_servable_dir(servable_dir: Path) -> Path:
     """servable_dir/bert_squad/ holding our servable_config.py and no version yet; returns servable_dir."""
-    import shutil
-
     servable_dir = Path(servable_dir)
     (servable_dir / "bert_squad").mkdir(parents=True, exist_ok=True)
     shutil.copy(SERVABLE_CONFIG, servable_dir / "bert_squad")
@@ -172,8 +171,6 @@ def export_servable(servable_dir: Path, checkpoint: Path, **export_args) -> Path
 
 def toy_server(workdir: Path) -> Server:
     """A (not started) server running the toy servable (tests/servables/toy_qa) deployed as `bert_squad`."""
-    import shutil
-
     workdir = Path(workdir)
     servables = workdir / "servables"
     (servables / "bert_squad" / "1").mkdir(parents=True, exist_ok=True)

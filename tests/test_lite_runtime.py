@@ -265,8 +265,6 @@ def test_lite_computes_the_gelu_form_the_checkpoint_was_trained_with(tmp_path, h
     """MindSpore computes ops.GeLU as tanh, Lite as exact erf unless the op says otherwise: every export, whatever
     runs it, must compute the checkpoint's own form. Intermediate weights are scaled up so that the two forms
     differ clearly (they part most near |x| = 2)."""
-    import json as json_
-
     from safetensors.numpy import save_file
 
     from bert_squad.checkpoint import build_network, load_checkpoint, load_into_network, weight_names
@@ -287,7 +285,7 @@ def test_lite_computes_the_gelu_form_the_checkpoint_was_trained_with(tmp_path, h
     folder = tmp_path / "hf"
     folder.mkdir()
     save_file({hf_name: params[ours] for ours, _, hf_name in weight_names(2)}, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json_.dumps(hf))
+    (folder / "config.json").write_text(json.dumps(hf))
     (folder / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(100)))
     lite = export_version(folder, tmp_path / "servable", version=1, log=lambda _: None)
     served = export_version(folder, tmp_path / "servable", version=2, runtime="serving", buckets=(64, 384),
