@@ -9,7 +9,7 @@ many threads calling the model at once, as a simple threaded server would.
     python bench/reference.py serve --job job.json
 
 `serve` loads the stack named in the job, answers one question, then reads one JSON
-command per line on stdin (window, sweep, memory) and answers each with one stdout line
+command per line on stdin (window, sweep [of a slice of the questions], memory) and answers each with one stdout line
 `reference: {json}`; the first such line (ready) ends the cold start.
 """
 from __future__ import annotations
@@ -177,7 +177,8 @@ def serve(job: dict) -> None:
                 times.append(time.perf_counter() - t)
             reply({"times": times})
         elif command["cmd"] == "sweep":
-            reply(sweep(model, tokenizer, questions, command["concurrency"]))
+            part = questions[command.get("first", 0):][:command.get("count", len(questions))]
+            reply(sweep(model, tokenizer, part, command["concurrency"]))
         elif command["cmd"] == "memory":
             reply(memory())
         else:

@@ -76,8 +76,10 @@ def render(results: Mapping, plot_name: str) -> str:
                   [[g["goal"], _goal_value(g), _goal_target(g), "yes" if g["met"] else "**no**"]
                    for g in results["goals"]])
     out += ["", "## Throughput and latency on the SQuAD stream", "",
-            "Each concurrency level sends every question once (one question per request) from that many threads. "
-            "Latency is per question as the client sees it (ms).", ""]
+            "Each concurrency level sends every question once (one question per request) from that many threads, "
+            "in two halves: the first half on every stack in turn, then the second half in the reverse order, so "
+            "a drift in machine speed during a level weighs on every stack alike; questions/s = questions / the "
+            "two halves' wall time. Latency is per question as the client sees it (ms).", ""]
     rows = []
     for name, s in stacks.items():
         for c, v in s["summary"].items():
@@ -92,11 +94,20 @@ def render(results: Mapping, plot_name: str) -> str:
 
     out += ["", "## One window (ms, p50 and fastest run)", "",
             "Serving: a `predict_features` gRPC round trip (model + transport, no text stages; the window runs in "
-            "the smallest bucket that holds it, or at its exact length with lite_direct). ONNX Runtime / PyTorch: "
-            "the model call in-process on exactly that many tokens.", ""]
+            "the smallest bucket that holds it, or at its exact length with lite_direct), and in brackets [ ] the "
+            "p50 model time inside the worker for those same requests (its model-stage log, "
+            "$BERT_SQUAD_MODEL_TIMES). ONNX Runtime / PyTorch: the model call in-process on exactly that many "
+            "tokens.", ""]
     lengths_all = sorted({int(n) for s in stacks.values() for n in s["window_latency"]})
+
+    def cell(s, n):
+        latency, model = s["window_latency"].get(str(n)), s["window_model"].get(str(n))
+        if latency and model and model != latency:
+            return f"{_window_cell(latency)} [{stats.median(model) * 1000:.1f}]"
+        return _window_cell(latency)
+
     out += _table(["tokens"] + [s["label"] for s in stacks.values()],
-                  [[n] + [_window_cell(s["window_latency"].get(str(n))) for s in stacks.values()] for n in lengths_all])
+                  [[n] + [cell(s, n) for s in stacks.values()] for n in lengths_all])
     ours = stacks[meta["ours"]]
     model_384 = stats.model_time_384(ours)
     out += ["", f"Roofline: {roof['flops_384'] / 1e9:.1f} GFLOP per 384-token window / {roof['gflops']:.0f} GFLOP/s "
@@ -110,11 +121,10 @@ def render(results: Mapping, plot_name: str) -> str:
     out += ["", "## Where the time goes (p50 per question, concurrency 1, ms)", "",
             "Measured: every ONNX Runtime / PyTorch stage (timed in their process; no transport); for the servables, "
             "tokenize+windows and decode (the same library calls, timed in the benchmark process) and, in a paired "
-            "pass over the first questions, each question's `predict` round trip followed by a `predict_features` "
-            "round trip per window. Derived for the servables: model = Σ windows' `predict_features` round trips − "
-            "the null request (a request the first stage refuses: Serving's fixed cost), queue + transport = "
-            "end-to-end − tokenize − model − decode, overhead = end-to-end − model. Queue at the top level = p50 "
-            "latency there − p50 at concurrency 1.", ""]
+            "pass over the first questions, each question's `predict` round trip and the worker's model-stage time "
+            "for it (its $BERT_SQUAD_MODEL_TIMES log). Then queue + transport = end-to-end − tokenize − model − "
+            "decode, overhead = end-to-end − model; the null request is a request the first stage refuses "
+            "(Serving's fixed cost). Queue at the top level = p50 latency there − p50 at concurrency 1.", ""]
     out += _table(["stack", "end-to-end", "tokenize", "model", "decode", "queue + transport", "overhead",
                    "null request", "queue at top level"],
                   [[s["label"]] + [_ms(s["breakdown"][k]) for k in

@@ -190,9 +190,9 @@ def export_onnx(args, weights: Path, weights_sha: str) -> Path:
 def text_stages(tokenizer, questions, repeats: int = 3) -> tuple:
     """Tokenize+windows and decode per question, timed in this process with the servable's own calls
     (decode on random scores of the window's bucket length; its cost barely depends on the values).
-    Also returns each question's window lengths and its windows cut to their real length."""
+    Also returns each question's window lengths."""
     rng = np.random.RandomState(0)
-    tokenize, decode_s, windows, arrays = {}, {}, {}, {}
+    tokenize, decode_s, windows = {}, {}, {}
     for q in questions:
         times = []
         for _ in range(repeats):
@@ -201,8 +201,6 @@ def text_stages(tokenizer, questions, repeats: int = 3) -> tuple:
             times.append(time.perf_counter() - t)
         tokenize[q["id"]] = stats.median(times)
         windows[q["id"]] = [int(n) for n in f.lengths]
-        arrays[q["id"]] = [(f.input_ids[w, :n], f.input_mask[w, :n], f.token_type_id[w, :n])
-                           for w, n in enumerate(f.lengths)]
         scores = [rng.standard_normal((len(f.lengths), settings.MAX_SEQ_LENGTH)).astype(np.float32) for _ in "se"]
         times = []
         for _ in range(repeats):
@@ -210,7 +208,7 @@ def text_stages(tokenizer, questions, repeats: int = 3) -> tuple:
             decode(scores[0], scores[1], f, q["context"])
             times.append(time.perf_counter() - t)
         decode_s[q["id"]] = stats.median(times)
-    return {"tokenize": tokenize, "decode": decode_s}, windows, arrays
+    return {"tokenize": tokenize, "decode": decode_s}, windows
 
 
 def wait_idle(limit_s: float) -> float:
@@ -261,23 +259,34 @@ def quietly(args, what: str, measurement):
         args.waited_s += time.perf_counter() - t
 
 
-def measure(args, running: list, questions, text_times, arrays) -> dict:
-    """Interleaved: each window length, then each concurrency level, runs on every stack in turn."""
-    out = {s.name: {"label": s.label, **s.info, "window_latency": {}, "levels": {}, "cpu": {}} for s in running}
+def measure(args, running: list, questions, text_times) -> dict:
+    """Interleaved: each window length runs on every stack in turn; each concurrency level runs its first
+    half of the stream on every stack in turn, then its second half in the reverse order."""
+    out = {s.name: {"label": s.label, **s.info, "window_latency": {}, "window_model": {}, "levels": {}, "cpu": {}}
+           for s in running}
     for length in WINDOW_LENGTHS:
         for s in running:
             if s.name != "serving_384" or length == settings.MAX_SEQ_LENGTH:  # the 384 model runs every length
-                out[s.name]["window_latency"][str(length)], _ = quietly(
-                    args, f"{s.name} window {length}", lambda: s.window(length, args.repeats))
+                times, _ = quietly(args, f"{s.name} window {length}", lambda: s.window(length, args.repeats))
+                out[s.name]["window_latency"][str(length)] = times["latency"]
+                out[s.name]["window_model"][str(length)] = times["model"]
     log("single-window latencies done")
     for s in running:
         if isinstance(s, stacks.ServingStack):
             out[s.name].update(buckets=s.buckets, null_rtt=s.null_rtt(20), stages=text_times)
     answers = {s.name: [] for s in running}
+    halves = [(0, len(questions) // 2), (len(questions) // 2, len(questions))]
     for c in args.levels:
+        parts, loads = {s.name: [] for s in running}, {s.name: [] for s in running}
+        for half, (lo, hi) in enumerate(halves):  # A B C, then C B A: a drift in machine speed weighs on all alike
+            for s in running if half == 0 else running[::-1]:
+                part, load = quietly(args, f"{s.name} concurrency {c} half {half + 1}",
+                                     lambda: s.sweep(c, questions[lo:hi], lo))
+                parts[s.name].append(part)
+                loads[s.name].append(load)
         for s in running:
-            result, out[s.name]["cpu"][str(c)] = quietly(args, f"{s.name} concurrency {c}",
-                                                         lambda: s.sweep(c, questions))
+            result = stats.merge_rounds(parts[s.name])
+            out[s.name]["cpu"][str(c)] = stats.merge_loads(loads[s.name])
             answers[s.name].append(result.pop("answers"))
             stages = result.pop("stages", None)
             if stages is not None and c == 1:
@@ -289,7 +298,7 @@ def measure(args, running: list, questions, text_times, arrays) -> dict:
     for s in running:
         if isinstance(s, stacks.ServingStack):
             out[s.name]["paired"], _ = quietly(args, f"{s.name} paired pass",
-                                               lambda: s.paired_pass(questions[:PAIRED_QUESTIONS], arrays))
+                                               lambda: s.paired_pass(questions[:PAIRED_QUESTIONS]))
     log("paired predict / predict_features pass done")
     for s in running:
         after = s.memory()
@@ -357,7 +366,7 @@ def main(argv=None) -> int:
     onnx = export_onnx(args, weights, weights_sha) if "onnxruntime" in args.stacks else None
 
     tokenizer = load_tokenizer(str(weights / "vocab.txt"))
-    text_times, windows, arrays = text_stages(tokenizer, questions)
+    text_times, windows = text_stages(tokenizer, questions)
     results["windows"] = windows
     scratch = Path(tempfile.mkdtemp(prefix="bert-squad-bench-"))
     running = []
@@ -368,7 +377,7 @@ def main(argv=None) -> int:
             running.append(stack)
             memory = stack.info["memory_ready"]["rss"] / 1e9
             log(f"{stack.name}: ready in {stack.info['cold_start_s']:.1f} s, RSS {memory:.2f} GB")
-        results["stacks"] = measure(args, running, questions, text_times, arrays)
+        results["stacks"] = measure(args, running, questions, text_times)
     finally:
         for stack in running:
             stack.stop()

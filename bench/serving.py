@@ -6,6 +6,7 @@ question per request, from that many threads with a client each.
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -21,6 +22,7 @@ import psutil
 
 from bench.reference import stream, window_input
 from bert_squad.health import find_ready_line
+from bert_squad.servable_glue import MODEL_TIMES_ENV
 
 START_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 120.0  # one question; a level that takes longer than this per question is broken
@@ -51,6 +53,23 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+class ModelTimes:
+    """The workers' model-stage log ($BERT_SQUAD_MODEL_TIMES): each take() gives the lines added since the last."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+
+    def take(self) -> List[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path) as f:
+            f.seek(self.offset)
+            text = f.read()
+        complete = text[:text.rfind("\n") + 1]  # a line being written is left for the next take
+        self.offset += len(complete)
+        return [json.loads(line) for line in complete.splitlines()]
+
+
 @dataclass
 class Server:
     proc: subprocess.Popen
@@ -59,6 +78,7 @@ class Server:
     cold_start_s: float
     ready_line: str
     workers: List[int]
+    model_times: ModelTimes
 
 
 def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -> Server:
@@ -68,10 +88,12 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -
     log = workdir / "serve.log"
     cmd = [python, "-m", "bert_squad.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
            "--rest-address", "off", "--health-address", "off", "--threads", str(threads), "--workdir", str(workdir)]
+    model_times = workdir / "model-times.jsonl"
+    model_times.unlink(missing_ok=True)
     lines: "queue.Queue[Optional[str]]" = queue.Queue()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, MODEL_TIMES_ENV: str(model_times)})
 
     def pump():  # keep reading so the pipe never fills; everything also goes to the log
         with open(log, "w") as f:
@@ -103,7 +125,7 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -
     if not workers:
         stop_server_proc(proc)
         raise BenchError(f"no {WORKER_SCRIPT} process under the server (pid {proc.pid}); log: {log}")
-    return Server(proc, address, log, cold, ready.strip(), workers)
+    return Server(proc, address, log, cold, ready.strip(), workers, ModelTimes(model_times))
 
 
 def stop_server_proc(proc: subprocess.Popen, extra_pids: Sequence[int] = ()) -> None:
@@ -204,38 +226,39 @@ def sweep(client_kind: str, address: str, questions: Sequence[dict], concurrency
     return {**level, "answers": {qid: a for qid, a in zip(level["ids"], answers) if a is not None}}
 
 
-def window_latency(client_kind: str, address: str, length: int, repeats: int) -> List[float]:
-    """predict_features round trips of one window (model + transport, no text stages)."""
-    client = CLIENTS[client_kind](address)
+def window_latency(client_kind: str, server: Server, length: int, repeats: int) -> Dict[str, List[float]]:
+    """predict_features round trips of one window (model + transport, no text stages) and the
+    worker's model time of each (its model-stage log)."""
+    client = CLIENTS[client_kind](server.address)
     ids, mask, segment = (a[0] for a in window_input(length))
     client.features(ids, mask, segment)  # warm-up
+    server.model_times.take()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         client.features(ids, mask, segment)
         times.append(time.perf_counter() - t)
-    return times
+    lines = server.model_times.take()
+    if [line["lengths"] for line in lines] != [[length]] * repeats:
+        raise BenchError(f"the model-stage log {server.model_times.path} does not match the {repeats} windows of "
+                         f"{length} tokens just sent: {[line['lengths'] for line in lines]}")
+    return {"latency": times, "model": [line["seconds"] for line in lines]}
 
 
-def paired_pass(client_kind: str, address: str, questions: Sequence[dict], windows: Dict[str, list]) -> dict:
-    """Per question, one at a time: `predict`, then `predict_features` on each of its windows.
-
-    Adjacent in time, the two give each question's model time (features round trips minus
-    the null request) and end-to-end latency under the same machine load.
-    """
-    client = CLIENTS[client_kind](address)
-    e2e, features = [], []
+def paired_pass(client_kind: str, server: Server, questions: Sequence[dict]) -> dict:
+    """Per question, one at a time: the `predict` round trip and the worker's model time for it."""
+    client = CLIENTS[client_kind](server.address)
+    server.model_times.take()
+    e2e, model = [], []
     for q in questions:
         t = time.perf_counter()
         client.answer(q["question"], q["context"])
         e2e.append(time.perf_counter() - t)
-        rtts = []
-        for ids, mask, segment in windows[q["id"]]:
-            t = time.perf_counter()
-            client.features(ids, mask, segment)
-            rtts.append(time.perf_counter() - t)
-        features.append(rtts)
-    return {"ids": [q["id"] for q in questions], "e2e": e2e, "features_rtt": features}
+        lines = server.model_times.take()
+        if len(lines) != 1:
+            raise BenchError(f"one question gave {len(lines)} model batches in {server.model_times.path}; expected 1")
+        model.append(lines[0]["seconds"])
+    return {"ids": [q["id"] for q in questions], "e2e": e2e, "model": model}
 
 
 def null_rtt(client_kind: str, address: str, repeats: int) -> List[float]:

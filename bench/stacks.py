@@ -1,7 +1,7 @@
 """The four stacks behind one interface, so run.py can interleave them.
 
 All stacks are started first and stay up, idle, while the others are measured; each
-measurement (one window length, one concurrency level) then runs stack after stack.
+measurement (one window length, one half of a concurrency level) then runs stack after stack.
 Interleaving spreads any drift in machine load over all stacks instead of one.
 """
 from __future__ import annotations
@@ -32,17 +32,18 @@ class ServingStack:
         self.info = {"cold_start_s": self.server.cold_start_s, "ready_line": self.server.ready_line,
                      "memory_ready": self.memory()}
 
-    def window(self, length: int, repeats: int) -> List[float]:
-        return serving.window_latency(self.client, self.server.address, length, repeats)
+    def window(self, length: int, repeats: int) -> Dict[str, List[float]]:
+        """Round trips ("latency") and the worker's model times ("model") of one window."""
+        return serving.window_latency(self.client, self.server, length, repeats)
 
     def null_rtt(self, repeats: int) -> List[float]:
         return serving.null_rtt(self.client, self.server.address, repeats)
 
-    def sweep(self, concurrency: int, questions) -> dict:
+    def sweep(self, concurrency: int, questions, first: int = 0) -> dict:
         return serving.sweep(self.client, self.server.address, questions, concurrency)
 
-    def paired_pass(self, questions, windows) -> dict:
-        return serving.paired_pass(self.client, self.server.address, questions, windows)
+    def paired_pass(self, questions) -> dict:
+        return serving.paired_pass(self.client, self.server, questions)
 
     def memory(self) -> Dict[str, int]:
         return serving.workers_memory(self.server)
@@ -91,11 +92,14 @@ class ReferenceStack:
         self.proc.stdin.flush()
         return self._reply()
 
-    def window(self, length: int, repeats: int) -> List[float]:
-        return self._ask(cmd="window", length=length, repeats=repeats)["times"]
+    def window(self, length: int, repeats: int) -> Dict[str, List[float]]:
+        """In-process model calls: the latency is the model time."""
+        times = self._ask(cmd="window", length=length, repeats=repeats)["times"]
+        return {"latency": times, "model": times}
 
-    def sweep(self, concurrency: int, questions) -> dict:
-        return self._ask(cmd="sweep", concurrency=concurrency)
+    def sweep(self, concurrency: int, questions, first: int = 0) -> dict:
+        """`questions` must be the job's questions[first:first + len(questions)]: the runner has the texts."""
+        return self._ask(cmd="sweep", concurrency=concurrency, first=first, count=len(questions))
 
     def memory(self) -> Dict[str, int]:
         return self._ask(cmd="memory")

@@ -49,6 +49,33 @@ def summarize(latencies: Sequence[float], wall_s: float) -> Dict[str, float]:
     }
 
 
+def merge_rounds(parts: Sequence[dict]) -> dict:
+    """One concurrency level from its rounds (sweeps over consecutive slices of the stream): per-question
+    lists and dicts joined in order, wall times and error counts added."""
+    if not parts:
+        raise ValueError("a level needs at least one round")
+    out: dict = {"ids": [], "latencies": [], "wall_s": 0.0, "errors": 0, "error_examples": []}
+    for part in parts:
+        out["ids"] += part["ids"]
+        out["latencies"] += part["latencies"]
+        out["wall_s"] += part["wall_s"]
+        out["errors"] += part["errors"]
+        out["error_examples"] = (out["error_examples"] + part["error_examples"])[:3]
+        for key in ("answers", "stages"):
+            if key in part:
+                out.setdefault(key, {}).update(part[key])
+    return out
+
+
+def merge_loads(loads: Sequence[Mapping[str, float]]) -> Dict[str, float]:
+    """Machine load over a level's rounds: cores averaged over their time, attempts added."""
+    seconds = sum(load["seconds"] for load in loads)
+    return {"seconds": seconds,
+            "our_cores": sum(load["our_cores"] * load["seconds"] for load in loads) / seconds,
+            "foreign_cores": sum(load["foreign_cores"] * load["seconds"] for load in loads) / seconds,
+            "load_avg_1m": loads[-1]["load_avg_1m"], "attempts": sum(load.get("attempts", 1) for load in loads)}
+
+
 def bert_flops(seq: int, hidden: int = 768, layers: int = 12, intermediate: int = 3072) -> float:
     """Multiply-add FLOPs (2 per MAC) of a BERT encoder on one window of `seq` tokens.
 
@@ -74,32 +101,25 @@ def peak_qps(stack: Mapping) -> float:
 
 
 def model_time_384(stack: Mapping, statistic: Callable[[Sequence[float]], float] = median) -> Optional[float]:
-    """Model time of one full 384-token window. In-process stacks: the call's time (measured).
-    Serving: a full-window predict_features round trip minus the null request that the
-    first stage refuses (derived; same statistic of both)."""
-    times = stack["window_latency"].get("384")
-    if not times:
-        return None
-    if "null_rtt" in stack:
-        return statistic(times) - statistic(stack["null_rtt"])
-    return statistic(times)
+    """Model time of one full 384-token window (measured): in-process stacks time the call; Serving
+    stacks, the worker's model stage (its $BERT_SQUAD_MODEL_TIMES log), without queue and transport."""
+    times = stack["window_model"].get("384")
+    return statistic(times) if times else None
 
 
 def stage_breakdown(stack: Mapping) -> Dict[str, float]:
     """p50 per question (s) of each stage at concurrency 1, and the queueing at the highest level.
 
-    Reference stacks time tokenize, model and decode in their own process (measured; no
-    transport). Serving stacks: tokenize and decode are timed in-process with the same
-    library calls (measured); a paired pass sends each question to `predict` and right
-    after each of its windows to `predict_features` (measured), so model time per question
-    = sum of its windows' round trips minus the null request's (derived), queue + transport
-    = end-to-end - tokenize - model - decode (derived), overhead = end-to-end - model.
+    Reference stacks time tokenize, model and decode in their own process (no transport).
+    Serving stacks: tokenize and decode are timed in-process with the same library calls; a
+    paired pass sends the questions to `predict` one at a time and reads the worker's model-stage
+    time of each from its log. All measured; queue + transport = end-to-end - tokenize - model -
+    decode, overhead = end-to-end - model.
     """
     if "paired" in stack:
         paired = stack["paired"]
         e2e = dict(zip(paired["ids"], paired["e2e"]))
-        floor = median(stack["null_rtt"])
-        model = {qid: sum(rtt - floor for rtt in rtts) for qid, rtts in zip(paired["ids"], paired["features_rtt"])}
+        model = dict(zip(paired["ids"], paired["model"]))
     else:
         level = stack["levels"]["1"]
         e2e = dict(zip(level["ids"], level["latencies"]))

@@ -6,7 +6,10 @@ back into the tensors the methods declare.
 """
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -25,6 +28,9 @@ from bert_squad.windows import Features, build_features
 VERSION_ENV = "BERT_SQUAD_VERSION"
 THREADS_ENV = "BERT_SQUAD_THREADS"
 PIN_ENV = "BERT_SQUAD_PIN_CORES"  # "1": worker k computes on the k-th block of THREADS_ENV cores
+# When set, a file each model-stage batch appends one JSON line to: {"pid", "lengths" (its windows' real
+# lengths), "seconds" (the stage's model work)}. For measuring model time apart from queue and transport.
+MODEL_TIMES_ENV = "BERT_SQUAD_MODEL_TIMES"
 WORKER_ENV = "SERVING_DEVICE_ID"  # Serving's start_worker.py sets it (the worker's device id) before importing us
 INSTANCES_PER_MODEL_CALL = settings.INSTANCES_PER_MODEL_CALL
 ANSWER_OUTPUTS = ["answer", "score", "start", "end", "top_starts", "top_ends", "top_scores"]
@@ -155,7 +161,24 @@ def run_model(models: Mapping[int, object], buckets: Sequence[int], instances):
         outputs = models[bucket].call([[i, m, s] for i, m, s in zip(ids, mask, segment)])
         return np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs])
 
-    yield from run_windows(list(instances), call, buckets)
+    yield from _timed(lambda batch: run_windows(batch, call, buckets), instances)
+
+
+def _timed(score, instances) -> list:
+    """score(instances), and its duration appended to $BERT_SQUAD_MODEL_TIMES when that is set."""
+    batch = list(instances)
+    started = time.perf_counter()
+    results = score(batch)
+    log = os.environ.get(MODEL_TIMES_ENV)
+    if log:
+        lengths = [int(n) for *_, window_lengths in batch for n in np.asarray(window_lengths).reshape(-1)]
+        line = json.dumps({"pid": os.getpid(), "lengths": lengths, "seconds": time.perf_counter() - started})
+        try:
+            with open(log, "a") as f:
+                f.write(line + "\n")
+        except OSError as e:  # a diagnostic must not fail the answers
+            print(f"bert_squad: cannot append to {MODEL_TIMES_ENV}={log}: {e}", file=sys.stderr, flush=True)
+    return results
 
 
 _lite_models: dict = {}  # model file -> this process's LiteModel (runtime lite_direct)
@@ -171,7 +194,7 @@ def run_model_lite(folder: Path, meta: Metadata, context: Mapping, instances):
     if path not in _lite_models:
         _lite_models[path] = LiteModel(path, context["thread_num"], min_length(meta.config),
                                        context.get("thread_affinity_core_list", ()))
-    yield from score_windows(_lite_models[path], list(instances))
+    yield from _timed(lambda batch: score_windows(_lite_models[path], batch), instances)
 
 
 def postprocess(context, start, end, lengths, char_offsets, max_context, top_k=settings.DEFAULT_TOP_K,

@@ -15,6 +15,7 @@ SQUAD_DEV = SHARED_DATA / "squad-v1.1-dev.json"
 SQUAD_DEV_HEAD = SHARED_DATA / "squad-v1.1-dev-head.json"
 PY39 = Path(os.environ.get("BERT_SQUAD_PY39", REPO / ".stack" / "py39" / "bin" / "python"))
 PY311 = Path(os.environ.get("BERT_SQUAD_PY311", REPO / ".stack" / "py311" / "bin" / "python"))
+MODEL_TIMES_FILE = "model-times.jsonl"  # in the oracle servers' work dirs ($BERT_SQUAD_MODEL_TIMES)
 
 
 def pytest_configure(config):
@@ -95,7 +96,10 @@ def oracle_lite_servable(oracle_servable, tmp_path_factory):
 def oracle_lite_server(oracle_lite_servable, tmp_path_factory):
     from harness import Server
 
-    with Server(tmp_path_factory.mktemp("oracle-lite-run"), oracle_lite_servable) as server:
+    from bert_squad.servable_glue import MODEL_TIMES_ENV
+
+    workdir = tmp_path_factory.mktemp("oracle-lite-run")
+    with Server(workdir, oracle_lite_servable, env={MODEL_TIMES_ENV: str(workdir / MODEL_TIMES_FILE)}) as server:
         yield server
 
 
@@ -103,7 +107,11 @@ def oracle_lite_server(oracle_lite_servable, tmp_path_factory):
 def oracle_server(oracle_servable, tmp_path_factory):
     from harness import Server
 
-    with Server(tmp_path_factory.mktemp("oracle-run"), oracle_servable["servable_dir"]) as server:
+    from bert_squad.servable_glue import MODEL_TIMES_ENV
+
+    workdir = tmp_path_factory.mktemp("oracle-run")
+    with Server(workdir, oracle_servable["servable_dir"],
+                env={MODEL_TIMES_ENV: str(workdir / MODEL_TIMES_FILE)}) as server:
         yield server
 
 
