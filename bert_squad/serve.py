@@ -277,17 +277,33 @@ def _warm_up(args, timeout: float) -> float:
     return time.perf_counter() - t0
 
 
+def _children() -> "set[int]":
+    """This process's child pids, from /proc/self/task/*/children: the supervisor asks twice a second,
+    beside the workers, and psutil's children() reads the stat file of every process on the host."""
+    tasks = Path("/proc/self/task")
+    if not (tasks / str(os.getpid()) / "children").exists():  # a kernel built without CONFIG_PROC_CHILDREN
+        import psutil  # a dependency of mindspore_serving
+
+        return {child.pid for child in psutil.Process().children()}
+    pids = set()
+    for task in tasks.iterdir():
+        try:
+            pids.update(int(pid) for pid in (task / "children").read_text().split())
+        except OSError:  # the thread exited meanwhile
+            pass
+    return pids
+
+
 def _worker_pids() -> "set[int]":
     """Serving's worker processes: children of this process running its start_worker.py."""
-    import psutil  # a dependency of mindspore_serving
-
     pids = set()
-    for child in psutil.Process().children():
+    for pid in _children():
         try:
-            if any(part.endswith("start_worker.py") for part in child.cmdline()):
-                pids.add(child.pid)
-        except psutil.Error:  # exited meanwhile
-            pass
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # exited meanwhile
+            continue
+        if any(part.endswith(b"start_worker.py") for part in command):
+            pids.add(pid)
     return pids
 
 

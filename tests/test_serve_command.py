@@ -106,3 +106,25 @@ def test_a_bad_version_folder_is_refused_with_the_file_named(tmp_path, problem, 
     assert result.returncode == 2, result.stderr
     assert expect in result.stderr and str(version) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_supervisor_finds_its_worker_children_and_no_other_process():
+    import sys
+    import time
+
+    from bert_squad import serve
+
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "start_worker.py"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "other.py"])
+    try:
+        deadline = time.monotonic() + 10  # the child's cmdline is readable once it has exec'd
+        while serve._worker_pids() != {worker.pid} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert serve._worker_pids() == {worker.pid}
+        worker.kill()
+        worker.wait()
+        assert serve._worker_pids() == set()  # an exited (reaped) worker is gone
+    finally:
+        for p in (worker, other):
+            p.kill()
+            p.wait()
