@@ -9,8 +9,8 @@ many threads calling the model at once, as a simple threaded server would.
     python bench/reference.py serve --job job.json
 
 `serve` loads the stack named in the job, answers one question, then reads one JSON
-command per line on stdin (window, sweep [of a slice of the questions], memory) and answers each with one stdout line
-`reference: {json}`; the first such line (ready) ends the cold start.
+command per line on stdin (window, sweep of a slice of the questions, memory) and answers
+each with one stdout line `reference: {json}`; the first such line (ready) ends the cold start.
 """
 from __future__ import annotations
 

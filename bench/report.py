@@ -111,7 +111,8 @@ def render(results: Mapping, plot_name: str) -> str:
     ours = stacks[meta["ours"]]
     model_384 = stats.model_time_384(ours)
     out += ["", f"Roofline: {roof['flops_384'] / 1e9:.1f} GFLOP per 384-token window / {roof['gflops']:.0f} GFLOP/s "
-            f"(best 2048x2048 float32 numpy matmul, {meta['threads']} threads) = {roof['roofline_384_s'] * 1000:.0f} ms. "
+            f"(best 2048x2048 float32 numpy matmul, {meta['threads']} threads, measured right before the 384-token "
+            f"windows) = {roof['roofline_384_s'] * 1000:.0f} ms. "
             f"{ours['label']}: model time at 384: {model_384 * 1000:.0f} ms = "
             f"{model_384 / roof['roofline_384_s']:.2f}x roofline. GEMM runs: "
             + "; ".join(f"Python {r['python']} numpy {r['numpy']}: {r['gflops_best']:.0f} GFLOP/s best, "

@@ -62,10 +62,10 @@ class ModelTimes:
     def take(self) -> List[dict]:
         if not self.path.exists():
             return []
-        with open(self.path) as f:
+        with open(self.path, "rb") as f:
             f.seek(self.offset)
-            text = f.read()
-        complete = text[:text.rfind("\n") + 1]  # a line being written is left for the next take
+            data = f.read()
+        complete = data[:data.rfind(b"\n") + 1]  # a line being written is left for the next take
         self.offset += len(complete)
         return [json.loads(line) for line in complete.splitlines()]
 
