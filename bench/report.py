@@ -100,9 +100,9 @@ def render(results: Mapping, plot_name: str) -> str:
             "tokens.", ""]
     lengths_all = sorted({int(n) for s in stacks.values() for n in s["window_latency"]})
 
-    def cell(s, n):
+    def cell(s, n):  # servables (they have a null request) also show the worker's model time
         latency, model = s["window_latency"].get(str(n)), s["window_model"].get(str(n))
-        if latency and model and model != latency:
+        if latency and model and "null_rtt" in s:
             return f"{_window_cell(latency)} [{stats.median(model) * 1000:.1f}]"
         return _window_cell(latency)
 

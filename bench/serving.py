@@ -6,7 +6,6 @@ question per request, from that many threads with a client each.
 """
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -22,7 +21,7 @@ import psutil
 
 from bench.reference import stream, window_input
 from bert_squad.health import find_ready_line
-from bert_squad.servable_glue import MODEL_TIMES_ENV
+from bert_squad.servable_glue import MODEL_TIMES_ENV, read_model_times
 
 START_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 120.0  # one question; a level that takes longer than this per question is broken
@@ -60,14 +59,8 @@ class ModelTimes:
         self.path, self.offset = path, 0
 
     def take(self) -> List[dict]:
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        complete = data[:data.rfind(b"\n") + 1]  # a line being written is left for the next take
-        self.offset += len(complete)
-        return [json.loads(line) for line in complete.splitlines()]
+        lines, self.offset = read_model_times(self.path, self.offset)
+        return lines
 
 
 @dataclass

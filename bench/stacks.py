@@ -1,4 +1,4 @@
-"""The four stacks behind one interface, so run.py can interleave them.
+"""The stacks (our servables, ONNX Runtime, PyTorch) behind one interface, so run.py can interleave them.
 
 All stacks are started first and stay up, idle, while the others are measured; each
 measurement (one window length, one half of a concurrency level) then runs stack after stack.

@@ -181,6 +181,18 @@ def _timed(score, instances) -> list:
     return results
 
 
+def read_model_times(path: Path, offset: int = 0) -> "tuple[list, int]":
+    """The complete lines of a $BERT_SQUAD_MODEL_TIMES file from byte `offset` on, as dicts, and the offset
+    after them (a line still being written is left for the next read). Nothing yet if the file is not there."""
+    if not Path(path).exists():
+        return [], offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    complete = data[:data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in complete.splitlines()], offset + len(complete)
+
+
 _lite_models: dict = {}  # model file -> this process's LiteModel (runtime lite_direct)
 
 

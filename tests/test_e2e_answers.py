@@ -114,20 +114,15 @@ def test_served_features_match_mindspore_in_process_for_every_bucket(oracle_serv
 
 
 def test_model_time_log_has_one_line_per_model_batch_shorter_than_the_round_trip(any_server):
-    import json
     import time
 
     from mindspore_serving.client import Client
 
+    from bert_squad.servable_glue import read_model_times
     from conftest import MODEL_TIMES_FILE
 
     log = any_server.workdir / MODEL_TIMES_FILE
-
-    def new_lines(offset):
-        text = log.read_text()[offset:] if log.exists() else ""
-        return [json.loads(line) for line in text.splitlines()], offset + len(text)
-
-    _, offset = new_lines(0)
+    _, offset = read_model_times(log)
     length = 57
     client = Client(any_server.grpc_address, "bert_squad", "predict_features")
     ids = np.random.RandomState(3).randint(1000, 20000, length).astype(np.int32)
@@ -136,12 +131,12 @@ def test_model_time_log_has_one_line_per_model_batch_shorter_than_the_round_trip
                            "token_type_id": np.zeros(length, np.int32)}])
     round_trip = time.perf_counter() - t
     assert "error" not in reply[0], reply
-    lines, offset = new_lines(offset)
+    lines, offset = read_model_times(log, offset)
     assert len(lines) == 1 and lines[0]["lengths"] == [length]
     assert 0 < lines[0]["seconds"] < round_trip
     assert lines[0]["pid"] != any_server.process.pid  # written by the worker, not the serve command
 
     rest(any_server, "predict", [{"question": "Which capital?", "context": CASES["past_first_window"]}])
-    lines, _ = new_lines(offset)
+    lines, _ = read_model_times(log, offset)
     assert len(lines) == 1 and len(lines[0]["lengths"]) > 1  # one model batch held all windows of the question
     assert all(0 < n <= 384 for n in lines[0]["lengths"])

@@ -58,3 +58,17 @@ def test_an_unwritable_log_warns_and_the_answers_still_come(tmp_path, monkeypatc
     results = list(servable_glue.run_model({128: SlowModel()}, (128,), [instance(10)]))
     assert len(results) == 1 and results[0][0].shape == (1, 384)
     assert f"cannot append to {servable_glue.MODEL_TIMES_ENV}" in capsys.readouterr().err
+
+
+def test_reading_the_log_gives_complete_lines_and_leaves_a_partial_one_for_the_next_read(tmp_path):
+    log = tmp_path / "times.jsonl"
+    assert servable_glue.read_model_times(log) == ([], 0)  # not written yet
+    first = json.dumps({"pid": 1, "lengths": [7], "seconds": 0.5}) + "\n"
+    log.write_text(first + '{"pid": 1, "len')  # the worker is in the middle of its second line
+    lines, offset = servable_glue.read_model_times(log)
+    assert lines == [{"pid": 1, "lengths": [7], "seconds": 0.5}] and offset == len(first.encode())
+    with open(log, "a") as f:
+        f.write('gths": [3, 4], "seconds": 0.25}\n')
+    lines, offset = servable_glue.read_model_times(log, offset)
+    assert lines == [{"pid": 1, "lengths": [3, 4], "seconds": 0.25}] and offset == log.stat().st_size
+    assert servable_glue.read_model_times(log, offset) == ([], offset)
