@@ -7,7 +7,7 @@ setup:
 	@bash scripts/setup.sh
 
 serve: setup
-	$(PY39) -m bert_squad.serve $(ARGS)
+	$(PY39) -m bert_squad.server.serve $(ARGS)
 
 test: setup
 	@bash scripts/test.sh $(ARGS)

@@ -1,7 +1,7 @@
 """ONNX Runtime and PyTorch on the benchmark's weights (run by the Python 3.11 venv).
 
-The same text pipeline as the servable (bert_squad.windows.build_features before the
-model, bert_squad.decode.decode after it), but the model runs in-process on each window
+The same text pipeline as the servable (bert_squad.text.windows.build_features before the
+model, bert_squad.text.decode.decode after it), but the model runs in-process on each window
 cut to its real length (dynamic shapes, no padding) with batch 1. Concurrency is that
 many threads calling the model at once, as a simple threaded server would.
 
@@ -24,9 +24,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from bert_squad.decode import decode
-from bert_squad.tokenizer import load_tokenizer
-from bert_squad.windows import build_features
+from bert_squad.text.decode import decode
+from bert_squad.text.tokenizer import load_tokenizer
+from bert_squad.text.windows import build_features
 
 ONNX_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 ONNX_OUTPUTS = ["start_logits", "end_logits"]

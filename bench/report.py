@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import List, Mapping, Sequence
 
 from bench import stats
-from bert_squad.batching import bucket_for
+from bert_squad.runtimes.batching import bucket_for
 from bert_squad.settings import BUCKETS
 
 

@@ -4,7 +4,7 @@
 
 One run, same weights, same thread count for every stack:
   serving_exact    bert_squad servable, runtime lite_direct: one model run at each window's exact length
-  serving_buckets  bert_squad servable, runtime serving, buckets 128,256,384, over gRPC (bert_squad.serve)
+  serving_buckets  bert_squad servable, runtime serving, buckets 128,256,384, over gRPC (bert_squad.server.serve)
   serving_384      the same servable exported with one 384 bucket (what the zoo export gives)
   onnxruntime      the Hugging Face model exported to ONNX, dynamic shapes (Python 3.11 venv)
   pytorch          transformers eager on the same folder (Python 3.11 venv)
@@ -34,11 +34,11 @@ import numpy as np  # noqa: E402
 
 from bench import machine, questions as squad, report, serving, stacks, stats  # noqa: E402
 from bert_squad import settings  # noqa: E402
-from bert_squad.decode import decode  # noqa: E402
+from bert_squad.text.decode import decode  # noqa: E402
 from bert_squad.metadata import EXPORT_RUNTIME, read_metadata, sha256_file  # noqa: E402
-from bert_squad.metric import evaluate  # noqa: E402
-from bert_squad.tokenizer import load_tokenizer  # noqa: E402
-from bert_squad.windows import build_features  # noqa: E402
+from bert_squad.text.metric import evaluate  # noqa: E402
+from bert_squad.text.tokenizer import load_tokenizer  # noqa: E402
+from bert_squad.text.windows import build_features  # noqa: E402
 
 PY39 = Path(os.environ.get("BERT_SQUAD_PY39", REPO / ".stack" / "py39" / "bin" / "python"))
 PY311 = Path(os.environ.get("BERT_SQUAD_PY311", REPO / ".stack" / "py311" / "bin" / "python"))

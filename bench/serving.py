@@ -1,4 +1,4 @@
-"""Our servable under load: start `bert_squad.serve`, drive it over gRPC, read its workers' memory.
+"""Our servable under load: start `bert_squad.server.serve`, drive it over gRPC, read its workers' memory.
 
 Runs in the Python 3.9 server venv, with MindSpore Serving's own gRPC client or this
 project's (bert_squad_client). Each concurrency level sends every question once, one
@@ -20,8 +20,8 @@ from typing import Dict, List, Optional, Sequence
 import psutil
 
 from bench.reference import stream, window_input
-from bert_squad.health import find_ready_line
-from bert_squad.servable_glue import MODEL_TIMES_ENV, read_model_times
+from bert_squad.server.health import find_ready_line
+from bert_squad.server.servable_glue import MODEL_TIMES_ENV, read_model_times
 
 START_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 120.0  # one question; a level that takes longer than this per question is broken
@@ -79,7 +79,7 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -
     address = f"127.0.0.1:{free_port()}"
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
-    cmd = [python, "-m", "bert_squad.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
+    cmd = [python, "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
            "--rest-address", "off", "--health-address", "off", "--threads", str(threads), "--workdir", str(workdir)]
     model_times = workdir / "model-times.jsonl"
     model_times.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ REPLY = "reference: "  # bench/reference.py's reply prefix
 
 
 class ServingStack:
-    """bert_squad.serve on one exported servable dir, measured over gRPC."""
+    """bert_squad.server.serve on one exported servable dir, measured over gRPC."""
 
     def __init__(self, name: str, label: str, python: str, servable_dir: Path, buckets, threads: int, workdir: Path,
                  client: str):

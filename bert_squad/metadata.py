@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Sequence, Tuple, Union
 
 from bert_squad import settings
-from bert_squad.config import BertConfig, ConfigError
+from bert_squad.model.config import BertConfig, ConfigError
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1  # bump when a reader of the old layout would misread the new one
@@ -22,7 +22,7 @@ COMPUTE_DTYPES = ("float32", "float16")
 # How the servable runs the model files:
 #   "serving"      one MindIR per bucket, each a MindSpore Serving model (declare_model);
 #   "lite_direct"  one MindIR exported at MAX_SEQ_LENGTH that MindSpore Lite resizes to each window's exact
-#                  length (bert_squad/lite_runtime.py). It is also a valid "serving" export with the one bucket
+#                  length (bert_squad/runtimes/lite_direct.py). It is also a valid "serving" export with the one bucket
 #                  MAX_SEQ_LENGTH, so a reader that predates the field still runs it correctly.
 RUNTIMES = ("serving", "lite_direct")
 DEFAULT_RUNTIME = "serving"  # of files written before the field existed

@@ -42,7 +42,7 @@ MAX_QUEUED_REQUESTS = 64
 # Instances the model stage of one request batch takes together; windows of all of them are packed per bucket.
 INSTANCES_PER_MODEL_CALL = 8
 
-# Health endpoints (bert_squad/health.py) that load balancers and orchestrators poll.
+# Health endpoints (bert_squad/server/health.py) that load balancers and orchestrators poll.
 DEFAULT_HEALTH_ADDRESS = "127.0.0.1:8080"  # HTTP /livez and /readyz; 'off' disables them
 HEALTH_TTL_S = 2.0  # /readyz reuses one probe's outcome this long: polling adds at most one question per TTL
 HEALTH_PROBE_TIMEOUT_S = 5.0  # deadline of the probe question; a server slower than this counts as not ready

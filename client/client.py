@@ -31,7 +31,7 @@ DEFAULT_MAX_IN_FLIGHT = 8  # requests answer_many keeps open at once
 LOST_IN_FLIGHT_GRACE = 1.0
 PROBE_SERVABLE = "bert-squad-client-probe"  # no such servable: Serving's master answers it without a worker
 # How the bert_squad servable starts the error of a question it refused before doing any work because too many
-# are waiting (bert_squad/servable_glue.py, Admission); such a question is retried with backoff.
+# are waiting (bert_squad/server/servable_glue.py, Admission); such a question is retried with backoff.
 SERVER_BUSY = "enqueued requests count exceeds the limit"  # Serving's text for --max-queued-requests
 
 Pair = Tuple[str, str]  # (question, context)

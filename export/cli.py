@@ -7,7 +7,7 @@ import sys
 from typing import List, Optional, Tuple
 
 from bert_squad import settings
-from bert_squad.config import BertConfig, ConfigError
+from bert_squad.model.config import BertConfig, ConfigError
 from bert_squad.metadata import EXPORT_RUNTIME, RUNTIMES, MetadataError
 
 
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from bert_squad.checkpoint import CheckpointError  # imports MindSpore: after --help
+    from bert_squad.model.checkpoint import CheckpointError  # imports MindSpore: after --help
 
     from .exporter import ExportError, export_version
 

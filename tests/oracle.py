@@ -15,7 +15,7 @@ from typing import Dict, List, Union
 
 import numpy as np
 
-from bert_squad.config import BertConfig
+from bert_squad.model.config import BertConfig
 
 # Embedding dimensions the oracle reserves; the other dimensions carry small noise.
 START_DIM, END_DIM, QUESTION_DIM = 0, 1, 2
@@ -99,8 +99,8 @@ def build_oracle_checkpoint(
     """
     import mindspore as ms
 
-    from bert_squad.checkpoint import weight_names  # imports MindSpore: only when building
-    from bert_squad.network import BertForQuestionAnswering
+    from bert_squad.model.checkpoint import weight_names  # imports MindSpore: only when building
+    from bert_squad.model.network import BertForQuestionAnswering
 
     vocab = read_vocab(vocab_file)
     start_id = _marker_id(vocab, start_word, "start_word")

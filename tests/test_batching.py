@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bert_squad.batching import PAD_SCORE, bucket_for, run_windows
+from bert_squad.runtimes.batching import PAD_SCORE, bucket_for, run_windows
 
 pytestmark = pytest.mark.pure
 BUCKETS = (8, 16, 32)

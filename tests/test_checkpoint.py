@@ -14,8 +14,8 @@ from oracle import reference_forward
 from safetensors.numpy import save_file
 
 from bert_squad import settings
-from bert_squad.checkpoint import CheckpointError, build_network, load_checkpoint
-from bert_squad.config import BertConfig
+from bert_squad.model.checkpoint import CheckpointError, build_network, load_checkpoint
+from bert_squad.model.config import BertConfig
 
 CONFIG = BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
                     intermediate_size=12, max_position_embeddings=32, type_vocab_size=2)

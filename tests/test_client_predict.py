@@ -107,7 +107,7 @@ def test_json_lines_over_grpc_and_rest_pass_the_evaluate_gate(oracle, tmp_path):
         {"context": c, "qas": [{"id": i, "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}]}
         for i, q, c, a in KNOWN]}]}
     (tmp_path / "dataset.json").write_text(json.dumps(dataset), encoding="utf-8")
-    evaluate = [sys.executable, "-m", "bert_squad.metric", str(tmp_path / "dataset.json")]
+    evaluate = [sys.executable, "-m", "bert_squad.text.metric", str(tmp_path / "dataset.json")]
     gate = subprocess.run([*evaluate, str(tmp_path / "grpc.json"), "--json", "--min-em", "100"],
                           capture_output=True, text=True)
     assert gate.returncode == 0, gate.stdout + gate.stderr

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bert_squad.config import BertConfig, ConfigError
+from bert_squad.model.config import BertConfig, ConfigError
 
 # all-MiniLM-L6-v2's config.json, as shipped (the fields we read).
 MINILM_HF_CONFIG = {

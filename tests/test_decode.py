@@ -10,10 +10,10 @@ import pytest
 from conftest import SQUAD_DEV
 
 from bert_squad import settings
-from bert_squad.decode import NO_ANSWER, Answer, decode
+from bert_squad.text.decode import NO_ANSWER, Answer, decode
 from bert_squad.errors import InputError
-from bert_squad.tokenizer import load_tokenizer
-from bert_squad.windows import build_features
+from bert_squad.text.tokenizer import load_tokenizer
+from bert_squad.text.windows import build_features
 
 pytestmark = pytest.mark.pure
 

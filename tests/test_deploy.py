@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bert_squad import health, settings
-from bert_squad.serve import parse_args
+from bert_squad import settings
+from bert_squad.server import health
+from bert_squad.server.serve import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -64,9 +65,9 @@ def container() -> dict:
 
 
 def image_options() -> list[str]:
-    """The serve options the image's ENTRYPOINT passes: everything after `-m bert_squad.serve`."""
+    """The serve options the image's ENTRYPOINT passes: everything after `-m bert_squad.server.serve`."""
     entrypoint = exec_form(instructions("ENTRYPOINT")[0])
-    return entrypoint[entrypoint.index("bert_squad.serve") + 1:]
+    return entrypoint[entrypoint.index("bert_squad.server.serve") + 1:]
 
 
 def pod_options():
@@ -98,7 +99,8 @@ def test_image_copies_every_package_setup_cfg_installs_and_the_servable_config()
     for copy in instructions("COPY"):
         *sources, _ = shlex.split(copy)
         copied.update(s.rstrip("/") for s in sources)
-    needed = {package_dir.get(p, p) for p in packages} | {"setup.cfg", "pyproject.toml", "scripts",
+    tops = {p.split(".")[0] for p in packages}  # subpackages come with their top-level folder
+    needed = {package_dir.get(p, p) for p in tops} | {"setup.cfg", "pyproject.toml", "scripts",
                                                           "servable/bert_squad/servable_config.py"}
     needed.add(cfg["metadata"]["long_description"].replace("file:", "").strip())  # README.md
     assert needed <= copied, f"the image misses {sorted(needed - copied)}"
@@ -109,7 +111,7 @@ def test_image_copies_every_package_setup_cfg_installs_and_the_servable_config()
 def test_image_entrypoint_is_the_serve_command_of_the_venv_setup_builds():
     [workdir] = instructions("WORKDIR")
     entrypoint = exec_form(instructions("ENTRYPOINT")[0])
-    assert entrypoint[:3] == [f"{workdir}/.stack/py39/bin/python", "-m", "bert_squad.serve"]
+    assert entrypoint[:3] == [f"{workdir}/.stack/py39/bin/python", "-m", "bert_squad.server.serve"]
     assert 'STACK="${BERT_SQUAD_STACK:-$ROOT/.stack}"' in (REPO / "scripts" / "setup.sh").read_text()
     assert "$STACK/py39" in (REPO / "scripts" / "setup.sh").read_text()
 

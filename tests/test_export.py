@@ -16,10 +16,10 @@ from oracle import build_oracle_checkpoint, read_vocab, uncased_vocab_file
 from safetensors.numpy import save_file
 
 from bert_squad import settings
-from bert_squad.checkpoint import build_network, load_checkpoint, weight_names
-from bert_squad.config import BertConfig
+from bert_squad.model.checkpoint import build_network, load_checkpoint, weight_names
+from bert_squad.model.config import BertConfig
 from bert_squad.metadata import METADATA_FILE, MetadataError, read_metadata
-from bert_squad.network import BertForQuestionAnswering
+from bert_squad.model.network import BertForQuestionAnswering
 from bert_squad_export.cli import main
 
 

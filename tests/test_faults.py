@@ -130,7 +130,7 @@ def copy_version(oracle_servable, tmp_path):
 
 
 def serve_refuses(servable, tmp_path, *extra, env=None):
-    done = subprocess.run([str(PY39), "-m", "bert_squad.serve", "--servable-dir", str(servable),
+    done = subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--servable-dir", str(servable),
                            "--workdir", str(tmp_path / "run"), "--grpc-address", "127.0.0.1:1",
                            "--rest-address", "off", *extra], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
@@ -156,7 +156,7 @@ def test_a_damaged_mindir_is_refused_at_start_with_its_name(oracle_servable, tmp
 def test_a_flipped_bit_in_the_weights_is_refused_at_start_with_its_name(oracle_servable, tmp_path):
     """A flipped bit inside a weight leaves a complete protobuf that loads and answers wrongly: only the
     sha256 recorded at export tells it apart."""
-    from bert_squad.serve import _complete_protobuf
+    from bert_squad.server.serve import _complete_protobuf
 
     servable, version = copy_version(oracle_servable, tmp_path)
     model = version / "bert_128.mindir"

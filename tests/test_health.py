@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from bert_squad import settings
-from bert_squad.health import READY_MARKER, HealthError, ProbeFailed, find_ready_line, start_health_server
+from bert_squad.server.health import READY_MARKER, HealthError, ProbeFailed, find_ready_line, start_health_server
 
 
 def get(address: str, path: str, method: str = "GET", timeout: float = 10.0):
@@ -202,11 +202,15 @@ def health_server(tmp_path, oracle_servable, *extra):
 
 
 def poll(address: str, seconds: float, until=None, interval: float = 0.1):
-    """[(t, livez status, readyz status, readyz body)] every `interval` s, for `seconds` or until `until(sample)`."""
+    """[(t, livez status, readyz status, readyz body)] every `interval` s, for `seconds` or until `until(sample)`.
+
+    /readyz is asked before /livez, so a sample whose /readyz answered has a /livez asked of a server
+    that was already listening (one that starts listening between the two calls cannot pair a refused
+    /livez with an answered /readyz)."""
     samples, t0 = [], time.monotonic()
     while time.monotonic() - t0 < seconds:
-        live = get(address, "/livez")[0]
         ready, body = get(address, "/readyz")
+        live = get(address, "/livez")[0]
         samples.append((time.monotonic() - t0, live, ready, body))
         if until and until(samples[-1]):
             break
@@ -220,8 +224,12 @@ def test_real_server_is_not_ready_while_starting_and_ready_after_its_ready_line(
     done = threading.Event()
 
     def watch():
+        # /readyz first: once it answers, the health server listens until the server stops (after this
+        # watcher), so the /livez asked next must answer too. Asked the other way round, the server could
+        # begin listening between the two calls and a refused /livez would pair with a 503 /readyz.
         while not done.is_set():
-            seen.append((get(server.health_address, "/livez")[0], get(server.health_address, "/readyz")))
+            ready = get(server.health_address, "/readyz")
+            seen.append((get(server.health_address, "/livez")[0], ready))
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
@@ -292,7 +300,7 @@ def test_sigterm_drains_readiness_then_closes_the_endpoints(oracle_servable, tmp
 def test_health_address_is_checked_before_anything_starts(oracle_servable, tmp_path):
     from harness import PY39
 
-    done = subprocess.run([str(PY39), "-m", "bert_squad.serve", "--servable-dir", str(oracle_servable["servable_dir"]),
+    done = subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--servable-dir", str(oracle_servable["servable_dir"]),
                            "--health-address", "localhost"], capture_output=True, text=True, timeout=60,
                           cwd=tmp_path)
     assert done.returncode == 2

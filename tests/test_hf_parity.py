@@ -19,7 +19,7 @@ from mindspore import Tensor
 from oracle import minilm_dir, read_vocab
 from safetensors.numpy import load_file, save_file
 
-from bert_squad.checkpoint import build_network, load_checkpoint
+from bert_squad.model.checkpoint import build_network, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PY311 = Path(os.environ.get("BERT_SQUAD_PY311", REPO / ".stack" / "py311" / "bin" / "python"))

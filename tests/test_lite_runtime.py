@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from bert_squad import settings
-from bert_squad.lite_runtime import min_length, score_in_subprocess, score_windows
+from bert_squad.runtimes.lite_direct import min_length, score_in_subprocess, score_windows
 from bert_squad.metadata import METADATA_FILE, MetadataError, read_metadata
-from bert_squad.runtime import with_lite_on_library_path
+from bert_squad.runtimes.lite_lib import with_lite_on_library_path
 
 # Lite vs MindSpore on the 2-layer oracle (scores up to ~40 in magnitude): measured up to 1.6e-5.
 TOLERANCE = 5e-5
@@ -28,7 +28,7 @@ TOLERANCE = 5e-5
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
     """The oracle exported with runtime lite_direct (batch 1 and batch 2), and its MindSpore network."""
-    from bert_squad.checkpoint import build_network, load_checkpoint
+    from bert_squad.model.checkpoint import build_network, load_checkpoint
     from bert_squad_export.exporter import export_version
     from oracle import build_oracle_checkpoint, uncased_vocab_file
 
@@ -118,7 +118,7 @@ def test_score_windows_batches_each_length_through_a_batch_2_model(oracle):
     result = run_lite("""
         import json, sys
         import numpy as np
-        from bert_squad.lite_runtime import LiteModel, score_windows
+        from bert_squad.runtimes.lite_direct import LiteModel, score_windows
         with np.load(sys.argv[2]) as f:
             instances = [[f[f"{q}_{k}"] for k in range(4)] for q in range(2)]
         with LiteModel(sys.argv[1], threads=2, min_length=int(sys.argv[3])) as model:
@@ -171,7 +171,7 @@ def test_bad_models_and_calls_raise_lite_errors(oracle, tmp_path):
     messages = run_lite("""
         import json, sys
         import numpy as np
-        from bert_squad.lite_runtime import LiteError, LiteModel
+        from bert_squad.runtimes.lite_direct import LiteError, LiteModel
         model_path, folder = sys.argv[1], sys.argv[2]
         good = np.ones((1, 8), np.int32)
         messages = {}
@@ -209,13 +209,13 @@ def test_bad_models_and_calls_raise_lite_errors(oracle, tmp_path):
 
 
 def test_missing_shim_and_library_path_are_explained(oracle, monkeypatch):
-    from bert_squad.runtime import RuntimeMissing
+    from bert_squad.runtimes.lite_lib import RuntimeMissing
 
     with monkeypatch.context() as patch:
         patch.setenv("BERT_SQUAD_LITE_SHIM", str(oracle["root"] / "nope.so"))
         with pytest.raises(RuntimeMissing, match=r"nope.so does not exist; run scripts/setup.sh"):
             score_in_subprocess(oracle["model"], [window(5, seed=0)])
-    load = "import sys; from bert_squad.lite_runtime import LiteModel; LiteModel(sys.argv[1])"
+    load = "import sys; from bert_squad.runtimes.lite_direct import LiteModel; LiteModel(sys.argv[1])"
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     done = subprocess.run([sys.executable, "-c", load, str(oracle["model"])], capture_output=True, text=True,
                           env=env, timeout=120)
@@ -267,9 +267,9 @@ def test_lite_computes_the_gelu_form_the_checkpoint_was_trained_with(tmp_path, h
     differ clearly (they part most near |x| = 2)."""
     from safetensors.numpy import save_file
 
-    from bert_squad.checkpoint import build_network, load_checkpoint, load_into_network, weight_names
-    from bert_squad.config import BertConfig
-    from bert_squad.network import BertForQuestionAnswering
+    from bert_squad.model.checkpoint import build_network, load_checkpoint, load_into_network, weight_names
+    from bert_squad.model.config import BertConfig
+    from bert_squad.model.network import BertForQuestionAnswering
     from bert_squad_export.exporter import export_version
 
     hf = {"model_type": "bert", "hidden_act": hf_act, "vocab_size": 30522, "hidden_size": 32,

@@ -170,6 +170,6 @@ def test_a_flood_beyond_the_queue_limit_is_refused_at_once_and_memory_stays_flat
 
 
 def test_the_queue_limit_is_a_serve_option_checked_at_start(tmp_path):
-    done = subprocess.run([str(PY39), "-m", "bert_squad.serve", "--max-queued-requests", "0"],
+    done = subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--max-queued-requests", "0"],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2 and "--max-queued-requests must be at least 1" in done.stderr

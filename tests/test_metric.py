@@ -5,7 +5,7 @@ import re
 import pytest
 from conftest import SQUAD_DEV_HEAD
 
-from bert_squad.metric import evaluate, exact_match, f1, main, normalize_answer
+from bert_squad.text.metric import evaluate, exact_match, f1, main, normalize_answer
 
 pytestmark = pytest.mark.pure
 

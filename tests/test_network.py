@@ -9,9 +9,9 @@ from mindspore import Tensor
 from mindspore import dtype as mstype
 from oracle import build_oracle_checkpoint, read_vocab, reference_forward, uncased_vocab_file
 
-from bert_squad.checkpoint import build_network, load_checkpoint, weight_names
-from bert_squad.config import BertConfig
-from bert_squad.network import SCORE_MASK_PENALTY, BertForQuestionAnswering
+from bert_squad.model.checkpoint import build_network, load_checkpoint, weight_names
+from bert_squad.model.config import BertConfig
+from bert_squad.model.network import SCORE_MASK_PENALTY, BertForQuestionAnswering
 
 TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=24, max_position_embeddings=64, type_vocab_size=2)

@@ -50,7 +50,7 @@ def test_a_pickled_pytorch_checkpoint_is_refused_unread_by_the_serve_command(tmp
     config = {"model_type": "bert", "architectures": ["BertForQuestionAnswering"]}
     (model / "config.json").write_text(json.dumps(config))
     servable = new_servable_dir(tmp_path / "servable") / "bert_squad"
-    done = subprocess.run([str(PY39), "-m", "bert_squad.serve", "--servable-dir", str(servable.parent),
+    done = subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--servable-dir", str(servable.parent),
                            "--checkpoint", str(model), "--workdir", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
@@ -61,7 +61,7 @@ def test_a_pickled_pytorch_checkpoint_is_refused_unread_by_the_serve_command(tmp
 # ---------------------------------------------------------------- where the server listens
 
 def test_the_serve_command_binds_loopback_unless_told_otherwise():
-    from bert_squad.serve import parse_args
+    from bert_squad.server.serve import parse_args
 
     args = parse_args([])
     assert args.grpc_address.startswith("127.0.0.1:") and args.rest_address.startswith("127.0.0.1:")
@@ -185,10 +185,10 @@ def test_a_client_certificate_from_another_ca_is_rejected(oracle_servable, tmp_p
 # ---------------------------------------------------------------- request size limits
 
 def test_requests_over_the_size_limit_are_refused_and_the_limit_is_documented(oracle_servable, tmp_path):
-    from bert_squad.serve import parse_args
+    from bert_squad.server.serve import parse_args
 
     assert parse_args([]).max_message_mb == settings.MAX_MESSAGE_MB
-    help_text = " ".join(subprocess.run([str(PY39), "-m", "bert_squad.serve", "--help"], capture_output=True,
+    help_text = " ".join(subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--help"], capture_output=True,
                                         text=True, timeout=60).stdout.split())
     assert "--max-message-mb" in help_text and f"default {settings.MAX_MESSAGE_MB} MB" in help_text
     assert "--max-queued-requests" in help_text

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from bert_squad import servable_glue
+from bert_squad.server import servable_glue
 
 pytestmark = pytest.mark.pure
 

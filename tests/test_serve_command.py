@@ -28,7 +28,7 @@ def oracle_files(oracle_servable, tmp_path):
 
 
 def run_serve(*args, env=None, timeout=120):
-    return subprocess.run([str(PY39), "-m", "bert_squad.serve", *args], capture_output=True, text=True,
+    return subprocess.run([str(PY39), "-m", "bert_squad.server.serve", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
@@ -112,7 +112,7 @@ def test_the_supervisor_finds_its_worker_children_and_no_other_process():
     import sys
     import time
 
-    from bert_squad import serve
+    from bert_squad.server import serve
 
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "start_worker.py"])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "other.py"])

@@ -5,7 +5,7 @@ import unicodedata
 
 import pytest
 
-from bert_squad.tokenizer import load_tokenizer
+from bert_squad.text.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.pure
 

@@ -6,8 +6,8 @@ import pytest
 
 from bert_squad import settings
 from bert_squad.errors import InputError
-from bert_squad.tokenizer import load_tokenizer
-from bert_squad.windows import build_features
+from bert_squad.text.tokenizer import load_tokenizer
+from bert_squad.text.windows import build_features
 
 pytestmark = pytest.mark.pure
 

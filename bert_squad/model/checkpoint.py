@@ -26,9 +26,9 @@ from mindspore import dtype as mstype
 from safetensors import SafetensorError, safe_open
 
 from bert_squad import settings
-from bert_squad.config import BertConfig
+from bert_squad.model.config import BertConfig
 from bert_squad.metadata import sha256_file
-from bert_squad.network import BertForQuestionAnswering
+from bert_squad.model.network import BertForQuestionAnswering
 
 ZOO = "mindspore_zoo"
 HUGGING_FACE = "hugging_face"

@@ -28,7 +28,7 @@ scalar and took ~10 % of BERT-base time.
 Every shape but the batch is computed from the inputs at run time (positions by a
 cumulative sum, reshapes with -1 for the sequence), so a MindIR exported at one length
 holds no sequence-length constant and MindSpore Lite can resize it to any length
-(`bert_squad/lite_runtime.py`). `arange(seq)` or `ones_like` would be folded into
+(`bert_squad/runtimes/lite_direct.py`). `arange(seq)` or `ones_like` would be folded into
 constants of the export length.
 """
 
@@ -40,7 +40,7 @@ from mindspore import Parameter, nn, ops
 from mindspore import dtype as mstype
 from mindspore.common.initializer import Normal, initializer
 
-from bert_squad.config import BertConfig
+from bert_squad.model.config import BertConfig
 
 # Added to attention scores of padding keys (zoo and original BERT value).
 ATTENTION_MASK_PENALTY = -10000.0

@@ -4,7 +4,7 @@ The "lite_direct" runtime (metadata.runtime): instead of one Serving model per
 sequence-length bucket, one model is resized to each window's own length, so the
 weights are in memory once and no window pays for padding. Lite 2.0's Python API
 exists only for CPython 3.7, so this talks through ctypes to our small C shim
-(bert_squad/native/bert_lite.cpp, built by scripts/setup.sh into .stack/shim/).
+(bert_squad/runtimes/native/bert_lite.cpp, built by scripts/setup.sh into .stack/shim/).
 
 The Lite lib/ folder must be on LD_LIBRARY_PATH when the process starts (bert-squad-serve
 puts it there for its workers): Lite's libraries find each other only through it.
@@ -23,9 +23,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from bert_squad.batching import run_windows
-from bert_squad.config import BertConfig
-from bert_squad.runtime import REPO_ROOT, RuntimeMissing, with_lite_on_library_path
+from bert_squad.runtimes.batching import run_windows
+from bert_squad.model.config import BertConfig
+from bert_squad.runtimes.lite_lib import REPO_ROOT, RuntimeMissing, with_lite_on_library_path
 
 SHIM_ENV = "BERT_SQUAD_LITE_SHIM"
 SHIM_FILE = REPO_ROOT / ".stack" / "shim" / "libbert_lite.so"
@@ -63,7 +63,7 @@ def shim_path() -> Path:
         raise RuntimeMissing(
             f"the MindSpore Lite shim {path} does not exist; run scripts/setup.sh (it builds "
             f".stack/shim/libbert_lite.so), or set {SHIM_ENV} to a libbert_lite.so built from "
-            "bert_squad/native/bert_lite.cpp"
+            "bert_squad/runtimes/native/bert_lite.cpp"
         )
     return path
 
@@ -163,7 +163,7 @@ class LiteModel:
 
 
 def score_windows(model: LiteModel, instances: Sequence[tuple]) -> list:
-    """The model stage of the lite_direct runtime: bert_squad.batching.run_windows with one
+    """The model stage of the lite_direct runtime: bert_squad.runtimes.batching.run_windows with one
     "bucket" per distinct window length, so every window runs at its own length. Windows of
     one length go in chunks of the model's batch size, the last chunk padded with empty rows."""
     lengths = sorted({int(n) for *_, window_lengths in instances for n in np.asarray(window_lengths).reshape(-1)})
@@ -193,7 +193,7 @@ def score_in_subprocess(model_path: Union[str, Path], cases: Sequence[Tuple[np.n
         cases_file, scores_file = Path(tmp) / "cases.npz", Path(tmp) / "scores.npz"
         np.savez(cases_file, **{f"{name}_{k}": a for k, case in enumerate(cases)
                                 for name, a in zip(INPUT_NAMES, case)})
-        command = [sys.executable, "-m", "bert_squad.lite_runtime", str(model_path), str(cases_file),
+        command = [sys.executable, "-m", "bert_squad.runtimes.lite_direct", str(model_path), str(cases_file),
                    str(scores_file), str(threads), str(min_length)]
         done = subprocess.run(command, env=with_lite_on_library_path(dict(os.environ)), capture_output=True,
                               text=True, timeout=timeout)
@@ -206,7 +206,7 @@ def score_in_subprocess(model_path: Union[str, Path], cases: Sequence[Tuple[np.n
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """python -m bert_squad.lite_runtime MODEL CASES.npz SCORES.npz THREADS MIN_LENGTH (see score_in_subprocess)."""
+    """python -m bert_squad.runtimes.lite_direct MODEL CASES.npz SCORES.npz THREADS MIN_LENGTH (see score_in_subprocess)."""
     model_path, cases_file, scores_file, threads, shortest = argv if argv is not None else sys.argv[1:]
     try:
         with LiteModel(model_path, int(threads), int(shortest)) as model, np.load(cases_file) as cases:
@@ -215,7 +215,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 start, end = model.predict(*(cases[f"{name}_{k}"] for name in INPUT_NAMES))
                 scores[f"start_{k}"], scores[f"end_{k}"] = start, end
     except (LiteError, RuntimeMissing) as exc:
-        print(f"bert_squad.lite_runtime: error: {exc}", file=sys.stderr)
+        print(f"bert_squad.runtimes.lite_direct: error: {exc}", file=sys.stderr)
         return 1
     np.savez(scores_file, **scores)
     return 0

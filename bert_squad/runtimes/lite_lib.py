@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LITE_LIB_ENV = "BERT_SQUAD_LITE_LIB"
 LITE_LIBRARY = "libmindspore-lite.so"
 

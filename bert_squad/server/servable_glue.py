@@ -16,13 +16,13 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from bert_squad import settings
-from bert_squad.batching import run_windows
-from bert_squad.config import BertConfig
-from bert_squad.decode import decode
+from bert_squad.runtimes.batching import run_windows
+from bert_squad.model.config import BertConfig
+from bert_squad.text.decode import decode
 from bert_squad.errors import InputError
 from bert_squad.metadata import Metadata, read_metadata
-from bert_squad.tokenizer import BertTokenizer, load_tokenizer
-from bert_squad.windows import Features, build_features
+from bert_squad.text.tokenizer import BertTokenizer, load_tokenizer
+from bert_squad.text.windows import Features, build_features
 
 # Environment the serve command hands to the worker processes that import servable_config.py.
 VERSION_ENV = "BERT_SQUAD_VERSION"
@@ -200,7 +200,7 @@ def run_model_lite(folder: Path, meta: Metadata, context: Mapping, instances):
     """Batch stage of the lite_direct runtime: every window at its own length in one Lite model,
     made on the first batch this process runs, so processes that never run the stage load nothing.
     `context` is this worker's model_context()."""
-    from bert_squad.lite_runtime import LiteModel, min_length, score_windows
+    from bert_squad.runtimes.lite_direct import LiteModel, min_length, score_windows
 
     path = folder / meta.model_files[settings.MAX_SEQ_LENGTH]
     if path not in _lite_models:

@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bert_squad import health, settings
-from bert_squad.runtime import REPO_ROOT, RuntimeMissing, with_lite_on_library_path
-from bert_squad.servable_glue import PIN_ENV, THREADS_ENV, VERSION_ENV
+from bert_squad import settings
+from bert_squad.server import health
+from bert_squad.runtimes.lite_lib import REPO_ROOT, RuntimeMissing, with_lite_on_library_path
+from bert_squad.server.servable_glue import PIN_ENV, THREADS_ENV, VERSION_ENV
 
 WARMUP_QUESTION = "Who wrote the plays?"
 WARMUP_CONTEXT = "The plays were written by William Shakespeare in London."
@@ -111,7 +112,7 @@ def ensure_exported(args) -> None:
     """Export the checkpoint the user names, or the Hub checkpoint, when nothing is exported yet."""
     if _has_version(args.servable_dir / args.name) or args.version:
         return
-    from bert_squad.hub import DownloadError, fetch_checkpoint
+    from bert_squad.model.hub import DownloadError, fetch_checkpoint
 
     checkpoint, expected = args.checkpoint, None
     if checkpoint is None:
@@ -125,8 +126,8 @@ def ensure_exported(args) -> None:
         except DownloadError as e:
             raise ServeError(str(e)) from e
         expected = args.hub_sha256
-    from bert_squad.checkpoint import CheckpointError
-    from bert_squad.config import BertConfig, ConfigError
+    from bert_squad.model.checkpoint import CheckpointError
+    from bert_squad.model.config import BertConfig, ConfigError
     from bert_squad.metadata import EXPORT_RUNTIME, MetadataError
     from bert_squad_export.exporter import ExportError, export_version
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from bert_squad import settings
 from bert_squad.errors import InputError
-from bert_squad.windows import Features
+from bert_squad.text.windows import Features
 
 Scores = Union[np.ndarray, Sequence[np.ndarray]]
 

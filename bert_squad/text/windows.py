@@ -12,7 +12,7 @@ import numpy as np
 
 from bert_squad import settings
 from bert_squad.errors import InputError
-from bert_squad.tokenizer import BertTokenizer
+from bert_squad.text.tokenizer import BertTokenizer
 
 
 @dataclass

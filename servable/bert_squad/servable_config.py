@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mindspore_serving.server import register
 
-from bert_squad import servable_glue as glue
+from bert_squad.server import servable_glue as glue
 
 glue.keep_worker_alive_on_bad_text()
 version_dir = glue.version_dir(Path(__file__).resolve().parent, os.environ.get(glue.VERSION_ENV))

@@ -1,8 +1,8 @@
 // C interface over the MindSpore Lite 2.0 C++ API for one BERT question-answering MindIR,
-// called from Python through ctypes (bert_squad/lite_runtime.py).
+// called from Python through ctypes (bert_squad/runtimes/lite_direct.py).
 //
 // Why: Lite can resize a model whose graph holds no sequence-length constant (see
-// bert_squad/network.py) to the exact [batch, length] of each call, so one copy of the
+// bert_squad/model/network.py) to the exact [batch, length] of each call, so one copy of the
 // weights serves every window length with no padding. The Python API of Lite 2.0 exists
 // only for CPython 3.7; its C++ libraries work from any Python through this file.
 //

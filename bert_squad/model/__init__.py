@@ -1,0 +1,1 @@
+"""The network and its weights: config, MindSpore network, checkpoint loading, Hub download."""

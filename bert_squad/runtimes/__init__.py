@@ -1,0 +1,1 @@
+"""Inference engines behind the servable's model stage, one module each."""

@@ -1,0 +1,1 @@
+"""The text pipeline: tokenization, windows, decoding, the SQuAD metric. No MindSpore import."""
