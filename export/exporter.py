@@ -25,9 +25,11 @@ from bert_squad.model.config import BertConfig
 from bert_squad.runtimes.lite_direct import LiteError, min_length, score_in_subprocess
 from bert_squad.metadata import (COMPUTE_DTYPES, EXPORT_RUNTIME, RUNTIMES, Metadata, sha256_file, validate_buckets,
                                  write_metadata)
-from bert_squad.runtimes.lite_lib import RuntimeMissing
+from bert_squad.runtimes.lite_lib import REPO_ROOT, RuntimeMissing
+from bert_squad.model.vocab import VocabError, uncased_vocab
 
 VOCAB_FILE = "vocab.txt"
+SERVABLE_CONFIG = REPO_ROOT / "servable" / settings.SERVABLE_NAME / "servable_config.py"  # the servable's glue
 VERIFY_TOLERANCE = 1e-4  # MindIR vs the in-memory network, per score
 # The lite_direct model is checked in MindSpore Lite, resized in turn to tiny lengths, the number of attention
 # heads (a length Lite 2.0 gets wrong unless lite_runtime.min_length pads it), a third, two thirds and the
@@ -144,6 +146,7 @@ def export_version(
     lite_only = runtime == "lite_direct" and loaded.config.hidden_act == "gelu_erf"
     exported = build_network(loaded, compute_dtype, lite_only=True) if lite_only else net
     model_dir.mkdir(parents=True, exist_ok=True)
+    _ensure_servable_config(model_dir, log)
     version = next_version(model_dir) if version is None else version
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
     try:
@@ -197,12 +200,31 @@ def export_version(
     return target
 
 
+def _ensure_servable_config(model_dir: Path, log: Callable[[str], None]) -> None:
+    """Give a new servable folder our servable_config.py, so that the servable directory is complete (Serving
+    loads NAME/servable_config.py beside the version folders). One already there is the user's: kept."""
+    target = model_dir / SERVABLE_CONFIG.name
+    if target.is_file():
+        return
+    if not SERVABLE_CONFIG.is_file():
+        raise ExportError(f"{SERVABLE_CONFIG} is missing from this installation; cannot complete {model_dir}")
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(SERVABLE_CONFIG, partial)
+    partial.rename(target)
+    log(f"wrote {target} (the servable's stages)")
+
+
 def _vocab_file(loaded: LoadedCheckpoint, vocab_file: Optional[Union[str, Path]]) -> Path:
+    if vocab_file is None and loaded.vocab_file is None and loaded.sha256 == settings.HUB_CHECKPOINT_SHA256:
+        try:  # the Hub checkpoint was trained with the uncased BERT-base vocabulary: take the verified copy
+            vocab_file = uncased_vocab()
+        except VocabError as exc:
+            raise ExportError(str(exc)) from None
     if vocab_file is None:
         if loaded.vocab_file is None:
             raise ExportError(
                 f"{loaded.source} comes without a vocabulary; pass --vocab with the vocab.txt "
-                "the model was trained with (uncased BERT-base for the Hub SQuAD checkpoint)"
+                "the model was trained with"
             )
         vocab_file = loaded.vocab_file
     vocab = Path(vocab_file)

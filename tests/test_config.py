@@ -109,3 +109,64 @@ def test_bad_files_are_explained(tmp_path):
     listed.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="JSON object"):
         BertConfig.from_json_file(listed)
+
+
+# ---------------------------------------------------------------- the zoo's own config (issue 15)
+
+ZOO_BERT_BASE = {  # bert_net_cfg of the zoo's task_squad_config.yaml (r1.5), as written there
+    "seq_length": 384, "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
+    "initializer_range": 0.02, "use_relative_positions": False, "dtype": "mstype.float32",
+    "compute_type": "mstype.float16",
+}
+
+
+def test_the_zoo_bert_net_cfg_as_written_is_the_zoo_preset(tmp_path):
+    from bert_squad.model.config import read_config_file
+
+    path = tmp_path / "zoo.json"
+    path.write_text(json.dumps(ZOO_BERT_BASE))
+    config, notes = read_config_file(path)
+    assert config == BertConfig()  # gelu is the zoo's tanh GELU; epsilon and scoring stay the zoo's
+    assert config.hidden_act == "gelu_tanh"
+    assert notes[0] == ("config: ignored training-only fields seq_length, hidden_dropout_prob, "
+                        "attention_probs_dropout_prob, initializer_range")
+    assert "compute_type float16" in notes[1] and "--fp16" in notes[1]
+
+
+def test_the_zoo_yaml_takes_its_bert_net_cfg_section_of_the_first_document(tmp_path):
+    from bert_squad.model.config import read_config_file
+
+    lines = ["do_train: 'false'", "bert_net_cfg:"] + [f"    {k}: {v}" for k, v in ZOO_BERT_BASE.items()]
+    text = "\n".join(lines).replace("hidden_size: 768", "hidden_size: 1024").replace(
+        "num_attention_heads: 12", "num_attention_heads: 16")
+    path = tmp_path / "task_squad_config.yaml"
+    path.write_text(text + "\n---\nhidden_size: 'help text'\n")
+    config, _ = read_config_file(path)
+    assert (config.hidden_size, config.num_attention_heads, config.hidden_act) == (1024, 16, "gelu_tanh")
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"use_relative_positions": True}, "NEZHA"),
+    ({"dtype": "mstype.float16"}, "float32 weights"),
+    ({"compute_type": "mstype.int8"}, "compute_type must be one of"),
+    ({"hidden_act": "relu"}, "hidden_act must be one of"),
+    ({"num_hidden_layerz": 6}, "unknown config fields ['num_hidden_layerz']"),
+])
+def test_zoo_fields_this_network_cannot_honour_are_refused(tmp_path, change, expect):
+    from bert_squad.model.config import read_config_file
+
+    path = tmp_path / "zoo.json"
+    path.write_text(json.dumps({**ZOO_BERT_BASE, **change}))
+    with pytest.raises(ConfigError, match=expect.replace("[", r"\[").replace("]", r"\]")):
+        read_config_file(path)
+
+
+def test_our_own_json_form_still_reads_with_no_notes(tmp_path):
+    from bert_squad.model.config import read_config_file
+
+    path = tmp_path / "ours.json"
+    BertConfig(hidden_size=384, num_hidden_layers=6, hidden_act="gelu_erf").to_json_file(path)
+    config, notes = read_config_file(path)
+    assert config == BertConfig(hidden_size=384, num_hidden_layers=6, hidden_act="gelu_erf") and notes == []

@@ -18,10 +18,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
 HIDDEN_ACTS = ("gelu_tanh", "gelu_erf")
 SCORINGS = ("log_softmax", "logits")
+
+# The model zoo's BERT config (`bert_net_cfg` of official/nlp/bert's task_squad_config.yaml), as written there.
+ZOO_SECTION = "bert_net_cfg"
+# Zoo fields that only shape training (dropout, initialisation, the batch and window it trained at): ignored.
+ZOO_TRAINING_FIELDS = ("seq_length", "batch_size", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                       "initializer_range")
+# Zoo `hidden_act` values: the zoo's "gelu" is MindSpore's GeLU, the tanh approximation.
+_ZOO_ACTS = {"gelu": "gelu_tanh"}
+_ZOO_DTYPES = {"mstype.float32": "float32", "mstype.float16": "float16", "float32": "float32", "float16": "float16"}
 
 # Hugging Face `hidden_act` values and the GELU each one computes.
 _HF_ACTS = {
@@ -128,6 +137,71 @@ class BertConfig:
     @classmethod
     def from_hf_config_file(cls, path: Union[str, Path]) -> "BertConfig":
         return cls.from_hf_config(_read_json(Path(path)))
+
+
+def from_zoo_dict(data: Mapping[str, Any]) -> Tuple[BertConfig, List[str]]:
+    """Build from the zoo's `bert_net_cfg` fields (or a mapping holding that section), mixed freely with ours.
+
+    Returns the config and notes for the export log: the training-only fields ignored, and what the zoo's
+    `compute_type` means here (the precision is chosen at export). `use_relative_positions: true` (NEZHA) is
+    refused: the network has absolute positions only.
+    """
+    if isinstance(data, Mapping) and isinstance(data.get(ZOO_SECTION), Mapping):
+        data = data[ZOO_SECTION]
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a BERT config must be a mapping of fields, got {type(data).__name__}")
+    ours, notes = dict(data), []
+    ignored = [name for name in ZOO_TRAINING_FIELDS if name in ours]
+    for name in ignored:
+        del ours[name]
+    if ours.pop("use_relative_positions", False) not in (False, "False", "false"):
+        raise ConfigError(
+            "use_relative_positions is true: that is NEZHA (relative position embeddings), which this network "
+            "does not implement; only BERT with absolute positions (use_relative_positions: false) can be exported"
+        )
+    dtypes = {}
+    for name in ("dtype", "compute_type"):
+        if name in ours:
+            value = str(ours.pop(name))
+            if value not in _ZOO_DTYPES:
+                raise ConfigError(f"{name} must be one of {sorted(_ZOO_DTYPES)}, got {value!r}")
+            dtypes[name] = _ZOO_DTYPES[value]
+    if dtypes.get("dtype", "float32") != "float32":
+        raise ConfigError(f"dtype {dtypes['dtype']}: zoo checkpoints keep float32 weights and embeddings; "
+                          "set dtype: mstype.float32")
+    if "hidden_act" in ours:
+        ours["hidden_act"] = _ZOO_ACTS.get(ours["hidden_act"], ours["hidden_act"])
+    config = BertConfig.from_dict(ours)
+    if ignored:
+        notes.append(f"config: ignored training-only fields {', '.join(ignored)}")
+    if "compute_type" in dtypes:
+        notes.append(f"config: compute_type {dtypes['compute_type']} is how the zoo trained; the export's "
+                     "precision is its own option (float32 on CPU, --fp16 with --runtime serving for GPU/Ascend)")
+    return config, notes
+
+
+def read_config_file(path: Union[str, Path]) -> Tuple[BertConfig, List[str]]:
+    """A --config file: the zoo's task_squad_config.yaml (its first YAML document's `bert_net_cfg`), or JSON of
+    those fields or of ours. Returns the config and notes for the log (see from_zoo_dict)."""
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return from_zoo_dict(_read_yaml(path))
+    return from_zoo_dict(_read_json(path))
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml  # only YAML configs need it
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            documents = list(yaml.safe_load_all(f))  # the zoo's files hold the values, then help texts
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not documents or not isinstance(documents[0], Mapping):
+        raise ConfigError(f"config file {path} does not start with a mapping of fields")
+    return documents[0]
 
 
 def _read_json(path: Path) -> Any:

@@ -6,10 +6,12 @@ weights are in memory once and no window pays for padding. Lite 2.0's Python API
 exists only for CPython 3.7, so this talks through ctypes to our small C shim
 (bert_squad/runtimes/native/bert_lite.cpp, built by scripts/setup.sh into .stack/shim/).
 
-The Lite lib/ folder must be on LD_LIBRARY_PATH when the process starts (bert-squad-serve
-puts it there for its workers): Lite's libraries find each other only through it.
-A process started without it, such as the exporter, scores in a child process
-(score_in_subprocess). No MindSpore import here: the servable must not pay for it.
+Lite's libraries find each other only by name, so the shim is loaded with
+lite_lib.load_library, which takes them from the Lite lib/ folder when it is not on
+LD_LIBRARY_PATH (a worker of the user's own start_servables script). A process that
+has imported MindSpore (the exporter) must not load Lite beside it: MindSpore ships
+another libmindspore_core.so; it scores in a child process (score_in_subprocess).
+No MindSpore import here: the servable must not pay for it.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ import numpy as np
 
 from bert_squad.runtimes.batching import run_windows
 from bert_squad.model.config import BertConfig
-from bert_squad.runtimes.lite_lib import REPO_ROOT, RuntimeMissing, with_lite_on_library_path
+from bert_squad.runtimes.lite_lib import (LITE_LIB_ENV, REPO_ROOT, RuntimeMissing, lite_lib_dir, load_library,
+                                          with_lite_on_library_path)
 
 SHIM_ENV = "BERT_SQUAD_LITE_SHIM"
 SHIM_FILE = REPO_ROOT / ".stack" / "shim" / "libbert_lite.so"
@@ -68,16 +71,17 @@ def shim_path() -> Path:
     return path
 
 
-def _load() -> ctypes.CDLL:
+def load_shim() -> ctypes.CDLL:
+    """The shim and the Lite libraries under it, loaded once per process (LiteError if they cannot load)."""
     global _library
     if _library is None:
         path = shim_path()
         try:
-            lib = ctypes.CDLL(str(path))
+            lib = load_library(path)
         except OSError as exc:
             raise LiteError(
-                f"cannot load {path}: {exc}. Put the MindSpore Lite lib/ folder (.stack/lite/lib) first on "
-                "LD_LIBRARY_PATH; bert-squad-serve does this for its workers"
+                f"cannot load {path}: {exc}. Check that {lite_lib_dir()} is a complete MindSpore Lite 2.0 lib/ "
+                f"folder (scripts/setup.sh builds it; {LITE_LIB_ENV} names another)"
             ) from None
         lib.bert_lite_create.restype = ctypes.c_void_p
         lib.bert_lite_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int,
@@ -111,7 +115,7 @@ class LiteModel:
         path = Path(path)
         if not path.is_file():
             raise LiteError(f"model file {path} does not exist")
-        self._lib = _load()
+        self._lib = load_shim()
         error = ctypes.create_string_buffer(ERROR_BYTES)
         core_list = (ctypes.c_int * len(cores))(*cores)
         self._handle = self._lib.bert_lite_create(os.fsencode(path), threads, core_list, len(cores), error,

@@ -3,16 +3,21 @@
 MindSpore Serving runs models on CPU only through MindSpore Lite, which it dlopens as
 `libmindspore-lite.so`. Workers are child processes started with the master's
 environment, so the master puts the Lite folder first on LD_LIBRARY_PATH before it
-starts them (first: MindSpore's own lib/ ships a different `libmindspore_core.so`).
+starts them (first: MindSpore's own lib/ ships a different `libmindspore_core.so`). Our shim
+does without it (load_library), so a worker started by the user's own start_servables
+script runs lite_direct versions too.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LITE_LIB_ENV = "BERT_SQUAD_LITE_LIB"
 LITE_LIBRARY = "libmindspore-lite.so"
+_MISSING = re.compile(r"(?:\S+: )?([^\s:/]+\.so[.\d]*): cannot open shared object file")
 
 
 class RuntimeMissing(RuntimeError):
@@ -30,6 +35,24 @@ def lite_lib_dir() -> Path:
             f"of a MindSpore Lite 2.0 runtime that has {LITE_LIBRARY}."
         )
     return folder
+
+
+def load_library(path: Path) -> ctypes.CDLL:
+    """dlopen `path` (a library built against Lite), finding the Lite libraries it needs in lite_lib_dir() even
+    when that folder is not on LD_LIBRARY_PATH (a Serving worker of the user's own start_servables script): each
+    library the loader reports missing is loaded from that folder by its full path first (the loader then reuses
+    it for that name), leaves first. Local scope, as the loader would have loaded them: with RTLD_GLOBAL, Lite's
+    libraries bind each other's duplicate symbols and Lite crashes loading a model."""
+    loaded = set()
+    while True:
+        try:
+            return ctypes.CDLL(str(path))
+        except OSError as exc:
+            match = _MISSING.match(str(exc))
+            if not match or match.group(1) in loaded or not (lite_lib_dir() / match.group(1)).is_file():
+                raise
+            load_library(lite_lib_dir() / match.group(1))
+            loaded.add(match.group(1))
 
 
 def with_lite_on_library_path(env: dict) -> dict:

@@ -65,6 +65,15 @@ def load_version(folder: Path) -> "tuple[Metadata, BertTokenizer]":
     return meta, load_tokenizer(str(folder / meta.vocab_file), meta.do_lower_case)
 
 
+def require_runtime(meta: Metadata) -> None:
+    """Load the version's native runtime now, when servable_config.py is imported: a worker that cannot load it
+    then fails at start, so start_servables raises, instead of failing every request later."""
+    if meta.runtime == "lite_direct":
+        from bert_squad.runtimes.lite_direct import load_shim
+
+        load_shim()
+
+
 def keep_worker_alive_on_bad_text() -> None:
     """Make a request whose text is not UTF-8 fail alone instead of killing the worker.
 

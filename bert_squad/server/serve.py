@@ -52,8 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path,
                    help="used only when no version is exported yet: a zoo .ckpt or a Hugging Face folder to "
                         "export first (default: download the MindSpore Hub SQuAD checkpoint)")
-    p.add_argument("--vocab", type=Path, help="vocab.txt for a zoo .ckpt (the Hub does not ship one)")
-    p.add_argument("--config", type=Path, help="BertConfig JSON for a zoo .ckpt that is not BERT-base")
+    p.add_argument("--vocab", type=Path, help="vocab.txt for a zoo .ckpt (default for the Hub checkpoint: the "
+                                              "verified uncased BERT-base vocabulary that scripts/setup.sh installs)")
+    p.add_argument("--config", type=Path, help="config of a zoo .ckpt that is not BERT-base: the zoo's "
+                                               "task_squad_config.yaml, or JSON (see bert-squad-export --config)")
     p.add_argument("--hub-url", default=settings.HUB_CHECKPOINT_URL,
                    help="where to download the Hub checkpoint from (a mirror; default: the MindSpore Hub)")
     p.add_argument("--hub-sha256", default=settings.HUB_CHECKPOINT_SHA256,
@@ -114,12 +116,17 @@ def ensure_exported(args) -> None:
         return
     from bert_squad.model.hub import DownloadError, fetch_checkpoint
 
-    checkpoint, expected = args.checkpoint, None
+    checkpoint, expected, vocab = args.checkpoint, None, args.vocab
     if checkpoint is None:
-        if args.vocab is None:
-            raise ServeError(
-                "nothing is exported yet and no --checkpoint was given, so the MindSpore Hub checkpoint would be "
-                "downloaded; it ships no vocabulary: pass --vocab /path/to/bert-base-uncased/vocab.txt")
+        if vocab is None:  # the Hub checkpoint ships none; it was trained with the uncased BERT-base one
+            from bert_squad.model.vocab import VocabError, uncased_vocab
+
+            try:
+                vocab = uncased_vocab()
+            except VocabError as e:
+                raise ServeError(f"nothing is exported yet, so the MindSpore Hub checkpoint would be served, "
+                                 f"but {e}") from e
+            print(f"bert-squad-serve: vocabulary {vocab} (sha256 verified)", flush=True)
         print(f"bert-squad-serve: no exported model; fetching {args.hub_url}", flush=True)
         try:
             checkpoint = fetch_checkpoint(args.hub_url, args.hub_sha256, progress=_progress_bar())
@@ -127,15 +134,20 @@ def ensure_exported(args) -> None:
             raise ServeError(str(e)) from e
         expected = args.hub_sha256
     from bert_squad.model.checkpoint import CheckpointError
-    from bert_squad.model.config import BertConfig, ConfigError
+    from bert_squad.model.config import ConfigError, read_config_file
     from bert_squad.metadata import EXPORT_RUNTIME, MetadataError
     from bert_squad_export.exporter import ExportError, export_version
 
+    log = lambda line: print(f"bert-squad-serve: {line}", flush=True)  # noqa: E731
     try:
-        config = BertConfig.from_json_file(args.config) if args.config else None
-        export_version(checkpoint, args.servable_dir, name=args.name, vocab_file=args.vocab, config=config,
+        config = None
+        if args.config:
+            config, notes = read_config_file(args.config)
+            for note in notes:
+                log(note)
+        export_version(checkpoint, args.servable_dir, name=args.name, vocab_file=vocab, config=config,
                        expected_sha256=expected, runtime=EXPORT_RUNTIME if args.device == "cpu" else "serving",
-                       log=lambda line: print(f"bert-squad-serve: {line}", flush=True))
+                       log=log)
     except (ExportError, CheckpointError, ConfigError, MetadataError) as e:
         raise ServeError(f"cannot export {checkpoint}: {e}") from e
 

@@ -14,6 +14,7 @@ from bert_squad.server import servable_glue as glue
 glue.keep_worker_alive_on_bad_text()
 version_dir = glue.version_dir(Path(__file__).resolve().parent, os.environ.get(glue.VERSION_ENV))
 meta, tokenizer = glue.load_version(version_dir)
+glue.require_runtime(meta)  # a runtime that cannot load fails the worker at start, not its first request
 lite_context = glue.model_context(os.environ, os.sched_getaffinity(0))
 if meta.runtime == "serving":  # one Serving model per bucket; lite_direct runs one resizable model itself
     models = {bucket: register.declare_model(model_file=name, model_format="MindIR",
