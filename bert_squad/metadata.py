@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from bert_squad import settings
 from bert_squad.model.config import BertConfig, ConfigError
@@ -24,7 +24,14 @@ COMPUTE_DTYPES = ("float32", "float16")
 #   "lite_direct"  one MindIR exported at MAX_SEQ_LENGTH that MindSpore Lite resizes to each window's exact
 #                  length (bert_squad/runtimes/lite_direct.py). It is also a valid "serving" export with the one bucket
 #                  MAX_SEQ_LENGTH, so a reader that predates the field still runs it correctly.
-RUNTIMES = ("serving", "lite_direct")
+#   "openvino"     one OpenVINO IR (bert.xml + its weights bert.bin) built from the checkpoint's weights, run at each
+#                  window's exact length in fp32, bf16 or int8 (bert_squad/runtimes/openvino.py).
+RUNTIMES = ("serving", "lite_direct", "openvino")
+# What the model computes in (bert-squad-export --precision): fp16 is the GPU/Ascend export (compute_dtype float16);
+# bf16 and int8 are CPU precisions that run in OpenVINO. The precisions each runtime runs:
+RUNTIME_PRECISIONS = {"serving": ("fp32", "fp16"), "lite_direct": ("fp32",), "openvino": ("fp32", "bf16", "int8")}
+# An OpenVINO IR's weights live in a file beside it that metadata names only through model_sha256.
+IR_WEIGHTS_SUFFIX = ".bin"
 DEFAULT_RUNTIME = "serving"  # of files written before the field existed
 # What bert-squad-export (and the serve command's export on first start, on CPU) writes: on CPU the exact-length
 # runtime answers SQuAD questions ~1.5x faster than buckets 128/256/384 with a third of the memory (README Performance).
@@ -86,8 +93,15 @@ class Metadata:
     format_version: int = FORMAT_VERSION
     # MindIR file name -> sha256 at export; versions written before the field existed have none
     model_sha256: Dict[str, str] = field(default_factory=dict)
+    precision: str = ""  # "" in files written before the field existed: read as fp16/fp32 from compute_dtype
+    # int8: how many calibration windows, from which file, seed, seconds; None otherwise
+    calibration: Optional[Dict[str, Any]] = None
+    # bf16 / int8: measured against the fp32 network at export (export/openvino_export.py); None otherwise
+    agreement: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
+        if not self.precision:
+            object.__setattr__(self, "precision", "fp16" if self.compute_dtype == "float16" else "fp32")
         validate_buckets(self.buckets, self.config.max_position_embeddings)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise MetadataError(f"batch_size must be a positive integer, got {self.batch_size!r}")
@@ -99,12 +113,17 @@ class Metadata:
             raise MetadataError(f"scoring {self.scoring!r} contradicts config.scoring {self.config.scoring!r}")
         if self.runtime not in RUNTIMES:
             raise MetadataError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
-        if self.runtime == "lite_direct" and self.buckets != (settings.MAX_SEQ_LENGTH,):
+        if self.precision not in RUNTIME_PRECISIONS[self.runtime]:
+            raise MetadataError(f"runtime {self.runtime} runs precision {' or '.join(RUNTIME_PRECISIONS[self.runtime])}, "
+                                f"not {self.precision!r}")
+        if (self.precision == "fp16") != (self.compute_dtype == "float16"):
+            raise MetadataError(f"precision {self.precision!r} contradicts compute_dtype {self.compute_dtype!r}")
+        if self.runtime in ("lite_direct", "openvino") and self.buckets != (settings.MAX_SEQ_LENGTH,):
             raise MetadataError(
-                f"a lite_direct version has one model, exported at {settings.MAX_SEQ_LENGTH} tokens and resized to "
+                f"a {self.runtime} version has one model, exported at {settings.MAX_SEQ_LENGTH} tokens and resized to "
                 f"each window's length; its buckets must be [{settings.MAX_SEQ_LENGTH}], got {list(self.buckets)}"
             )
-        unknown = sorted(set(self.model_sha256) - set(self.model_files.values()))
+        unknown = sorted(set(self.model_sha256) - set(self.all_model_files))
         if unknown:
             raise MetadataError(f"model_sha256 names files {unknown} that are not among the model_files")
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -114,6 +133,19 @@ class Metadata:
                 f"metadata format_version {self.format_version} is not supported (this code reads "
                 f"{FORMAT_VERSION}); re-export the model with this version of bert-squad-export"
             )
+
+    @property
+    def all_model_files(self) -> Tuple[str, ...]:
+        """Every file of the model: model_files and, for an OpenVINO IR, its weights file."""
+        names = set(self.model_files.values())
+        if self.runtime == "openvino":
+            names |= {str(Path(name).with_suffix(IR_WEIGHTS_SUFFIX)) for name in names}
+        return tuple(sorted(names))
+
+    @property
+    def mindir_files(self) -> Tuple[str, ...]:
+        """The model files that are MindIR protobufs (none for the openvino runtime)."""
+        return () if self.runtime == "openvino" else tuple(sorted(set(self.model_files.values())))
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -133,6 +165,9 @@ class Metadata:
             "created": self.created,
             "tool_version": self.tool_version,
             "model_sha256": dict(sorted(self.model_sha256.items())),
+            "precision": self.precision,
+            **({"calibration": self.calibration} if self.calibration is not None else {}),
+            **({"agreement": self.agreement} if self.agreement is not None else {}),
         }
 
     @classmethod
@@ -155,6 +190,9 @@ class Metadata:
                 created=data["created"],
                 tool_version=data["tool_version"],
                 model_sha256=dict(data.get("model_sha256", {})),
+                precision=data.get("precision", ""),
+                calibration=data.get("calibration"),
+                agreement=data.get("agreement"),
             )
         except KeyError as exc:
             raise MetadataError(f"metadata lacks the field {exc.args[0]!r}") from None
@@ -201,7 +239,7 @@ def read_metadata(version_dir: Union[str, Path]) -> Metadata:
     if not isinstance(data, dict):
         raise MetadataError(f"{path} must hold a JSON object")
     metadata = Metadata.from_dict(data)
-    missing = [name for name in metadata.model_files.values() if not (version_dir / name).is_file()]
+    missing = [name for name in metadata.all_model_files if not (version_dir / name).is_file()]
     if missing:
         raise MetadataError(f"model files {missing} listed in {path} are missing from {version_dir}")
     vocab = version_dir / metadata.vocab_file

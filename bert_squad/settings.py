@@ -20,6 +20,15 @@ MAX_TOP_K = N_BEST  # more answers than candidates cannot be ranked
 # the smallest bucket that holds it. The last bucket must equal MAX_SEQ_LENGTH.
 BUCKETS = (128, 256, 384)
 
+# Reduced precision on CPU (bert-squad-export --precision; README "Precision"). int8 calibration reads windows
+# (inputs only) of questions drawn with this seed from a SQuAD file, by default DEFAULT_CALIBRATION_FILE under
+# $BERT_SQUAD_SHARED_DATA (else ../shared/data beside the repository); bf16 and int8 exports measure their agreement
+# with fp32 on AGREEMENT_WINDOWS other windows of the same file.
+CALIBRATION_WINDOWS = 100
+CALIBRATION_SEED = 0
+AGREEMENT_WINDOWS = 50
+DEFAULT_CALIBRATION_FILE = "squad-v1.1-dev.json"
+
 # Request limits: a bad or hostile request is refused, not processed.
 MAX_QUESTION_CHARS = 2_000
 MAX_CONTEXT_CHARS = 100_000

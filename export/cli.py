@@ -9,6 +9,7 @@ from typing import List, Optional, Tuple
 from bert_squad import settings
 from bert_squad.model.config import ConfigError, read_config_file
 from bert_squad.metadata import EXPORT_RUNTIME, RUNTIMES, MetadataError
+from bert_squad.runtimes.cpu_features import PRECISIONS
 
 
 def _buckets(text: str) -> Tuple[int, ...]:
@@ -28,6 +29,23 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _precision(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """--fp16 is kept as the old spelling of --precision fp16."""
+    if args.fp16 and args.precision not in ("fp32", "fp16"):
+        parser.error(f"--fp16 contradicts --precision {args.precision}; give one of them")
+    return "fp16" if args.fp16 else args.precision
+
+
+def _calibration(args: argparse.Namespace):
+    from pathlib import Path
+
+    from .exporter import default_calibration_file
+    from .openvino_export import Calibration
+
+    return Calibration(Path(args.calibration_data) if args.calibration_data else default_calibration_file(),
+                       args.calibration_windows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,13 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", type=_positive, help="version number (default: next free)")
     parser.add_argument("--force", action="store_true", help="replace an existing version")
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="what the model computes in: fp32; bf16 or int8 on CPU (OpenVINO; bf16 needs AVX512_BF16 or AMX, "
+        "int8 is calibrated on --calibration-data); fp16 for GPU/Ascend (default: %(default)s)",
+    )
+    parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
-        default=EXPORT_RUNTIME,
         help="serving: one MindIR per bucket, run by MindSpore Serving; lite_direct: one MindIR that "
-        "MindSpore Lite resizes to each window's exact length (needs the shim of scripts/setup.sh) "
-        "(default: %(default)s)",
+        "MindSpore Lite resizes to each window's exact length (needs the shim of scripts/setup.sh); openvino: one "
+        "OpenVINO IR run at each window's exact length (default: %s for fp32, serving for fp16, openvino for bf16 "
+        "and int8)" % EXPORT_RUNTIME,
     )
+    parser.add_argument("--calibration-data", metavar="SQUAD_JSON",
+                        help="int8: SQuAD v1.1 file whose questions and contexts (never answers) calibrate the int8 "
+                        "ranges and measure agreement with fp32 (default: $BERT_SQUAD_SHARED_DATA/%s, else "
+                        "../shared/data/%s beside the repository)"
+                        % (settings.DEFAULT_CALIBRATION_FILE, settings.DEFAULT_CALIBRATION_FILE))
+    parser.add_argument("--calibration-windows", type=_positive, default=settings.CALIBRATION_WINDOWS,
+                        help="int8: windows to calibrate on, one per question drawn with seed %d "
+                        "(default: %%(default)s)" % settings.CALIBRATION_SEED)
     parser.add_argument(
         "--buckets",
         type=_buckets,
@@ -76,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=_positive, default=1,
                         help="windows per model call (default: %(default)s; 1 suits CPU)")
     parser.add_argument("--fp16", action="store_true",
-                        help="float16 matmuls, for GPU/Ascend (as the zoo trained); CPU wants float32")
+                        help="the same as --precision fp16 (float16 matmuls for GPU/Ascend, as the zoo trained)")
     sha = parser.add_mutually_exclusive_group()
     sha.add_argument("--expect-sha256", metavar="HEX", help="refuse a checkpoint with another sha256")
     sha.add_argument("--hub", action="store_true",
@@ -86,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from bert_squad.model.checkpoint import CheckpointError  # imports MindSpore: after --help
 
     from .exporter import ExportError, export_version
@@ -108,9 +142,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             batch_size=args.batch_size,
             version=args.version,
             force=args.force,
-            compute_dtype="float16" if args.fp16 else "float32",
+            precision=_precision(parser, args),
             expected_sha256=settings.HUB_CHECKPOINT_SHA256 if args.hub else args.expect_sha256,
             runtime=args.runtime,
+            calibration=_calibration(args),
         )
     except (ExportError, CheckpointError, ConfigError, MetadataError) as exc:
         print(f"bert-squad-export: error: {exc}", file=sys.stderr)

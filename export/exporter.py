@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version as distribution_version
 from pathlib import Path
@@ -23,12 +25,17 @@ from bert_squad import settings
 from bert_squad.model.checkpoint import LoadedCheckpoint, build_network, load_checkpoint
 from bert_squad.model.config import BertConfig
 from bert_squad.runtimes.lite_direct import LiteError, min_length, score_in_subprocess
-from bert_squad.metadata import (COMPUTE_DTYPES, EXPORT_RUNTIME, RUNTIMES, Metadata, sha256_file, validate_buckets,
-                                 write_metadata)
+from bert_squad.metadata import (EXPORT_RUNTIME, RUNTIME_PRECISIONS, RUNTIMES, Metadata, sha256_file,
+                                 validate_buckets, write_metadata)
 from bert_squad.runtimes.lite_lib import REPO_ROOT, RuntimeMissing
+from bert_squad.runtimes import openvino as ov_runtime
+from bert_squad.runtimes.cpu_features import PRECISIONS, PrecisionUnsupported, check_precision, read_flags
+from bert_squad_export.openvino_export import Calibration, CalibrationError, squad_windows
+from bert_squad_export.openvino_export import export_model as export_openvino_model
 from bert_squad.model.vocab import VocabError, uncased_vocab
 
 VOCAB_FILE = "vocab.txt"
+SHARED_DATA_ENV = "BERT_SQUAD_SHARED_DATA"  # where the SQuAD files are (tests/conftest.py reads it too)
 SERVABLE_CONFIG = REPO_ROOT / "servable" / settings.SERVABLE_NAME / "servable_config.py"  # the servable's glue
 VERIFY_TOLERANCE = 1e-4  # MindIR vs the in-memory network, per score
 # The lite_direct model is checked in MindSpore Lite, resized in turn to tiny lengths, the number of attention
@@ -92,37 +99,40 @@ def export_version(
     batch_size: int = 1,
     version: Optional[int] = None,
     force: bool = False,
-    compute_dtype: str = "float32",
+    precision: str = "fp32",
     expected_sha256: Optional[str] = None,
-    runtime: str = EXPORT_RUNTIME,
+    runtime: Optional[str] = None,
+    calibration: Optional[Calibration] = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Export `checkpoint` (zoo .ckpt or Hugging Face folder) to servable_dir/name/N/.
 
     runtime "serving" writes one MindIR per bucket (default settings.BUCKETS);
     "lite_direct" writes one MindIR exported at MAX_SEQ_LENGTH and checks it in MindSpore
-    Lite at several lengths (it needs the Lite shim built by scripts/setup.sh).
-    Returns the version folder. Raises ExportError, CheckpointError, ConfigError or
+    Lite at several lengths (it needs the Lite shim built by scripts/setup.sh); "openvino"
+    writes one OpenVINO IR (fp32, bf16 or int8, calibrated on `calibration`).
+    `runtime` None: the precision's default (default_runtime). Returns the version folder. Raises ExportError, CheckpointError, ConfigError or
     MetadataError (all with a message meant for the user).
     """
-    if runtime not in RUNTIMES:
-        raise ExportError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-    if runtime == "lite_direct":
+    runtime = default_runtime(precision) if runtime is None else runtime
+    _check_precision(precision, runtime)
+    compute_dtype = "float16" if precision == "fp16" else "float32"
+    if runtime == "openvino":
+        if buckets is not None and tuple(buckets) != (settings.MAX_SEQ_LENGTH,):
+            raise ExportError("--buckets does not apply to --runtime openvino: its one model runs every window at "
+                              "the window's own length")
+        buckets = (settings.MAX_SEQ_LENGTH,)
+    elif runtime == "lite_direct":
         if buckets is not None and tuple(buckets) != (settings.MAX_SEQ_LENGTH,):
             raise ExportError(
                 "--buckets does not apply to --runtime lite_direct (the default): its one model runs every window "
                 "at the window's own length; for one model per bucket add --runtime serving"
             )
-        if compute_dtype != "float32":
-            raise ExportError("--runtime lite_direct (the default) runs on CPU, where matmuls run in float32; leave "
-                              "out --fp16, or add --runtime serving for a GPU/Ascend export")
         buckets = (settings.MAX_SEQ_LENGTH,)
     elif buckets is None:
         buckets = settings.BUCKETS
     if batch_size <= 0:
         raise ExportError(f"batch size must be a positive integer, got {batch_size}")
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise ExportError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
     if version is not None and version <= 0:
         raise ExportError(f"version must be a positive integer, got {version}")
     model_dir = Path(servable_dir) / name
@@ -141,6 +151,9 @@ def export_version(
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     net = build_network(loaded, compute_dtype)
+    if runtime == "openvino":
+        calibration = calibration or Calibration(default_calibration_file())
+        windows = _openvino_windows(precision, calibration, vocab, do_lower_case)
     # A lite_direct model runs only in Lite, which computes an exact GELU in one fused kernel; MindSpore would
     # compute that graph's GELU as tanh, so the MindIR is checked in Lite alone (bert_squad/model/network.py, GELU).
     lite_only = runtime == "lite_direct" and loaded.config.hidden_act == "gelu_erf"
@@ -150,8 +163,14 @@ def export_version(
     version = next_version(model_dir) if version is None else version
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
     try:
-        model_files = {b: LITE_MODEL_FILE if runtime == "lite_direct" else model_file_name(b) for b in buckets}
-        for bucket, file_name in model_files.items():
+        model_files = {b: _model_file(runtime, b) for b in buckets}
+        openvino_fields: dict = {}
+        if runtime == "openvino":
+            openvino_fields = _export_openvino(loaded, net, staging, precision, windows, batch_size, log)
+            if "calibration" in openvino_fields:
+                openvino_fields["calibration"].update(file=str(calibration.squad_file.resolve()),
+                                                      seed=calibration.seed)
+        for bucket, file_name in model_files.items() if runtime != "openvino" else ():
             inputs = export_inputs(batch_size, bucket, loaded.config.vocab_size)
             path = staging / file_name
             ms.export(exported, *inputs, file_name=str(path.with_suffix("")), file_format="MINDIR")
@@ -186,7 +205,10 @@ def export_version(
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 tool_version=tool_version(),
                 runtime=runtime,
-                model_sha256={name: sha256_file(staging / name) for name in set(model_files.values())},
+                model_sha256={name: sha256_file(staging / name) for name in set(model_files.values())
+                              | ({ov_runtime.WEIGHTS_FILE} if runtime == "openvino" else set())},
+                precision=precision,
+                **openvino_fields,
             ),
         )
         target = model_dir / str(version)
@@ -212,6 +234,85 @@ def _ensure_servable_config(model_dir: Path, log: Callable[[str], None]) -> None
     shutil.copyfile(SERVABLE_CONFIG, partial)
     partial.rename(target)
     log(f"wrote {target} (the servable's stages)")
+
+
+def default_runtime(precision: str) -> str:
+    """fp32: lite_direct (EXPORT_RUNTIME); fp16 (GPU/Ascend): Serving's buckets; bf16 and int8: OpenVINO."""
+    return {"fp32": EXPORT_RUNTIME, "fp16": "serving"}.get(precision, "openvino")
+
+
+def default_calibration_file() -> Path:
+    """settings.DEFAULT_CALIBRATION_FILE in $BERT_SQUAD_SHARED_DATA, else in ../shared/data beside the repository."""
+    folder = os.environ.get(SHARED_DATA_ENV)
+    return (Path(folder) if folder else REPO_ROOT.parent / "shared" / "data") / settings.DEFAULT_CALIBRATION_FILE
+
+
+def _check_precision(precision: str, runtime: str) -> None:
+    """Refuse a precision the runtime or this CPU cannot run, naming what would work."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if runtime not in RUNTIMES:
+        raise ExportError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if precision in RUNTIME_PRECISIONS[runtime]:
+        if runtime == "openvino" and precision != "fp32":
+            try:
+                note = check_precision(precision, read_flags())
+            except PrecisionUnsupported as exc:
+                raise ExportError(str(exc)) from None
+            if note:
+                print(f"bert-squad-export: note: {note}", file=sys.stderr)
+        return
+    if runtime == "lite_direct" and precision == "fp16":
+        raise ExportError("--runtime lite_direct (the default) runs on CPU, where matmuls run in float32; leave "
+                          "out --fp16, or add --runtime serving for a GPU/Ascend export")
+    if precision == "fp16":
+        raise ExportError("--precision fp16 is for GPU/Ascend (--runtime serving); on CPU reduced precision is "
+                          "--precision bf16 or int8 (runtime openvino)")
+    raise ExportError(f"--runtime {runtime} runs precision {' or '.join(RUNTIME_PRECISIONS[runtime])}; "
+                      f"{precision} runs in --runtime openvino (leave --runtime out: it is the default for {precision})")
+
+
+def _model_file(runtime: str, bucket: int) -> str:
+    return {"lite_direct": LITE_MODEL_FILE, "openvino": ov_runtime.MODEL_FILE}.get(runtime, model_file_name(bucket))
+
+
+def _openvino_windows(precision: str, calibration: Calibration, vocab: Path, do_lower_case: bool) -> dict:
+    """Real SQuAD windows for the openvino export: int8 calibration (required) and, apart from them, the
+    windows on which bf16 and int8 are compared with fp32 (synthetic ones when no SQuAD file is there)."""
+    wanted = (calibration.windows if precision == "int8" else 0) + settings.AGREEMENT_WINDOWS
+    if precision == "fp32" or (precision == "bf16" and not calibration.squad_file.is_file()):
+        real: list = []
+    else:
+        try:
+            started = time.perf_counter()
+            real = squad_windows(calibration.squad_file, vocab, do_lower_case, wanted, calibration.seed)
+            print(f"bert-squad-export: {len(real)} windows from {calibration.squad_file} (seed {calibration.seed}) "
+                  f"in {time.perf_counter() - started:.1f} s", flush=True)
+        except CalibrationError as exc:
+            raise ExportError(str(exc)) from None
+    split = calibration.windows if precision == "int8" else 0
+    return {"calibration": real[:split], "check": real[split:]}
+
+
+def _export_openvino(loaded: LoadedCheckpoint, net, staging: Path, precision: str, windows: dict, batch_size: int,
+                     log: Callable[[str], None]) -> dict:
+    lengths = sorted({*LITE_VERIFY_LENGTHS, loaded.config.num_attention_heads})
+    synthetic = [tuple(t.asnumpy() for t in export_inputs(max(batch_size, 2), n, loaded.config.vocab_size, seed=n))
+                 for n in lengths]
+
+    def network(*arrays):
+        """The MindSpore network's scores at the arrays' length, run padded to MAX_SEQ_LENGTH: padding is masked
+        out, and one shape is compiled once instead of once per window length."""
+        length = arrays[0].shape[1]
+        padded = (np.pad(a, ((0, 0), (0, settings.MAX_SEQ_LENGTH - length))) for a in arrays)
+        return [t.asnumpy()[:, :length] for t in net(*(ms.Tensor(a) for a in padded))]
+
+    try:
+        return export_openvino_model(loaded.weights, loaded.config, staging, precision, network,
+                                     windows["check"] or synthetic, synthetic, windows["calibration"],
+                                     os.cpu_count() or 1, log)
+    except RuntimeError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _vocab_file(loaded: LoadedCheckpoint, vocab_file: Optional[Union[str, Path]]) -> Path:

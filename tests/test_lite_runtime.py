@@ -226,7 +226,8 @@ def test_missing_shim_and_library_path_are_explained(oracle, monkeypatch):
 @pytest.mark.parametrize("runtime", [[], ["--runtime", "lite_direct"]], ids=["default", "explicit"])
 @pytest.mark.parametrize("extra, message", [
     (["--buckets", "128,384"], "--buckets does not apply to --runtime lite_direct (the default)"),
-    (["--fp16"], "leave out --fp16, or add --runtime serving"),
+    # --fp16 alone now exports for Serving's buckets (the default runtime of --precision fp16)
+    (["--fp16", "--runtime", "lite_direct"], "leave out --fp16, or add --runtime serving"),
 ])
 def test_export_refuses_options_that_do_not_apply_to_lite_direct(oracle, tmp_path, capsys, runtime, extra, message):
     from bert_squad_export.cli import main
@@ -251,7 +252,7 @@ def test_metadata_runtime_field(oracle, tmp_path):
     (folder / METADATA_FILE).write_text(json.dumps({k: v for k, v in data.items() if k != "runtime"}))
     assert read_metadata(folder).runtime == "serving"
     (folder / METADATA_FILE).write_text(json.dumps({**data, "runtime": "onnx"}))
-    with pytest.raises(MetadataError, match=r"runtime must be one of \('serving', 'lite_direct'\), got 'onnx'"):
+    with pytest.raises(MetadataError, match=r"runtime must be one of \('serving', 'lite_direct', 'openvino'\), got 'onnx'"):
         read_metadata(folder)
     (folder / METADATA_FILE).write_text(json.dumps({**data, "buckets": [128, 384],
                                                     "model_files": {"128": "bert.mindir", "384": "bert.mindir"}}))

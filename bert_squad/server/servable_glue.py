@@ -6,12 +6,13 @@ back into the tensors the methods declare.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -202,20 +203,31 @@ def read_model_times(path: Path, offset: int = 0) -> "tuple[list, int]":
     return [json.loads(line) for line in complete.splitlines()], offset + len(complete)
 
 
-_lite_models: dict = {}  # model file -> this process's LiteModel (runtime lite_direct)
+_direct_scorers: dict = {}  # model file -> this process's scorer (runtimes lite_direct and openvino)
 
 
-def run_model_lite(folder: Path, meta: Metadata, context: Mapping, instances):
-    """Batch stage of the lite_direct runtime: every window at its own length in one Lite model,
-    made on the first batch this process runs, so processes that never run the stage load nothing.
+def run_model_direct(folder: Path, meta: Metadata, context: Mapping, instances):
+    """Batch stage of the exact-length runtimes (lite_direct, openvino): every window at its own length in one
+    model, opened on the first batch this process runs, so processes that never run the stage load nothing.
     `context` is this worker's model_context()."""
-    from bert_squad.runtimes.lite_direct import LiteModel, min_length, score_windows
-
     path = folder / meta.model_files[settings.MAX_SEQ_LENGTH]
-    if path not in _lite_models:
-        _lite_models[path] = LiteModel(path, context["thread_num"], min_length(meta.config),
-                                       context.get("thread_affinity_core_list", ()))
-    yield from _timed(lambda batch: score_windows(_lite_models[path], batch), instances)
+    if path not in _direct_scorers:
+        _direct_scorers[path] = open_direct_scorer(path, meta, context)
+    yield from _timed(_direct_scorers[path], instances)
+
+
+def open_direct_scorer(path: Path, meta: Metadata, context: Mapping) -> Callable[[Sequence[tuple]], list]:
+    """instances -> per instance (start, end) scores, by the runtime metadata.json names: its module's
+    score_windows is where a window is scored."""
+    threads, cores = context["thread_num"], context.get("thread_affinity_core_list", ())
+    if meta.runtime == "openvino":
+        from bert_squad.runtimes import openvino
+
+        return functools.partial(openvino.score_windows, openvino.OpenVinoModel(path, meta.precision, threads, cores))
+    from bert_squad.runtimes import lite_direct
+
+    model = lite_direct.LiteModel(path, threads, lite_direct.min_length(meta.config), cores)
+    return functools.partial(lite_direct.score_windows, model)
 
 
 def postprocess(context, start, end, lengths, char_offsets, max_context, top_k=settings.DEFAULT_TOP_K,

@@ -188,20 +188,22 @@ def resolve_version(servable_dir: Path, name: str, version: int) -> int:
     return chosen
 
 
-def check_version_folder(folder: Path, device: str) -> None:
+def check_version_folder(folder: Path, device: str):
     """Refuse what Serving would only report as "Load model failed": bad metadata, a changed
     vocabulary (sha256 recorded at export), a missing, empty, truncated or changed model file, a
-    lite_direct export (CPU only) on a GPU/Ascend device."""
+    lite_direct or openvino export (CPU only) on a GPU/Ascend device, bf16 on a CPU without bf16.
+    Returns the version's Metadata."""
     from bert_squad.metadata import MetadataError, check_model_files, read_metadata
 
     try:
         meta = read_metadata(folder)
     except MetadataError as e:
         raise ServeError(str(e)) from None
-    if meta.runtime == "lite_direct" and device != "cpu":
-        raise ServeError(f"{folder} was exported with --runtime lite_direct, which runs on CPU only; for "
+    if meta.runtime in ("lite_direct", "openvino") and device != "cpu":
+        raise ServeError(f"{folder} was exported with --runtime {meta.runtime}, which runs on CPU only; for "
                          f"--device {device} export a version with bert-squad-export --runtime serving --fp16")
-    for name in meta.model_files.values():
+    _check_cpu_precision(folder, meta)
+    for name in meta.mindir_files:
         path = folder / name
         if not _complete_protobuf(path):
             raise ServeError(f"model file {path} ({path.stat().st_size} bytes) is truncated or corrupted: it is "
@@ -210,6 +212,19 @@ def check_version_folder(folder: Path, device: str) -> None:
         check_model_files(folder, meta)
     except MetadataError as e:
         raise ServeError(str(e)) from None
+    return meta
+
+
+def _check_cpu_precision(folder: Path, meta) -> None:
+    """A bf16 export copied to a CPU without native bf16 is refused here, with what to export instead."""
+    from bert_squad.runtimes.cpu_features import PrecisionUnsupported, check_precision, read_flags
+
+    if meta.runtime == "openvino":
+        try:
+            check_precision(meta.precision, read_flags())
+        except PrecisionUnsupported as e:
+            raise ServeError(f"{folder} holds a {meta.precision} model, but {e} (re-export with "
+                             "bert-squad-export)") from None
 
 
 def _complete_protobuf(path: Path) -> bool:
@@ -385,7 +400,7 @@ def serve(args) -> int:
     ensure_exported(args)
     servable_dir = args.servable_dir
     version = resolve_version(servable_dir, args.name, args.version)
-    check_version_folder(servable_dir / args.name / str(version), args.device)
+    meta = check_version_folder(servable_dir / args.name / str(version), args.device)
     device_ids = [int(x) for x in args.device_ids.split(",") if x.strip()]
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bert-squad-serve-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -431,7 +446,8 @@ def serve(args) -> int:
         health_server.mark_serving()
     # One write, starting on a fresh line: Serving's C++ threads print to the same stdout.
     print(f"\n{health.READY_MARKER} grpc={args.grpc_address} rest={rest} servable={args.name} version={version} "
-          f"device={args.device} workers={len(device_ids)} threads={args.threads} pinned={'yes' if pin else 'no'} "
+          f"precision={meta.precision} runtime={meta.runtime} device={args.device} workers={len(device_ids)} "
+          f"threads={args.threads} pinned={'yes' if pin else 'no'} "
           f"health={health_server.address if health_server else 'off'} "
           f"max-queued={args.max_queued_requests} start={time.perf_counter() - t0:.1f} s warm-up={warm} "
           f"logs={workdir / 'serving_logs'}", flush=True)

@@ -16,7 +16,7 @@ version_dir = glue.version_dir(Path(__file__).resolve().parent, os.environ.get(g
 meta, tokenizer = glue.load_version(version_dir)
 glue.require_runtime(meta)  # a runtime that cannot load fails the worker at start, not its first request
 lite_context = glue.model_context(os.environ, os.sched_getaffinity(0))
-if meta.runtime == "serving":  # one Serving model per bucket; lite_direct runs one resizable model itself
+if meta.runtime == "serving":  # one Serving model per bucket; lite_direct and openvino run their one model themselves
     models = {bucket: register.declare_model(model_file=name, model_format="MindIR",
                                              context=register.Context(**lite_context))
               for bucket, name in sorted(meta.model_files.items())}
@@ -31,10 +31,10 @@ def check_tokens(input_ids, input_mask, token_type_id):
 
 
 def run_model(instances):
-    if meta.runtime == "lite_direct":
-        yield from glue.run_model_lite(version_dir, meta, lite_context, instances)
-    else:
+    if meta.runtime == "serving":
         yield from glue.run_model(models, meta.buckets, instances)
+    else:  # lite_direct and openvino: one model run at each window's exact length
+        yield from glue.run_model_direct(version_dir, meta, lite_context, instances)
 
 
 def postprocess(context_text, start, end, lengths, char_offsets, max_context):
