@@ -3,6 +3,7 @@ makes complete, the zoo's config as written, and the servable started from the u
 from __future__ import annotations
 
 import hashlib
+import json
 import http.server
 import shutil
 import subprocess
@@ -15,7 +16,6 @@ import pytest
 from bert_squad import settings
 from bert_squad.metadata import read_metadata
 from harness import PY39, Server, free_port
-from wire import rest_post
 
 QUESTION = {"question": "Which capital?", "context": "The city of Paris is the capital of France, they say."}
 ANSWER = "Paris is the capital of France"
@@ -77,6 +77,8 @@ def mirror(tmp_path):
 
 
 def ask(server) -> str:
+    from wire import rest_post  # MindSpore Serving's protos: not under Python 3.11
+
     reply = rest_post(server.rest_address, "/model/bert_squad:predict", {"instances": [QUESTION]}, timeout=60)
     return reply["instances"][0]["answer"]
 
@@ -214,3 +216,26 @@ def test_a_runtime_that_cannot_load_makes_start_servables_raise(oracle_lite_serv
         server.start(timeout=300)
     assert server.process.returncode == 3, server.output()
     assert "start_servables raised" in server.output()
+
+
+# ---------------------------------------------------------------- 6. EM/F1 through a running server
+
+
+def test_evaluate_through_a_running_server_prints_the_official_scores(oracle, tmp_path):
+    """The oracle answers "Paris ... France": one question's truth is that span (EM 1, F1 1), the other's is
+    "France" (EM 0; F1 of 'paris is capital of france' against 'france': P 1/5, R 1, F1 1/3). Mean: 50.00 / 66.67."""
+    context = "The city of Paris is the capital of France, they say."
+    qas = [{"id": "a", "question": "Which capital?", "answers": [{"text": ANSWER, "answer_start": 12}]},
+           {"id": "b", "question": "Which country?", "answers": [{"text": "France", "answer_start": 37}]}]
+    dataset = tmp_path / "dev.json"
+    dataset.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [
+        {"context": context, "qas": qas}]}]}))
+    command = [sys.executable, "-m", "bert_squad.text.metric", str(dataset), "--server"]
+    done = subprocess.run([*command, oracle.grpc_address], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "exact_match 50.00  f1 66.67  (2 questions, 0 without prediction)"
+    rest = subprocess.run([*command, oracle.rest_address, "--rest", "--json", "--min-f1", "70"],
+                          capture_output=True, text=True, timeout=300)
+    assert rest.returncode == 1 and "F1 66.67 is below --min-f1 70" in rest.stderr
+    assert json.loads(rest.stdout)["exact_match"] == 50.0
+

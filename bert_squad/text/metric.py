@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import string
 import sys
+import tempfile
 from typing import Dict, List, Optional
 
 _PUNCTUATION = frozenset(string.punctuation)
@@ -78,22 +80,55 @@ def _load(path: str, what: str):
         raise _BadFile(f"the {what} file {path} is not valid UTF-8 JSON: {e}") from None
 
 
+def _predict_through(server: str, rest: bool, dataset: str, output: str) -> int:
+    """bert-squad-predict DATASET -o OUTPUT --server SERVER (it reports its own errors). Returns 0, or the exit
+    status for main: 130 when interrupted, else 2 (a file or server problem: nothing was scored)."""
+    from bert_squad_client import predict  # the client: gRPC/REST, no MindSpore
+
+    status = predict.main([dataset, "-o", output, "--server", server, *(["--rest"] if rest else [])])
+    if status == 0 or status == predict.EXIT_INTERRUPTED:
+        return status
+    print(f"bert-squad-evaluate: bert-squad-predict stopped with exit status {status}; nothing was scored",
+          file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """`bert-squad-evaluate`: score a predictions file; exit 1 under a threshold, 2 on bad files."""
     parser = argparse.ArgumentParser(
         prog="bert-squad-evaluate",
-        description="Official SQuAD v1.1 exact match and F1 of a predictions file.",
+        description="Official SQuAD v1.1 exact match and F1 of a predictions file, or of the answers a running "
+        "server gives to every question of the dataset (--server).",
     )
     parser.add_argument("dataset", help="SQuAD v1.1 dataset JSON, e.g. dev-v1.1.json")
-    parser.add_argument("predictions", help='JSON object {"question id": "answer text", ...}')
+    parser.add_argument("predictions", nargs="?", help='JSON object {"question id": "answer text", ...}')
+    parser.add_argument("--server", metavar="ADDRESS",
+                        help="ask this bert_squad server (host:port, gRPC unless --rest) every question of the "
+                        "dataset through bert-squad-predict, then score its answers")
+    parser.add_argument("--rest", action="store_true", help="with --server: use its REST endpoint")
+    parser.add_argument("--keep-predictions", metavar="FILE",
+                        help="with --server: write the predictions here (re-running resumes an interrupted run) "
+                        "instead of a temporary file")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--min-f1", type=float, help="exit 1 if F1 is below this (0-100)")
     parser.add_argument("--min-em", type=float, help="exit 1 if exact match is below this (0-100)")
     args = parser.parse_args(argv)
+    if bool(args.server) == bool(args.predictions):
+        parser.error("give either a predictions file or --server ADDRESS (not both)")
+    if (args.rest or args.keep_predictions) and not args.server:
+        parser.error("--rest and --keep-predictions go with --server")
 
     try:
         dataset = _load(args.dataset, "dataset")
-        predictions = _load(args.predictions, "predictions")
+        if args.server:
+            with tempfile.TemporaryDirectory(prefix="bert-squad-evaluate-") as tmp:
+                path = args.keep_predictions or os.path.join(tmp, "predictions.json")
+                status = _predict_through(args.server, args.rest, args.dataset, path)
+                if status != 0:
+                    return status
+                predictions = _load(path, "predictions")
+        else:
+            predictions = _load(args.predictions, "predictions")
         if not isinstance(predictions, dict) or not all(isinstance(v, str) for v in predictions.values()):
             raise _BadFile(
                 f"the predictions file {args.predictions} must hold one JSON object mapping "
