@@ -62,3 +62,9 @@ INSTANCES_PER_MODEL_CALL = 8
 DEFAULT_HEALTH_ADDRESS = "127.0.0.1:8080"  # HTTP /livez and /readyz; 'off' disables them
 HEALTH_TTL_S = 2.0  # /readyz reuses one probe's outcome this long: polling adds at most one question per TTL
 HEALTH_PROBE_TIMEOUT_S = 5.0  # deadline of the probe question; a server slower than this counts as not ready
+
+# HTTP front door (bert_squad/server/http.py) and master supervision (bert_squad/server/supervisor.py).
+REST_TIMEOUT_S = 120.0  # deadline of one REST request forwarded to Serving over gRPC (504 past it)
+DRAIN_S = 30.0  # on SIGTERM: how long in-flight requests may take to finish before the server stops anyway
+CRASH_LOOP_RESTARTS = 5  # master restarts within CRASH_LOOP_WINDOW_S after which the serve command gives up
+CRASH_LOOP_WINDOW_S = 60.0

@@ -77,18 +77,29 @@ class Server:
         return text
 
     def worker_pids(self) -> List[int]:
-        """Worker processes of this server (its process group, minus the server itself)."""
+        """Serving's worker processes of this server (in its process group, running start_worker.py)."""
+        return self._group_running(b"start_worker.py")
+
+    def master_pid(self) -> Optional[int]:
+        """The process running Serving's master (bert-squad-serve keeps it in a child process), if any."""
+        pids = self._group_running(b"bert_squad.server.master")
+        return pids[0] if pids else None
+
+    def _group_running(self, part: bytes) -> List[int]:
         if not self.process:
             return []
         pids = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != self.process.pid:
                 try:
-                    if os.getpgid(int(entry.name)) == self.process.pid:
-                        pids.append(int(entry.name))
-                except ProcessLookupError:
-                    pass
-        return pids
+                    if os.getpgid(int(entry.name)) != self.process.pid:
+                        continue
+                    command = (entry / "cmdline").read_bytes().split(b"\0")
+                except (ProcessLookupError, OSError):
+                    continue
+                if any(p.endswith(part) for p in command):
+                    pids.append(int(entry.name))
+        return sorted(pids)
 
     def stop(self, grace: float = 20.0) -> Optional[int]:
         """SIGTERM the server, wait, then SIGKILL whatever is left of its process group."""

@@ -6,11 +6,15 @@ request, which the tests pin down as such. The worker process must survive the w
 """
 import base64
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import json
 
 import numpy as np
 import pytest
 
 import wire
+from bert_squad import settings
 from harness import Server
 
 PARIS = "The city of Paris is the capital of France, they say."
@@ -130,14 +134,55 @@ def test_bytes_tensors_over_grpc_are_decoded_as_utf8(server):
 
 def test_non_utf8_over_rest(server):
     body = b'{"instances":[{"question":"\xff\xfe","context":"Paris, France."}]}'
-    assert "Illegal JSON format" in wire.rest_predict(server.rest_address, "predict", body)
+    assert wire.rest_refusal(server.rest_address, "predict", body) == (
+        400, "the request body is not valid UTF-8 (byte 27); send JSON in UTF-8")
     lone_surrogate = b'{"instances":[{"question":"\\ud800","context":"Paris, France."}]}'
-    assert "Illegal JSON format" in wire.rest_predict(server.rest_address, "predict", lone_surrogate)
+    status, message = wire.rest_refusal(server.rest_address, "predict", lone_surrogate)
+    assert status == 400 and "input 'question' holds a lone UTF-16 surrogate ('\\ud800')" in message
     as_str = {"b64": base64.b64encode(b"\xff\xfe caf\xe9").decode(), "type": "str"}
     bad = {"question": as_str, "context": PARIS}
     assert "is not valid UTF-8" in error_of(rest_sandwich(server, "predict", bad))
     as_bytes = {"b64": base64.b64encode("Which capital?".encode()).decode()}
     assert rest_sandwich(server, "predict", {"question": as_bytes, "context": PARIS})["answer"] == ANSWER
+
+
+BAD_BASE64 = {  # Serving 2.0.2's own REST server left the first three unanswered until the client gave up
+    "not base64 at all": ({"b64": "!!!notbase64", "type": "str"}, "b64 is not valid base64"),
+    "padding only": ({"b64": "===="}, "b64 is not valid base64"),
+    "characters >= U+00FC": ({"b64": "\u00fc\u00fd\u00fe\u00ff"}, "b64 holds '\\xfc', which is not a base64 character"),
+    "missing padding": ({"b64": "YWJj ZA"}, "b64 is not valid base64"),
+    "numbers as b64": ({"b64": 42}, "b64 is a JSON integer; it must be a base64 string"),
+    "unknown type": ({"b64": "AAAA", "type": "complex"}, "has type 'complex'; use one of"),
+    "size not the shape's": ({"b64": "AAAA", "type": "int32", "shape": [2]}, "b64 holds 3 bytes, but int32 of shape"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BASE64))
+def test_malformed_base64_over_rest_is_refused_within_a_second_with_the_reason(server, case):
+    value, message = BAD_BASE64[case]
+    t0 = time.perf_counter()
+    status, reply = wire.rest_refusal(server.rest_address, "predict",
+                                      {"instances": [GOOD, {"question": value, "context": PARIS}]}, timeout=5)
+    assert time.perf_counter() - t0 < 1.0
+    assert status == 400 and reply.startswith("instance 1 input 'question'") and message in reply, reply
+
+
+def test_raw_bytes_from_0x80_up_in_a_rest_body_are_refused_within_a_second(server):
+    for byte in (0x80, 0xC0, 0xFC, 0xFF):
+        body = b'{"instances":[{"question":{"b64":"' + bytes([byte]) * 8 + b'"},"context":"Paris"}]}'
+        t0 = time.perf_counter()
+        status, message = wire.rest_refusal(server.rest_address, "predict", body, timeout=5)
+        assert time.perf_counter() - t0 < 1.0
+        assert (status, message) == (400, "the request body is not valid UTF-8 (byte 34); send JSON in UTF-8")
+
+
+def test_500_bad_requests_at_once_leave_the_server_answering(server):
+    bad = b'{"instances":[{"question":{"b64":"!!!notbase64","type":"str"},"context":"x"}]}'
+    with ThreadPoolExecutor(32) as pool:
+        outcomes = list(pool.map(lambda _: wire.rest_refusal(server.rest_address, "predict", bad, timeout=30)[0],
+                                 range(500)))
+    assert outcomes == [400] * 500
+    assert wire.rest_predict(server.rest_address, "predict", {"instances": [GOOD]}, timeout=10)[0]["answer"] == ANSWER
 
 
 # ---------------------------------------------------------------- fields and tensors
@@ -146,9 +191,11 @@ def test_non_utf8_over_rest(server):
 def test_a_missing_field_fails_the_whole_request(server, protocol):
     """Serving checks every instance for every input before any stage runs: no per-instance error here."""
     bad = {"question": "Which capital?"}
-    sandwich = grpc_sandwich if protocol == "grpc" else rest_sandwich
-    reply = sandwich(server, "predict", bad)
-    assert reply == "Cannot find input context in instance input , servable bert_squad, method predict"
+    message = "Cannot find input context in instance input , servable bert_squad, method predict"
+    if protocol == "grpc":
+        assert grpc_sandwich(server, "predict", bad) == message
+    else:
+        assert wire.rest_refusal(server.rest_address, "predict", {"instances": [GOOD, bad, GOOD]}) == (400, message)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
@@ -269,9 +316,10 @@ def test_wrong_json_types_over_rest_fail_alone(server, method, bad, message):
 
 
 def test_a_json_list_for_a_string_input_fails_the_whole_request(server):
-    reply = wire.rest_predict(server.rest_address, "predict",
+    reply = wire.rest_refusal(server.rest_address, "predict",
                               {"instances": [GOOD, {"question": ["Which?", "Why?"], "context": PARIS}]})
-    assert reply == "Parser request failed, json array, string or bytes type only support one item"
+    assert reply == (400, "instance 1 input 'question' is a list of 2 strings; a text or bytes input holds "
+                          "exactly one")
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
@@ -328,32 +376,60 @@ def test_a_huge_int64_top_k_over_grpc_is_named_as_sent(server):
 
 # ---------------------------------------------------------------- whole requests
 
-@pytest.mark.parametrize("protocol", ["grpc", "rest"])
 @pytest.mark.parametrize("servable, method, version, message", [
     ("nope", "predict", None, "Request servable(nope) method(predict) , servable is not available"),
     ("bert_squad", "nope", None, "Request servable(bert_squad) method(nope) , method is not available"),
     ("bert_squad", "predict", 7,
      "Request servable(bert_squad) method(predict)  version(7) , servable is not available"),
 ])
-def test_unknown_servable_method_or_version_fails_the_whole_request(server, protocol, servable, method, version,
-                                                                      message):
-    if protocol == "grpc":
-        reply = wire.grpc_predict(server.grpc_address, method, [GOOD], servable=servable, version=version or 0)
-    else:
-        reply = wire.rest_predict(server.rest_address, method, {"instances": [GOOD]}, servable=servable,
-                                  version=version)
-    assert reply == message
+def test_unknown_servable_method_or_version_fails_the_whole_request_over_grpc(server, servable, method, version,
+                                                                              message):
+    assert wire.grpc_predict(server.grpc_address, method, [GOOD], servable=servable, version=version or 0) == message
+
+
+@pytest.mark.parametrize("servable, method, version, message", [
+    ("nope", "predict", None, "servable 'nope' is not served here (served: 'bert_squad')"),
+    ("bert_squad", "nope", None, "Request servable(bert_squad) method(nope) , method is not available"),
+    ("bert_squad", "predict", 7, "servable 'bert_squad' version 7 is not served here (served: version 1; "
+                                 "version 0 or none means the served one)"),
+])
+def test_unknown_servable_method_or_version_is_404_over_rest(server, servable, method, version, message):
+    assert wire.rest_refusal(server.rest_address, method, {"instances": [GOOD]}, servable=servable,
+                             version=version) == (404, message)
+    assert wire.rest_predict(server.rest_address, "predict", {"instances": [GOOD]}, version=1)[0]["answer"] == ANSWER
 
 
 @pytest.mark.parametrize("body, message", [
-    (b"{not json", "Illegal JSON format"),
-    (b"", "http message invalid"),
-    (b'{"question": "Which?"}', "key 'instances' expects to exist once, but actually 0 times"),
-    (b'{"instances": []}', "instances value is array type, but no value"),
-    (b'[1, 2, 3]', "Parser request failed"),
+    (b"{not json", "the request body is not valid JSON (Expecting property name enclosed in double quotes: "
+                   "line 1 column 2 (char 1))"),
+    (b"", "the request body is empty"),
+    (b'{"question": "Which?"}', "the request has no 'instances' key"),
+    (b'{"instances": []}', "'instances' is an empty list; send at least one instance"),
+    (b'{"instances": [{}]}', "instance 0 is an empty object; each instance is an object of named inputs"),
+    (b'{"instances": 3}', "'instances' is a JSON integer; it must be a list of objects"),
+    (b'[1, 2, 3]', "the request body is a JSON array, not an object"),
+    (b'{"instances": [{"question": NaN, "context": "x"}]}', "NaN is not JSON"),
+    (b'{"instances": [{"question": null, "context": "x"}]}', "instance 0 input 'question' is null"),
+    (b'{"instances": [{"question": [[1], [2, 3]], "context": "x"}]}', "is a ragged list"),
+    (b'{"instances": [{"question": [1, 2.5], "context": "x"}]}', "mixes element types"),
+    (b'{"instances": [{"question": 4294967296, "context": "x"}]}', "holds an integer outside int32"),
 ])
-def test_a_rest_body_that_is_not_a_request_fails_the_whole_request(server, body, message):
-    assert message in wire.rest_predict(server.rest_address, "predict", body)
+def test_a_rest_body_that_is_not_a_request_is_400_with_the_reason(server, body, message):
+    status, reply = wire.rest_refusal(server.rest_address, "predict", body, timeout=5)
+    assert status == 400 and message in reply, reply
+
+
+def test_rest_paths_methods_and_sizes_get_their_status_codes(server):
+    address = server.rest_address
+    status, _, data = wire.rest_exchange(address, "/model/bert_squad:predict", b"", method="GET")
+    assert (status, json.loads(data)) == (405, {"error_msg": "GET is not allowed on /model/bert_squad:predict"})
+    status, _, data = wire.rest_exchange(address, "/model/bert_squad", {"instances": [GOOD]})
+    assert status == 404 and "predict paths are POST /model/<servable>[/version/<n>]:<method>" in data.decode()
+    status, _, data = wire.rest_exchange(address, "/model/bert_squad/version/x:predict", {"instances": [GOOD]})
+    assert status == 404 and "version 'x'" in data.decode()
+    huge = b'{"instances": [{"question": "' + b"a" * (settings.MAX_MESSAGE_MB << 20) + b'", "context": "x"}]}'
+    status, _, data = wire.rest_exchange(address, "/model/bert_squad:predict", huge)
+    assert status == 413 and f"larger than the limit of {settings.MAX_MESSAGE_MB << 20} bytes" in data.decode()
 
 
 def test_a_grpc_request_without_instances_is_never_answered(server):

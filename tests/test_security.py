@@ -96,7 +96,7 @@ def listening_tcp(pids) -> set:
 
 
 def test_a_running_server_listens_on_loopback_only(oracle_server):
-    pids = [oracle_server.process.pid, *oracle_server.worker_pids()]
+    pids = [oracle_server.process.pid, oracle_server.master_pid(), *oracle_server.worker_pids()]
     expected = {("127.0.0.1", int(a.rsplit(":", 1)[1])) for a in (oracle_server.grpc_address,
                                                                    oracle_server.rest_address,
                                                                    oracle_server.health_address)}
@@ -201,7 +201,7 @@ def test_requests_over_the_size_limit_are_refused_and_the_limit_is_documented(or
             wire.grpc_predict(server.grpc_address, "predict", big)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "larger than max" in refused.value.details()
-        reply = wire.rest_predict(server.rest_address, "predict", {"instances": big})
-        assert reply == "http message is bigger than 1048576"
+        status, reply = wire.rest_refusal(server.rest_address, "predict", {"instances": big})
+        assert status == 413 and "is larger than the limit of 1048576 bytes (--max-message-mb)" in reply
         assert [r["answer"] for r in wire.rest_predict(server.rest_address, "predict", {"instances": small})] == \
             [ANSWER] * 3

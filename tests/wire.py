@@ -99,23 +99,36 @@ def rest_post(address: str, path: str, body: Union[dict, bytes], timeout: float 
     http.client, not urllib: urllib sends "Connection: close", and Serving 2.0.2's REST server then
     leaves a request of several KB unanswered now and then (about 1 in 150 at 9 KB).
     """
+    return json.loads(rest_exchange(address, path, body, timeout, scheme, context)[2])
+
+
+def rest_exchange(address: str, path: str, body: Union[dict, bytes], timeout: float = 120.0, scheme: str = "http",
+                  context: Optional[ssl.SSLContext] = None, method: str = "POST") -> "tuple[int, dict, bytes]":
+    """One HTTP request; (status, headers with lower-case names, raw body) of the reply."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     host, port = address.rsplit(":", 1)
     connection = (http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context) if scheme == "https"
                   else http.client.HTTPConnection(host, int(port), timeout=timeout))
     try:
-        connection.request("POST", path, body=data, headers={"Content-Type": "application/json"})
-        return json.loads(connection.getresponse().read())
+        connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         connection.close()
+
+
+def rest_refusal(address: str, method: str, body: Union[dict, bytes], servable: str = "bert_squad",
+                 version: Optional[int] = None, timeout: float = 120.0) -> "tuple[int, str]":
+    """(HTTP status, error_msg) of a REST predict request refused as a whole."""
+    path = f"/model/{servable}" + (f"/version/{version}" if version is not None else "") + f":{method}"
+    status, _, data = rest_exchange(address, path, body, timeout)
+    return status, json.loads(data)["error_msg"]
 
 
 def rest_predict(address: str, method: str, body: Union[dict, bytes], servable: str = "bert_squad",
                  version: Optional[int] = None, timeout: float = 120.0, scheme: str = "http",
                  context: Optional[ssl.SSLContext] = None) -> Reply:
-    """One REST predict call; `body` is a dict (sent as JSON) or raw bytes.
-
-    """
+    """One REST predict call; `body` is a dict (sent as JSON) or raw bytes."""
     path = f"/model/{servable}" + (f"/version/{version}" if version is not None else "") + f":{method}"
     answer = rest_post(address, path, body, timeout, scheme, context)
     if "error_msg" in answer:

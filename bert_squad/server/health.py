@@ -44,7 +44,7 @@ def find_ready_line(output: str) -> Optional[str]:
     end = output.find("\n", at)
     return output[at:] if end < 0 else output[at:end]
 
-STARTING, SERVING, STOPPING = "starting", "serving", "stopping"
+STARTING, SERVING, RESTARTING, STOPPING = "starting", "serving", "restarting", "stopping"
 
 Probe = Callable[[], None]  # returns when the model answered, raises (ProbeFailed) when it did not
 
@@ -82,14 +82,20 @@ class HealthState:
     def __init__(self, probe: Probe, ttl: float, alive: Callable[[], bool]):
         self._probe, self._ttl, self._alive = probe, ttl, alive
         self.phase = STARTING
+        self.restart_reason = ""  # why Serving's master is being started again (phase RESTARTING)
         self._lock = threading.Lock()  # one probe at a time; callers arriving meanwhile share its outcome
         self._checked: Optional[float] = None  # monotonic time the last probe finished
         self._reason: Optional[str] = None  # why the last probe failed; None when it passed
         self._took = 0.0
 
+    def set_phase(self, phase: str, reason: str = "") -> None:
+        """Move to `phase`; a fresh probe decides readiness once serving again."""
+        self.phase, self.restart_reason = phase, reason
+        self._checked = None  # plain assignments: a probe in progress must not hold up the supervisor
+
     def live(self) -> Tuple[bool, dict]:
-        if self.phase == STARTING:  # Serving's master reports "stopped" until it has been started
-            return True, {"status": "alive", "phase": STARTING}
+        if self.phase in (STARTING, RESTARTING):  # the master is not up yet: nothing an orchestrator should fix
+            return True, {"status": "alive", "phase": self.phase}
         if self.phase == STOPPING or not self._alive():
             return False, {"status": "stopped", "phase": STOPPING}
         return True, {"status": "alive", "phase": SERVING}
@@ -98,6 +104,8 @@ class HealthState:
         if self.phase == STARTING:
             return False, {"status": "not ready",
                            "reason": "the server is starting: the model has not answered its warm-up question yet"}
+        if self.phase == RESTARTING:
+            return False, {"status": "not ready", "reason": self.restart_reason or "Serving's master is restarting"}
         if self.phase == STOPPING or not self._alive():
             return False, {"status": "not ready", "reason": "the server is stopping"}
         with self._lock:
@@ -195,16 +203,19 @@ class HealthServer:
 
 
 def start_health_server(address: str, probe: Probe, ttl: float = settings.HEALTH_TTL_S,
-                        alive: Callable[[], bool] = lambda: True) -> HealthServer:
+                        alive: Callable[[], bool] = lambda: True,
+                        state: Optional[HealthState] = None) -> HealthServer:
     """Serve /livez and /readyz on `address` from a daemon thread; /readyz is 503 until mark_serving().
 
     `probe` asks the model a question (grpc_probe); `alive` says whether Serving's master still runs.
+    `state` shares the phase and probe cache with the HTTP front door's endpoints (then probe, ttl, alive
+    are the state's).
     """
     host, port = parse_address(address)
     if ttl < 0:
         raise HealthError(f"the readiness TTL must be >= 0 seconds, got {ttl}")
     try:
-        httpd = _HTTPServer(host, port, HealthState(probe, ttl, alive))
+        httpd = _HTTPServer(host, port, state or HealthState(probe, ttl, alive))
     except OSError as e:
         raise HealthError(f"cannot listen on {address} for the health endpoints: {e.strerror or e}; "
                           f"pick a free port with --health-address HOST:PORT, or 'off'") from None

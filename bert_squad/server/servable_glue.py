@@ -32,6 +32,7 @@ PIN_ENV = "BERT_SQUAD_PIN_CORES"  # "1": worker k computes on the k-th block of 
 # When set, a file each model-stage batch appends one JSON line to: {"pid", "lengths" (its windows' real
 # lengths), "seconds" (the stage's model work)}. For measuring model time apart from queue and transport.
 MODEL_TIMES_ENV = "BERT_SQUAD_MODEL_TIMES"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's: where every process writes its metrics
 WORKER_ENV = "SERVING_DEVICE_ID"  # Serving's start_worker.py sets it (the worker's device id) before importing us
 INSTANCES_PER_MODEL_CALL = settings.INSTANCES_PER_MODEL_CALL
 ANSWER_OUTPUTS = ["answer", "score", "start", "end", "top_starts", "top_ends", "top_scores"]
@@ -137,8 +138,26 @@ def _integer(value, name: str) -> int:
     return int(array.reshape(-1)[0])
 
 
+def _metrics():
+    """bert_squad.server.metrics, imported on first use: the serve command sets MULTIPROC_ENV before any
+    process imports prometheus_client (it picks its multiprocess mode at import)."""
+    from bert_squad.server import metrics
+
+    return metrics
+
+
 def preprocess(tokenizer: BertTokenizer, question, context):
-    f = build_features(tokenizer, _text(question, "question"), _text(context, "context"))
+    started, metrics = time.perf_counter(), _metrics()
+    try:
+        f = build_features(tokenizer, _text(question, "question"), _text(context, "context"))
+    except InputError:
+        metrics.QUESTIONS.labels("refused").inc()
+        raise
+    metrics.QUESTIONS.labels("tokenized").inc()
+    metrics.WINDOWS.observe(len(f.lengths))
+    for length in f.lengths.tolist():
+        metrics.TOKENS.observe(length)
+    metrics.STAGE.labels("preprocess").observe(time.perf_counter() - started)
     return f.input_ids, f.input_mask, f.token_type_id, f.lengths, f.char_offsets, f.max_context
 
 
@@ -179,6 +198,7 @@ def _timed(score, instances) -> list:
     batch = list(instances)
     started = time.perf_counter()
     results = score(batch)
+    _metrics().STAGE.labels("model").observe(time.perf_counter() - started)
     log = os.environ.get(MODEL_TIMES_ENV)
     if log:
         lengths = [int(n) for *_, window_lengths in batch for n in np.asarray(window_lengths).reshape(-1)]
@@ -232,11 +252,13 @@ def open_direct_scorer(path: Path, meta: Metadata, context: Mapping) -> Callable
 
 def postprocess(context, start, end, lengths, char_offsets, max_context, top_k=settings.DEFAULT_TOP_K,
                 max_answer_length=settings.MAX_ANSWER_LENGTH):
+    started = time.perf_counter()
     features = Features(input_ids=None, input_mask=None, token_type_id=None, lengths=np.asarray(lengths),
                         char_offsets=np.asarray(char_offsets), max_context=np.asarray(max_context))
     answers = decode(start, end, features, _text(context, "context"), top_k=_integer(top_k, "top_k"),
                      max_answer_length=_integer(max_answer_length, "max_answer_length"))
     best = answers[0]
+    _metrics().STAGE.labels("postprocess").observe(time.perf_counter() - started)
     return (best.text, np.float32(best.score), np.int32(best.start), np.int32(best.end),
             np.array([a.start for a in answers], np.int32), np.array([a.end for a in answers], np.int32),
             np.array([a.score for a in answers], np.float32))

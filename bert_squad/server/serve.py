@@ -1,10 +1,12 @@
 """bert-squad-serve: run the bert_squad servable on MindSpore Serving, gRPC + REST.
 
-It resolves the model version, starts the workers (MindSpore Lite on CPU), opens the
-gRPC and REST endpoints (127.0.0.1 unless told otherwise), proves the model answers
-with one warm-up question, prints a `bert-squad-serve: ready` line, and stops cleanly
-on SIGINT / SIGTERM. MindSpore Serving writes its logs and sockets into the current
-directory, so the command runs in a working directory of its own.
+It resolves the model version and starts Serving's master and workers (MindSpore Lite on CPU) in a
+child process it supervises (supervisor.py: started again when it dies). gRPC goes straight to
+Serving; REST, /livez, /readyz, /metrics and /openapi.json are this process's HTTP front door
+(http.py), all on the REST address (127.0.0.1 unless told otherwise). Once the model answered one
+warm-up question it prints a `bert-squad-serve: ready` line; SIGINT / SIGTERM drain and stop it.
+MindSpore Serving writes its logs and sockets into the current directory, so the command runs in a
+working directory of its own.
 """
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ from pathlib import Path
 from bert_squad import settings
 from bert_squad.server import health
 from bert_squad.runtimes.lite_lib import REPO_ROOT, RuntimeMissing, with_lite_on_library_path
-from bert_squad.server.servable_glue import PIN_ENV, THREADS_ENV, VERSION_ENV
+from bert_squad.server.servable_glue import MULTIPROC_ENV, PIN_ENV, THREADS_ENV, VERSION_ENV
 
 WARMUP_QUESTION = "Who wrote the plays?"
 WARMUP_CONTEXT = "The plays were written by William Shakespeare in London."
 MINDIR_GRAPH_FIELD = 7  # ModelProto.graph in MindSpore's mind_ir.proto
-EXIT_SERVING_DIED = 3  # Serving stopped on its own: its workers died and it would not restart them
+GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
+EXIT_SERVING_DIED = 3  # Serving's master kept dying (a crash loop): an outer supervisor should take over
 
 
 class ServeError(Exception):
@@ -266,133 +269,53 @@ def _varint(data, pos: int) -> "tuple[int, int]":
             return value, pos
 
 
-def _ssl_config(server, args):
-    if not args.tls_cert:
-        return None
-    for f in (args.tls_cert, args.tls_key, args.tls_client_ca):
-        if f and not Path(f).is_file():
-            raise ServeError(f"TLS file not found: {f}")
-    return server.SSLConfig(certificate=args.tls_cert, private_key=args.tls_key, custom_ca=args.tls_client_ca,
-                            verify_client=bool(args.tls_client_ca))
-
-
-def _warm_up(args, timeout: float) -> float:
-    """Ask one question over the public gRPC endpoint within `timeout`; returns the seconds it took."""
-    import grpc
-    from mindspore_serving.proto import ms_service_pb2 as pb
-    from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
-
-    request = pb.PredictRequest()
-    request.servable_spec.name, request.servable_spec.method_name = args.name, "predict"
-    instance = request.instances.add()
-    for name, text in (("question", WARMUP_QUESTION), ("context", WARMUP_CONTEXT)):
-        instance.items[name].dtype = pb.MS_STRING
-        instance.items[name].shape.dims.append(1)
-        instance.items[name].bytes_val.append(text.encode())
-    if args.tls_cert:
-        channel = grpc.secure_channel(args.grpc_address, grpc.ssl_channel_credentials(Path(args.tls_cert).read_bytes()))
-    else:
-        channel = grpc.insecure_channel(args.grpc_address)
-    t0 = time.perf_counter()
-    try:
-        with channel:
-            reply = pb_grpc.MSServiceStub(channel).Predict(request, timeout=timeout)
-    except grpc.RpcError as e:
-        raise ServeError(f"the warm-up question failed: gRPC {e.code().name}: {e.details()}") from None
-    errors = [e.error_msg.decode(errors="replace") for e in reply.error_msg if e.error_code != 0]
-    if errors or len(reply.instances) != 1:
-        raise ServeError(f"the warm-up question failed: {errors[0] if errors else 'no answer in the reply'}")
-    return time.perf_counter() - t0
-
-
-def _children() -> "set[int]":
-    """This process's child pids, from /proc/self/task/*/children: the supervisor asks twice a second,
-    beside the workers, and psutil's children() reads the stat file of every process on the host."""
-    tasks = Path("/proc/self/task")
-    if not (tasks / str(os.getpid()) / "children").exists():  # a kernel built without CONFIG_PROC_CHILDREN
-        import psutil  # a dependency of mindspore_serving
-
-        return {child.pid for child in psutil.Process().children()}
-    pids = set()
-    for task in tasks.iterdir():
-        try:
-            pids.update(int(pid) for pid in (task / "children").read_text().split())
-        except OSError:  # the thread exited meanwhile
-            pass
-    return pids
-
-
-def _worker_pids() -> "set[int]":
-    """Serving's worker processes: children of this process running its start_worker.py."""
-    pids = set()
-    for pid in _children():
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:  # exited meanwhile
-            continue
-        if any(part.endswith(b"start_worker.py") for part in command):
-            pids.add(pid)
-    return pids
-
-
-def _answers_again(args, stopping) -> bool:
-    """Ask the warm-up question until a restarted worker answers it (or we stop, or time runs out)."""
-    deadline = time.monotonic() + args.warmup_timeout
-    while time.monotonic() < deadline and not stopping():
-        try:
-            _warm_up(args, min(10.0, args.warmup_timeout))
-            return True
-        except ServeError:  # "servable is not available" while the new worker loads its models
-            time.sleep(0.2)
-    return False
-
-
-def _supervise(args) -> bool:
-    """Serve until SIGINT / SIGTERM (returns True) or until Serving stops on its own (returns False).
-
-    Serving's master restarts a worker that dies, but only one that had answered a request
-    (else it takes the death for a start-up fault), and stops when no worker is left. So a
-    restarted worker is asked the warm-up question as soon as it is up: it then counts as
-    answering, and a second crash is restarted too. Python handlers replace Serving's own for
-    the two signals, so that a stop we were asked for is told apart from Serving giving up.
-    """
-    from mindspore_serving._mindspore_serving import ExitSignalHandle_
-
-    signals: list = []
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda received, _frame: signals.append(received))
-    stopping = lambda: bool(signals) or ExitSignalHandle_.has_stopped()  # noqa: E731
-    workers = _worker_pids()
-    while not stopping():
-        time.sleep(0.5)
-        current = _worker_pids()
-        for pid in sorted(workers - current):
-            print(f"bert-squad-serve: worker {pid} exited; the requests it held failed", flush=True)
-        for pid in sorted(current - workers):
-            t0 = time.perf_counter()
-            if args.tls_client_ca:
-                print(f"bert-squad-serve: worker {pid} started (not warmed up under mutual TLS)", flush=True)
-            elif _answers_again(args, stopping):
-                print(f"bert-squad-serve: worker {pid} answers again ({time.perf_counter() - t0:.1f} s after it "
-                      f"started)", flush=True)
-        workers = current
-    return bool(signals)
-
-
-def _start_health(args):
-    """/livez and /readyz for balancers and orchestrators; the probe is the warm-up question, asked over gRPC."""
-    if args.health_address == "off":
-        return None
-    from mindspore_serving._mindspore_serving import ExitSignalHandle_
-
+def _health_probe(args):
+    """The readiness probe: the warm-up question, asked over Serving's gRPC endpoint."""
     mutual = bool(args.tls_client_ca)  # the probe then shows the server's own certificate as its client identity
-    probe = health.grpc_probe(args.grpc_address, args.name, WARMUP_QUESTION, WARMUP_CONTEXT, tls_ca=args.tls_cert,
-                              tls_cert=args.tls_cert if mutual else None, tls_key=args.tls_key if mutual else None)
-    try:
-        return health.start_health_server(args.health_address, probe,
-                                          alive=lambda: not ExitSignalHandle_.has_stopped())
-    except health.HealthError as e:
-        raise ServeError(str(e)) from e
+    return health.grpc_probe(args.grpc_address, args.name, WARMUP_QUESTION, WARMUP_CONTEXT, tls_ca=args.tls_cert,
+                             tls_cert=args.tls_cert if mutual else None, tls_key=args.tls_key if mutual else None)
+
+
+def _check_addresses(args) -> None:
+    """Refuse taken HTTP ports before anything starts (Serving's master binds gRPC itself and says so)."""
+    from bert_squad.server.http import bind_error
+
+    for flag, address in (("--rest-address", args.rest_address), ("--health-address", args.health_address)):
+        if address != "off":
+            free, reason = bind_error(address)
+            if not free:
+                what = "the REST, health and metrics endpoints" if flag == "--rest-address" else "the health endpoints"
+                raise ServeError(f"cannot listen on {address} for {what}: {reason}; pick a free port with "
+                                 f"{flag} HOST:PORT, or 'off'")
+
+
+def _upstream(args, version: int):
+    from bert_squad.server.http import Upstream
+
+    read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+    mutual = bool(args.tls_client_ca)  # the front door shows the server's own certificate as its client identity
+    return Upstream(target=health.loopback_target(args.grpc_address), servable=args.name, version=version,
+                    max_body_bytes=args.max_message_mb << 20, timeout_s=settings.REST_TIMEOUT_S,
+                    tls_ca=read(args.tls_cert), tls_cert=read(args.tls_cert) if mutual else None,
+                    tls_key=read(args.tls_key) if mutual else None)
+
+
+def _availability(state: health.HealthState):
+    def unavailable():
+        if state.phase == health.SERVING:
+            return None
+        return {health.STARTING: "the server is starting: the model has not answered its warm-up question yet",
+                health.RESTARTING: state.restart_reason or "Serving's master is restarting",
+                health.STOPPING: "the server is stopping"}[state.phase]
+
+    return unavailable
+
+
+def _master_command(args, version: int, workdir: Path) -> "list[str]":
+    """The master process's command line: this command's own options, with the version and workdir resolved."""
+    return [sys.executable, "-m", "bert_squad.server.master", *args.argv,
+            "--servable-dir", str(args.servable_dir), "--version", str(version), "--workdir", str(workdir),
+            "--threads", str(args.threads)]
 
 
 def serve(args) -> int:
@@ -414,61 +337,133 @@ def serve(args) -> int:
     # Pin each worker to cores of its own when their threads fit side by side (one worker: leave it to the OS).
     pin = len(device_ids) > 1 and len(device_ids) * args.threads <= available_cpus()
     env[PIN_ENV] = "1" if pin else "0"
+    # Every process (this one, the master, the workers) records metrics into one directory (metrics.py).
+    env[MULTIPROC_ENV] = str(_fresh_metrics_dir(workdir / "metrics"))
     os.environ.clear()
-    os.environ.update(env)  # the worker processes inherit it
+    os.environ.update(env)  # before prometheus_client is imported: it picks its multiprocess mode at import
+    env.pop(GRPC_FORK_ENV, None)
+    os.environ[GRPC_FORK_ENV] = "0"  # this process forks only to exec the master: no gRPC fork handlers (and warnings)
 
-    from mindspore_serving import server
-    from mindspore_serving.server.master import context
+    from bert_squad.server import metrics, openapi
+    from bert_squad.server.http import FrontDoor, HttpServer
+    from bert_squad.server.supervisor import Supervisor
+
+    _check_addresses(args)
 
     t0 = time.perf_counter()
-    context.set_max_enqueued_requests(args.max_queued_requests)
-    ssl = _ssl_config(server, args)
-    config = server.ServableStartConfig(
-        servable_directory=str(servable_dir), servable_name=args.name, device_ids=device_ids,
-        version_number=version, device_type=args.device, num_parallel_workers=args.python_workers)
-    health_server = _start_health(args)  # first: /livez answers during start-up
+    metrics.INFO.labels(version=_package_version(), servable_version=str(version), runtime=meta.runtime,
+                        precision=meta.precision, model_sha256=_model_sha256(meta)).set(1)
+    state = health.HealthState(_health_probe(args), settings.HEALTH_TTL_S, alive=lambda: True)
+
+    def on_ready(warm: str) -> None:
+        if state.phase == health.RESTARTING:
+            print(f"bert-squad-serve: Serving's master answers again (warm-up {warm})", flush=True)
+            state.set_phase(health.SERVING)
+
+    def on_down(reason: str) -> None:
+        print(f"bert-squad-serve: {reason}", file=sys.stderr, flush=True)
+        state.set_phase(health.RESTARTING, reason)
+
+    supervisor = Supervisor(_master_command(args, version, workdir), env, on_ready, on_down)
+    health_server = None
+    if args.health_address != "off":
+        try:
+            health_server = health.start_health_server(args.health_address, None, state=state)
+        except health.HealthError as e:
+            raise ServeError(str(e)) from e
+    door = FrontDoor(_upstream(args, version), state, _availability(state), lambda: openapi.document(args, meta, _package_version()))
+    http_server = None
+    if args.rest_address != "off":
+        http_server = HttpServer(door, args.rest_address, args.tls_cert, args.tls_key, args.tls_client_ca,
+                                 drain_s=settings.DRAIN_S)
+    import asyncio
+
+    return asyncio.run(_run(args, supervisor, state, health_server, http_server, version, meta, pin, device_ids,
+                            workdir, t0))
+
+
+async def _run(args, supervisor, state, health_server, http_server, version, meta, pin, device_ids, workdir,
+               t0) -> int:
+    """Serve until SIGINT / SIGTERM or a crash loop: HTTP on this event loop, the master supervised in a thread."""
+    import asyncio
+
+    from bert_squad.server.supervisor import StartFailed
+
+    loop = asyncio.get_running_loop()
+    asked = asyncio.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, asked.set)
+    http_task = asyncio.ensure_future(http_server.serve()) if http_server else None
+    supervisor.start()  # /livez answers during start-up
     try:
-        server.start_servables(config, enable_lite=args.device == "cpu")
-        server.start_grpc_server(args.grpc_address, max_msg_mb_size=args.max_message_mb, ssl_config=ssl)
-        if args.rest_address != "off":
-            server.start_restful_server(args.rest_address, max_msg_mb_size=args.max_message_mb, ssl_config=ssl)
-        if args.tls_client_ca:
-            warm = "skipped (mutual TLS: this process has no client certificate)"
-        else:
-            warm = f"{_warm_up(args, args.warmup_timeout):.2f} s"
-    except (RuntimeError, ServeError) as e:
-        server.stop()
-        if health_server:
-            health_server.stop()
-        raise ServeError(f"{e} (logs: {workdir / 'serving_logs'})") from e
+        warm = await loop.run_in_executor(None, supervisor.wait_first_start)
+    except StartFailed as e:
+        await _stop_http(http_server, http_task, health_server)
+        supervisor.stop()
+        raise ServeError(str(e)) from None
+    state.set_phase(health.SERVING)
     rest = "off" if args.rest_address == "off" else args.rest_address
-    if health_server:
-        health_server.mark_serving()
     # One write, starting on a fresh line: Serving's C++ threads print to the same stdout.
     print(f"\n{health.READY_MARKER} grpc={args.grpc_address} rest={rest} servable={args.name} version={version} "
           f"precision={meta.precision} runtime={meta.runtime} device={args.device} workers={len(device_ids)} "
           f"threads={args.threads} pinned={'yes' if pin else 'no'} "
           f"health={health_server.address if health_server else 'off'} "
           f"max-queued={args.max_queued_requests} start={time.perf_counter() - t0:.1f} s warm-up={warm} "
-          f"logs={workdir / 'serving_logs'}", flush=True)
-    asked_to_stop = _supervise(args)
-    if health_server:
-        health_server.mark_stopping()
-    server.stop()
-    if health_server:
-        health_server.stop()
-    if not asked_to_stop:
-        print(f"bert-squad-serve: error: MindSpore Serving stopped on its own: its worker exited and it would not "
-              f"restart it (see {workdir / 'serving_logs'}); exiting with {EXIT_SERVING_DIED} so that a supervisor "
-              f"(systemd Restart=on-failure, a container restart policy) starts the server again", file=sys.stderr,
-              flush=True)
+          f"master={supervisor.process.pid} logs={workdir / 'serving_logs'}", flush=True)
+    finished = loop.run_in_executor(None, supervisor.finished.wait)
+    await asyncio.wait([asyncio.ensure_future(asked.wait()), finished], return_when=asyncio.FIRST_COMPLETED)
+    state.set_phase(health.STOPPING)  # /readyz 503 and new REST requests 503 at once, so balancers drain us
+    await _stop_http(http_server, http_task, health_server)  # in-flight REST requests finish first
+    await loop.run_in_executor(None, supervisor.stop)
+    if supervisor.fatal:
+        print(f"bert-squad-serve: error: {supervisor.fatal} (see {workdir / 'serving_logs'}); exiting with "
+              f"{EXIT_SERVING_DIED} so that a supervisor (systemd Restart=on-failure, a container restart policy) "
+              f"starts the server again", file=sys.stderr, flush=True)
         return EXIT_SERVING_DIED
     print("bert-squad-serve: stopped", flush=True)
     return 0
 
 
+async def _stop_http(http_server, http_task, health_server) -> None:
+    if http_server:
+        http_server.stop()
+        await http_task
+    if health_server:
+        health_server.stop()
+
+
+def _fresh_metrics_dir(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.db"):  # an earlier run's counts would be summed in
+        old.unlink()
+    return directory
+
+
+def _model_sha256(meta) -> str:
+    """The model's identity: the sha256 recorded at export of its one model file; over several files, the
+    sha256 of their sorted "name sha256" lines; "unknown" for versions exported before hashes were recorded."""
+    hashes = meta.model_sha256
+    if len(hashes) == 1:
+        return next(iter(hashes.values()))
+    if not hashes:
+        return "unknown"
+    import hashlib
+
+    return hashlib.sha256("\n".join(f"{n} {h}" for n, h in sorted(hashes.items())).encode()).hexdigest()
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bert-squad")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # handed on to the master process
     try:
         return serve(args)
     except (ServeError, RuntimeMissing) as e:

@@ -1,0 +1,247 @@
+"""The HTTP front door: MindSpore Serving's REST API, /livez, /readyz, /metrics and /openapi.json on one port.
+
+Built on Starlette served by uvicorn (ASGI): both are small, well kept, have Python 3.9 wheels, and uvicorn
+does HTTP/1.1 parsing (httptools), TLS and mutual TLS (the standard ssl module) and graceful shutdown.
+REST predict requests are translated (rest.py) and forwarded to Serving's gRPC endpoint with asyncio gRPC;
+Serving's own REST server is not started. Whole-request failures get real status codes (400, 404, 405,
+413, 429 and 503 with Retry-After, 502, 504) with {"error_msg": reason}; per-instance errors stay in a 200.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import grpc
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bert_squad.server import health, metrics, rest
+from bert_squad_client import protocol
+
+METHODS = ("predict", "predict_with_options", "predict_features")  # metric label values; others count as "other"
+RETRY_AFTER_S = 2  # while the master starts, restarts or stops
+OFFLOAD_BYTES = 256 * 1024  # bodies this large are parsed in a thread, so the event loop keeps answering
+Availability = Callable[[], Optional[str]]  # None while Serving answers, else why not (starting, restarting, ...)
+
+
+@dataclass
+class Upstream:
+    """Where and how the front door reaches Serving's gRPC endpoint."""
+
+    target: str
+    servable: str
+    version: int  # the version being served: requests for another are refused here
+    max_body_bytes: int
+    timeout_s: float
+    tls_ca: Optional[bytes] = None  # PEM the server certificate is checked against (TLS)
+    tls_cert: Optional[bytes] = None  # the client identity under mutual TLS
+    tls_key: Optional[bytes] = None
+
+
+class FrontDoor:
+    """The ASGI app and the gRPC channel it forwards over (made on the server's event loop at start-up)."""
+
+    def __init__(self, upstream: Upstream, state: health.HealthState, availability: Availability,
+                 openapi: Callable[[], dict]):
+        self.upstream, self.state, self.availability, self.openapi = upstream, state, availability, openapi
+        self._channel: Optional[grpc.aio.Channel] = None
+        self._predict = None
+        self.app = Starlette(routes=[
+            Route("/model/{tail:path}", self.predict, methods=["POST"]),
+            Route("/livez", self.livez, methods=["GET", "HEAD"]),
+            Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/openapi.json", self.openapi_json, methods=["GET"]),
+        ], exception_handlers={HTTPException: self._http_error}, lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app):
+        options = [("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", protocol.MAX_MESSAGE_BYTES)]
+        up = self.upstream
+        if up.tls_ca:
+            credentials = grpc.ssl_channel_credentials(up.tls_ca, up.tls_key, up.tls_cert)
+            self._channel = grpc.aio.secure_channel(up.target, credentials, options)
+        else:
+            self._channel = grpc.aio.insecure_channel(up.target, options)
+        self._predict = self._channel.unary_unary(protocol.PREDICT_PATH,
+                                                  request_serializer=lambda m: m.SerializeToString(),
+                                                  response_deserializer=protocol.PredictReply.FromString)
+        try:
+            yield
+        finally:
+            await self._channel.close()
+
+    async def _http_error(self, request: Request, error: HTTPException) -> Response:
+        reason = {404: f"no {request.url.path} here; see GET /openapi.json",
+                  405: f"{request.method} is not allowed on {request.url.path}"}.get(error.status_code, error.detail)
+        return JSONResponse({"error_msg": reason}, error.status_code, headers=error.headers)
+
+    # ------------------------------------------------------------ REST predict
+
+    async def predict(self, request: Request) -> Response:
+        started = time.perf_counter()
+        method = "other"
+        metrics.IN_FLIGHT.labels("rest").inc()
+        try:
+            servable, version, method_name = rest.parse_path(request.url.path)
+            method = method_name if method_name in METHODS else "other"
+            body, status = await self._answer(request, servable, version, method_name), 200
+            outcome = "instance_error" if b'"error_msg"' in body else "ok"
+            response = Response(body, status, media_type="application/json")
+        except rest.RestError as e:
+            outcome = OUTCOMES.get(e.status, "error")
+            headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+            response = Response(e.body(), e.status, headers=headers, media_type="application/json")
+        finally:
+            metrics.IN_FLIGHT.labels("rest").dec()
+        metrics.REQUESTS.labels("rest", method, outcome).inc()
+        metrics.LATENCY.labels("rest", method).observe(time.perf_counter() - started)
+        return response
+
+    async def _answer(self, request: Request, servable: str, version: int, method: str) -> bytes:
+        up = self.upstream
+        if servable != up.servable:
+            raise rest.RestError(404, f"servable {servable!r} is not served here (served: {up.servable!r})")
+        if version not in (0, up.version):
+            raise rest.RestError(404, f"servable {servable!r} version {version} is not served here (served: "
+                                      f"version {up.version}; version 0 or none means the served one)")
+        unavailable = self.availability()
+        if unavailable:
+            raise rest.RestError(503, unavailable, retry_after=RETRY_AFTER_S)
+        body = await self._read_body(request)
+        if len(body) > OFFLOAD_BYTES:
+            message, count = await run_in_threadpool(rest.parse_body, body, servable, version, method)
+        else:
+            message, count = rest.parse_body(body, servable, version, method)
+        try:
+            reply = await self._predict(message, timeout=up.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise _rpc_error(e, up.timeout_s) from None
+        if count > 64:
+            return await run_in_threadpool(rest.reply_body, reply, count)
+        return rest.reply_body(reply, count)
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.upstream.max_body_bytes
+        declared = request.headers.get("content-length")
+        too_large = f"is larger than the limit of {limit} bytes (--max-message-mb); send fewer or shorter instances"
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise rest.RestError(413, f"the request body ({declared} bytes) {too_large}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise rest.RestError(413, f"the request body {too_large}")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # ------------------------------------------------------------ operators
+
+    async def livez(self, request: Request) -> Response:
+        ok, body = self.state.live()
+        return _health_response(ok, body, request)
+
+    async def readyz(self, request: Request) -> Response:
+        ok, body = await run_in_threadpool(self.state.ready)
+        return _health_response(ok, body, request)
+
+    async def metrics(self, _request: Request) -> Response:
+        return Response(await run_in_threadpool(metrics.exposition), media_type=metrics.CONTENT_TYPE_LATEST)
+
+    async def openapi_json(self, _request: Request) -> Response:
+        return JSONResponse(self.openapi())
+
+
+OUTCOMES = {400: "bad_request", 404: "not_found", 413: "too_large", 429: "busy", 503: "unavailable",
+            504: "timeout"}
+
+
+def _health_response(ok: bool, body: dict, request: Request) -> Response:
+    data = rest.dumps(body) + b"\n" if request.method != "HEAD" else b""
+    return Response(data, 200 if ok else 503, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _rpc_error(error: grpc.aio.AioRpcError, timeout: float) -> rest.RestError:
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return rest.RestError(503, f"Serving's gRPC endpoint is unavailable ({details}); retry shortly",
+                              retry_after=RETRY_AFTER_S)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return rest.RestError(504, f"no answer from Serving within {timeout:g} s")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return rest.RestError(413, f"Serving refused the request as too large: {details}")
+    return rest.RestError(502, f"Serving's gRPC endpoint failed the request: {code.name}: {details}")
+
+
+class _Uvicorn:
+    """uvicorn.Server, minus its signal handling: the serve command owns SIGINT / SIGTERM."""
+
+    def __init__(self, config):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):
+                yield
+
+        self.server = Server(config)
+
+
+class HttpServer:
+    """The front door listening on one address; `serve()` runs until `stop()`, finishing in-flight requests."""
+
+    def __init__(self, door: FrontDoor, address: str, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
+                 tls_client_ca: Optional[str] = None, drain_s: float = 30.0):
+        import uvicorn
+
+        host, port = health.parse_address(address)
+        tls = {}
+        if tls_cert:
+            tls = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key}
+            if tls_client_ca:
+                tls.update(ssl_ca_certs=tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+        config = uvicorn.Config(door.app, host=host, port=port, log_level="warning", access_log=False,
+                                lifespan="on", timeout_graceful_shutdown=int(drain_s), server_header=False, **tls)
+        self._server = _Uvicorn(config).server
+        self.host, self.port = host, port
+
+    @property
+    def started(self) -> bool:
+        return self._server.started
+
+    @property
+    def address(self) -> str:
+        if self._server.servers and self._server.servers[0].sockets:
+            host, port = self._server.servers[0].sockets[0].getsockname()[:2]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"{self.host}:{self.port}"
+
+    async def serve(self) -> None:
+        await self._server.serve()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+
+
+def bind_error(address: str) -> Tuple[bool, str]:
+    """Whether `address` can be listened on now, and the reason when not (checked before anything starts)."""
+    import socket
+
+    host, port = health.parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return False, e.strerror or str(e)
+    return True, ""

@@ -1,0 +1,192 @@
+"""Serving's master and workers in a process of their own, which the serve command supervises.
+
+`python -m bert_squad.server.master <bert-squad-serve options>` starts the servable's workers and Serving's
+gRPC endpoint (no REST: the serve command's HTTP front door speaks REST), asks the warm-up question, tells
+the serve command on the pipe $BERT_SQUAD_READY_FD ("ready <seconds>" or "error <reason>"), then watches
+its workers until SIGTERM. The serve command (supervisor.py) starts this process again when it dies.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from bert_squad.server.serve import WARMUP_CONTEXT, WARMUP_QUESTION, ServeError, parse_args
+
+READY_FD_ENV = "BERT_SQUAD_READY_FD"
+EXIT_SERVING_DIED = 3  # Serving stopped on its own: its workers died and it would not restart them
+EXIT_START_FAILED = 2
+WORKER_POLL_S = 0.5
+
+
+def _ssl_config(server, args):
+    if not args.tls_cert:
+        return None
+    for f in (args.tls_cert, args.tls_key, args.tls_client_ca):
+        if f and not Path(f).is_file():
+            raise ServeError(f"TLS file not found: {f}")
+    return server.SSLConfig(certificate=args.tls_cert, private_key=args.tls_key, custom_ca=args.tls_client_ca,
+                            verify_client=bool(args.tls_client_ca))
+
+
+def warm_up(args, timeout: float) -> float:
+    """Ask one question over the public gRPC endpoint within `timeout`; returns the seconds it took."""
+    import grpc
+    from mindspore_serving.proto import ms_service_pb2 as pb
+    from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
+
+    request = pb.PredictRequest()
+    request.servable_spec.name, request.servable_spec.method_name = args.name, "predict"
+    instance = request.instances.add()
+    for name, text in (("question", WARMUP_QUESTION), ("context", WARMUP_CONTEXT)):
+        instance.items[name].dtype = pb.MS_STRING
+        instance.items[name].shape.dims.append(1)
+        instance.items[name].bytes_val.append(text.encode())
+    if args.tls_cert:
+        channel = grpc.secure_channel(args.grpc_address, grpc.ssl_channel_credentials(Path(args.tls_cert).read_bytes()))
+    else:
+        channel = grpc.insecure_channel(args.grpc_address)
+    t0 = time.perf_counter()
+    try:
+        with channel:
+            reply = pb_grpc.MSServiceStub(channel).Predict(request, timeout=timeout)
+    except grpc.RpcError as e:
+        raise ServeError(f"the warm-up question failed: gRPC {e.code().name}: {e.details()}") from None
+    errors = [e.error_msg.decode(errors="replace") for e in reply.error_msg if e.error_code != 0]
+    if errors or len(reply.instances) != 1:
+        raise ServeError(f"the warm-up question failed: {errors[0] if errors else 'no answer in the reply'}")
+    return time.perf_counter() - t0
+
+
+def children(pid: int | str = "self") -> "set[int]":
+    """Child pids of a process, from /proc/<pid>/task/*/children: the supervisors ask twice a second, and
+    psutil's children() reads the stat file of every process on the host."""
+    tasks = Path(f"/proc/{pid}/task")
+    own = os.getpid() if pid == "self" else pid
+    if not (tasks / str(own) / "children").exists():  # a kernel built without CONFIG_PROC_CHILDREN
+        import psutil  # a dependency of mindspore_serving
+
+        try:
+            return {child.pid for child in psutil.Process(own).children()}
+        except psutil.NoSuchProcess:
+            return set()
+    pids = set()
+    try:
+        entries = list(tasks.iterdir())
+    except OSError:  # the process exited
+        return pids
+    for task in entries:
+        try:
+            pids.update(int(child) for child in (task / "children").read_text().split())
+        except OSError:  # the thread exited meanwhile
+            pass
+    return pids
+
+
+def _worker_pids() -> "set[int]":
+    """Serving's worker processes: children of this process running its start_worker.py."""
+    pids = set()
+    for pid in children():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # exited meanwhile
+            continue
+        if any(part.endswith(b"start_worker.py") for part in command):
+            pids.add(pid)
+    return pids
+
+
+def _answers_again(args, stopping) -> bool:
+    """Ask the warm-up question until a restarted worker answers it (or we stop, or time runs out)."""
+    deadline = time.monotonic() + args.warmup_timeout
+    while time.monotonic() < deadline and not stopping():
+        try:
+            warm_up(args, min(10.0, args.warmup_timeout))
+            return True
+        except ServeError:  # "servable is not available" while the new worker loads its models
+            time.sleep(0.2)
+    return False
+
+
+def _watch_workers(args) -> bool:
+    """Serve until SIGTERM (returns True) or until Serving stops on its own (returns False).
+
+    Serving's master restarts a worker that dies, but only one that had answered a request
+    (else it takes the death for a start-up fault), and stops when no worker is left. So a
+    restarted worker is asked the warm-up question as soon as it is up: it then counts as
+    answering, and a second crash is restarted too. A Python handler replaces Serving's own for
+    SIGTERM, so that a stop we were asked for is told apart from Serving giving up; SIGINT (a
+    terminal's Ctrl+C reaches the whole process group) is left to the serve command, which stops us.
+    """
+    from mindspore_serving._mindspore_serving import ExitSignalHandle_
+
+    from bert_squad.server import metrics
+
+    signals: list = []
+    signal.signal(signal.SIGTERM, lambda received, _frame: signals.append(received))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stopping = lambda: bool(signals) or ExitSignalHandle_.has_stopped()  # noqa: E731
+    workers = _worker_pids()
+    while not stopping():
+        time.sleep(WORKER_POLL_S)
+        current = _worker_pids()
+        for pid in sorted(workers - current):
+            metrics.WORKER_RESTARTS.inc()
+            print(f"bert-squad-serve: worker {pid} exited; the requests it held failed", flush=True)
+        for pid in sorted(current - workers):
+            t0 = time.perf_counter()
+            if args.tls_client_ca:
+                print(f"bert-squad-serve: worker {pid} started (not warmed up under mutual TLS)", flush=True)
+            elif _answers_again(args, stopping):
+                print(f"bert-squad-serve: worker {pid} answers again ({time.perf_counter() - t0:.1f} s after it "
+                      f"started)", flush=True)
+        workers = current
+    return bool(signals)
+
+
+def run(args, report) -> int:
+    """Start Serving (workers + gRPC), report readiness, watch the workers; the exit code says how it ended."""
+    from mindspore_serving import server
+    from mindspore_serving.server.master import context
+
+    device_ids = [int(x) for x in args.device_ids.split(",") if x.strip()]
+    try:
+        context.set_max_enqueued_requests(args.max_queued_requests)
+        ssl = _ssl_config(server, args)
+        config = server.ServableStartConfig(
+            servable_directory=str(args.servable_dir), servable_name=args.name, device_ids=device_ids,
+            version_number=args.version, device_type=args.device, num_parallel_workers=args.python_workers)
+        server.start_servables(config, enable_lite=args.device == "cpu")
+        server.start_grpc_server(args.grpc_address, max_msg_mb_size=args.max_message_mb, ssl_config=ssl)
+        if args.tls_client_ca:
+            warm = "skipped (mutual TLS: this process has no client certificate)"
+        else:
+            warm = f"{warm_up(args, args.warmup_timeout):.2f} s"
+    except (RuntimeError, ServeError) as e:
+        server.stop()
+        report(f"error {e} (logs: {Path.cwd() / 'serving_logs'})")
+        return EXIT_START_FAILED
+    report(f"ready {warm}")
+    asked_to_stop = _watch_workers(args)
+    server.stop()
+    if not asked_to_stop:
+        print("bert-squad-serve: MindSpore Serving stopped on its own: its worker exited and it would not "
+              "restart it", file=sys.stderr, flush=True)
+        return EXIT_SERVING_DIED
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    pipe = os.fdopen(int(os.environ.pop(READY_FD_ENV)), "w", buffering=1)
+
+    def report(line: str) -> None:
+        pipe.write(" ".join(line.split("\n")) + "\n")
+
+    return run(args, report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the serve command, its master process and Serving's workers (prometheus_client).
+
+Three kinds of process record them: the serve process (the HTTP front door: REST requests, master
+restarts), the master process (worker restarts) and the workers (the servable's stages, for gRPC and REST
+alike, since gRPC goes straight to Serving). They share one directory in prometheus_client's multiprocess
+mode ($PROMETHEUS_MULTIPROC_DIR, which the serve command sets before any of them imports prometheus_client);
+GET /metrics sums the files. Without that variable (a unit test, a script) each process counts for itself.
+
+Not visible to us: time a request waits in Serving's queue, and gRPC requests as requests (the workers see
+questions and windows, not who sent them); `bert_squad_questions_total` counts both protocols' questions.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the /metrics endpoint)
+
+from bert_squad.server.servable_glue import MULTIPROC_ENV
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter("bert_squad_requests", "REST predict requests answered by the front door",
+                   ["protocol", "method", "outcome"])
+LATENCY = Histogram("bert_squad_request_duration_seconds", "REST predict request time, body read to reply",
+                    ["protocol", "method"], buckets=LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("bert_squad_requests_in_flight", "REST predict requests received and not yet answered",
+                  ["protocol"], multiprocess_mode="livesum")
+MASTER_RESTARTS = Counter("bert_squad_master_restarts", "Times Serving's master process died and was started again",
+                          ["cause"])
+WORKER_RESTARTS = Counter("bert_squad_worker_restarts", "Times a Serving worker process exited (Serving restarts it)")
+INFO = Gauge("bert_squad_build_info", "The served model: 1, labelled with version, runtime, precision, model sha256",
+             ["version", "servable_version", "runtime", "precision", "model_sha256"], multiprocess_mode="max")
+QUESTIONS = Counter("bert_squad_questions", "Questions the servable tokenized (gRPC and REST)", ["outcome"])
+STAGE = Histogram("bert_squad_stage_duration_seconds", "Time of one servable stage: preprocess and postprocess "
+                  "per question, model per batch", ["stage"], buckets=STAGE_BUCKETS)
+WINDOWS = Histogram("bert_squad_windows_per_question", "Windows one question's context was cut into",
+                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256))
+TOKENS = Histogram("bert_squad_tokens_per_window", "Real (unpadded) tokens in one window",
+                   buckets=(16, 32, 64, 96, 128, 192, 256, 320, 384))
+
+
+def exposition() -> bytes:
+    """The text /metrics answers: every process's metrics when in multiprocess mode, else this process's."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY)

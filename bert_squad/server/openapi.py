@@ -1,0 +1,95 @@
+"""GET /openapi.json: the front door's API as an OpenAPI 3.1 document (every method's inputs, outputs,
+limits and errors), built from the served version's settings so that its limits are the ones enforced."""
+from __future__ import annotations
+
+from bert_squad import settings
+
+TEXT = {"type": "string", "minLength": 1}
+INT = {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1}
+B64 = {"type": "object", "required": ["b64"], "additionalProperties": False, "properties": {
+    "b64": {"type": "string", "contentEncoding": "base64"},
+    "type": {"type": "string", "enum": ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                                        "uint64", "float16", "float32", "float64", "fp16", "fp32", "fp64", "str",
+                                        "bytes"]},
+    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}}},
+    "description": "Raw bytes, base64: type bytes (default), str (UTF-8 text) or a numeric type whose "
+                   "little-endian data they are, of the given shape"}
+IDS = {"oneOf": [{"type": "array", "items": INT, "minItems": 1, "maxItems": settings.MAX_SEQ_LENGTH}, B64]}
+FLOATS = {"type": "array", "items": {"type": ["number", "null"]}}
+ANSWER = {"type": "object", "properties": {
+    "answer": {"type": "string"}, "score": {"type": ["number", "null"]},
+    "start": {"type": "integer", "description": "character offset of the answer in the context"},
+    "end": {"type": "integer", "description": "character offset just past the answer"},
+    "top_starts": {"type": "array", "items": {"type": "integer"}},
+    "top_ends": {"type": "array", "items": {"type": "integer"}},
+    "top_scores": FLOATS}}
+LOGITS = {"type": "object", "properties": {"start_logits": FLOATS, "end_logits": FLOATS}}
+INSTANCE_ERROR = {"type": "object", "required": ["error_msg"], "properties": {"error_msg": {"type": "string"}}}
+QUESTION = {"question": {"oneOf": [{**TEXT, "maxLength": settings.MAX_QUESTION_CHARS}, B64]},
+            "context": {"oneOf": [{**TEXT, "maxLength": settings.MAX_CONTEXT_CHARS}, B64]}}
+METHODS = {
+    "predict": ("Answer questions about contexts (top answer)", QUESTION, ANSWER),
+    "predict_with_options": ("Answer with top_k answers and a longest answer length", {
+        **QUESTION, "top_k": {"oneOf": [{**INT, "minimum": 1, "maximum": settings.MAX_TOP_K}, B64]},
+        "max_answer_length": {"oneOf": [{**INT, "minimum": 1, "maximum": settings.MAX_SEQ_LENGTH}, B64]}}, ANSWER),
+    "predict_features": ("Start and end logits of windows the caller tokenized", {
+        "input_ids": IDS, "input_mask": IDS, "token_type_id": IDS}, LOGITS),
+}
+ERROR = {"type": "object", "required": ["error_msg"], "properties": {"error_msg": {"type": "string"}}}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+
+def _error(description: str, retry: bool = False) -> dict:
+    response = {"description": description, "content": {"application/json": {"schema": ERROR}}}
+    if retry:
+        response["headers"] = RETRY_AFTER
+    return response
+
+
+def _operation(method: str, servable: str, max_body: int) -> dict:
+    summary, inputs, outputs = METHODS[method]
+    instance = {"type": "object", "required": sorted(inputs), "properties": inputs}
+    body = {"type": "object", "required": ["instances"], "properties": {
+        "instances": {"type": "array", "minItems": 1, "items": instance}}}
+    reply = {"type": "object", "required": ["instances"], "properties": {
+        "instances": {"type": "array", "items": {"anyOf": [outputs, INSTANCE_ERROR]}}}}
+    return {"post": {
+        "operationId": method, "summary": summary,
+        "description": f"MindSpore Serving's REST API for servable {servable!r}. Bodies up to {max_body} bytes. "
+                       f"A question or window the servable cannot answer gets its own error_msg in a 200 reply.",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {"description": "one result or error_msg per instance, in order",
+                    "content": {"application/json": {"schema": reply}}},
+            "400": _error("malformed JSON, base64, types or shapes; the reason says which"),
+            "404": _error("no such servable, version or method"),
+            "413": _error(f"body larger than {max_body} bytes"),
+            "429": _error("too many requests queued (--max-queued-requests)", retry=True),
+            "503": _error("starting, restarting or stopping", retry=True),
+            "504": _error(f"no answer within {settings.REST_TIMEOUT_S:g} s"),
+        }}}
+
+
+def _health(description: str) -> dict:
+    schema = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+    content = {"application/json": {"schema": schema}}
+    return {"get": {"summary": description, "responses": {
+        "200": {"description": "yes", "content": content}, "503": {"description": "no", "content": content}}}}
+
+
+def document(args, meta, version: str) -> dict:
+    """The OpenAPI 3.1 document of a server started with `args`, serving a version with metadata `meta`;
+    `version` is the package's."""
+    max_body = args.max_message_mb << 20
+    paths = {}
+    for method in METHODS:
+        paths[f"/model/{args.name}:{method}"] = _operation(method, args.name, max_body)
+    paths["/livez"] = _health("whether the server process and Serving's master run")
+    paths["/readyz"] = _health("whether the model answers a question now")
+    paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+        "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
+    return {"openapi": "3.1.0",
+            "info": {"title": "bert_squad", "version": version,
+                     "description": f"Extractive question answering ({meta.runtime}, {meta.precision}); the REST "
+                                    f"API of MindSpore Serving, plus health and metrics."},
+            "paths": paths}
