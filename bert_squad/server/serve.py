@@ -361,8 +361,8 @@ def serve(args) -> int:
             state.set_phase(health.SERVING)
 
     def on_down(reason: str) -> None:
+        state.set_phase(health.RESTARTING, reason)  # first: once the log says so, /readyz says so too
         print(f"bert-squad-serve: {reason}", file=sys.stderr, flush=True)
-        state.set_phase(health.RESTARTING, reason)
 
     supervisor = Supervisor(_master_command(args, version, workdir), env, on_ready, on_down)
     health_server = None

@@ -1,0 +1,122 @@
+"""Serving's master supervised in a child process (bert_squad/server/supervisor.py), with real servers."""
+import os
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+import wire
+from bert_squad_client import Client, RestClient
+from harness import Server
+
+QUESTION = {"question": "Which capital?", "context": "The city of Paris is the capital of France, they say."}
+ANSWER = "Paris is the capital of France"
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def get(address: str, path: str):
+    status, headers, data = wire.rest_exchange(address, path, b"", timeout=10, method="GET")
+    return status, headers, data.decode()
+
+
+def metric(address: str, name: str) -> float:
+    text = get(address, "/metrics")[2]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.fixture(scope="module")
+def server(oracle_servable, tmp_path_factory):
+    with Server(tmp_path_factory.mktemp("supervised"), oracle_servable["servable_dir"]) as server:
+        yield server
+    assert server.process.returncode == 0, server.output()
+
+
+def test_a_killed_master_is_restarted_while_the_front_door_says_so(server):
+    """SIGKILL the master: /livez stays 200, /readyz and REST are 503 (REST with Retry-After) until a new
+    master answers; the restart is logged with its cause and counted; the old workers are gone."""
+    master, workers = server.master_pid(), server.worker_pids()
+    assert master and workers and f"master={master}" in server.ready_line
+    os.kill(master, signal.SIGKILL)
+    wait_for(lambda: "Serving's master died (killed by SIGKILL)" in server.output(), 30, "the death logged")
+    seen = []
+    while True:  # every sample until the server answers again
+        live, ready = get(server.rest_address, "/livez")[0], get(server.rest_address, "/readyz")[0]
+        status, headers, body = wire.rest_exchange(server.rest_address, "/model/bert_squad:predict",
+                                                   {"instances": [QUESTION]}, timeout=30)
+        seen.append((live, ready, status, headers.get("retry-after")))
+        if status == 200:
+            break
+        assert (live, ready, status) == (200, 503, 503) and headers["retry-after"].isdigit(), seen
+        assert len(seen) < 2000, "no answer after the restart"
+        time.sleep(0.05)
+    assert wire.rest_predict(server.rest_address, "predict", {"instances": [QUESTION]})[0]["answer"] == ANSWER
+    assert wire.grpc_predict(server.grpc_address, "predict", [QUESTION])[0]["answer"] == ANSWER
+    assert server.master_pid() not in (None, master)
+    assert not set(workers) & set(server.worker_pids()), "a worker of the dead master is still running"
+    assert "Serving's master answers again" in server.output()
+    assert metric(server.rest_address, 'bert_squad_master_restarts_total{cause="killed by SIGKILL"}') == 1
+    assert get(server.health_address, "/readyz")[0] == 200  # the legacy health port shares the state
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_the_client_librarys_retry_lands_after_the_restart(server, transport):
+    make = RestClient if transport == "rest" else Client
+    address = server.rest_address if transport == "rest" else server.grpc_address
+    with make(address, timeout=120) as client:
+        assert client.answer(QUESTION["question"], QUESTION["context"]).text == ANSWER
+        master = server.master_pid()
+        os.kill(master, signal.SIGKILL)
+        t0 = time.monotonic()
+        result = client.answer(QUESTION["question"], QUESTION["context"])  # sent while the master is down
+        assert result.text == ANSWER
+        assert server.master_pid() != master
+        print(f"\n{transport}: answered {time.monotonic() - t0:.1f} s after the master was killed")
+
+
+def test_a_crash_loop_makes_the_serve_command_exit_non_zero(oracle_servable, tmp_path):
+    server = Server(tmp_path, oracle_servable["servable_dir"])
+    with server:
+        killed = set()
+        for _ in range(5):  # each new master is killed as soon as it exists: 5 deaths within 60 s
+            master = wait_for(lambda: server.master_pid() not in (None, *killed) and server.master_pid(), 60,
+                              "a new master")
+            os.kill(master, signal.SIGKILL)
+            killed.add(master)
+        code = server.process.wait(60)
+        output = server.output()
+    assert code == 3, output
+    assert "died 5 times within 60 s" in output and "a crash loop" in output
+    assert re.search(r"Restart=on-failure", output)
+    assert server.running() == []
+
+
+def test_sigterm_finishes_requests_in_flight_over_rest(oracle_servable, tmp_path):
+    server = Server(tmp_path, oracle_servable["servable_dir"])
+    big = [dict(QUESTION, context=f"Report {i}: the city of Paris is the capital of France.") for i in range(3000)]
+    outcome = {}
+
+    def ask():
+        outcome["reply"] = wire.rest_predict(server.rest_address, "predict", {"instances": big}, timeout=120)
+
+    with server:
+        asker = threading.Thread(target=ask)
+        asker.start()
+        wait_for(lambda: "reply" in outcome or metric(server.rest_address, "bert_squad_requests_in_flight") >= 1,
+                 30, "the request")
+        assert "reply" not in outcome, "the request was answered before it could be seen in flight"
+        server.process.send_signal(signal.SIGTERM)
+        asker.join(120)
+        code = server.process.wait(60)
+    assert code == 0, server.output()
+    assert [r["answer"] for r in outcome["reply"]] == [ANSWER] * len(big)
