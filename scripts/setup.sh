@@ -205,4 +205,18 @@ if [ "${BERT_SQUAD_SKIP_PY311:-0}" != 1 ]; then
     fi
 fi
 
+# ---------------------------------------------------------------- Prometheus (tests/test_metrics.py)
+# The metrics test scrapes a real server with Debian's prometheus; a server-only set-up (the image) skips it.
+if [ "${BERT_SQUAD_SKIP_PY311:-0}" != 1 ] && ! command -v prometheus >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing Debian's prometheus (the metrics test scrapes a server with it)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                prometheus >/dev/null 2>&1; } ||
+            say "could not install prometheus with apt; tests/test_metrics.py skips its Prometheus scrape"
+    else
+        say "prometheus not installed (needs root and apt); tests/test_metrics.py skips its Prometheus scrape"
+    fi
+fi
+
 say "ready: server python $STACK/py39/bin/python, Lite runtime ${BERT_SQUAD_LITE_LIB:-$STACK/lite/lib}"
