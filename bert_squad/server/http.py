@@ -13,7 +13,7 @@ import contextlib
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import grpc
 from starlette.applications import Starlette
@@ -50,7 +50,7 @@ class FrontDoor:
     """The ASGI app and the gRPC channel it forwards over (made on the server's event loop at start-up)."""
 
     def __init__(self, upstream: Upstream, state: health.HealthState, availability: Availability,
-                 openapi: Callable[[], dict]):
+                 openapi: Callable[[], dict], extra_routes: Sequence[Route] = ()):
         self.upstream, self.state, self.availability, self.openapi = upstream, state, availability, openapi
         self._channel: Optional[grpc.aio.Channel] = None
         self._predict = None
@@ -60,6 +60,7 @@ class FrontDoor:
             Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/openapi.json", self.openapi_json, methods=["GET"]),
+            *extra_routes,  # the try-it page (page.py), unless --page off
         ], exception_handlers={HTTPException: self._http_error}, lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager

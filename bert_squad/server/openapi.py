@@ -88,8 +88,29 @@ def document(args, meta, version: str) -> dict:
     paths["/readyz"] = _health("whether the model answers a question now")
     paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {
         "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
+    if args.page == "on":
+        paths.update(page_paths(args.name))
     return {"openapi": "3.1.0",
             "info": {"title": "bert_squad", "version": version,
                      "description": f"Extractive question answering ({meta.runtime}, {meta.precision}); the REST "
                                     f"API of MindSpore Serving, plus health and metrics."},
             "paths": paths}
+
+
+def page_paths(servable: str) -> dict:
+    """The try-it page and the two documents it reads besides the REST API (page.py)."""
+    example = {"type": "object", "required": ["title", "context", "question"], "properties": {
+        "title": {"type": "string"}, "context": {"type": "string"}, "question": {"type": "string"}}}
+    facts = {"type": "object", "required": ["servable", "version", "runtime", "precision"], "properties": {
+        "servable": {"type": "string"}, "version": {"type": "integer"}, "runtime": {"type": "string"},
+        "precision": {"type": "string"}, "model_sha256": {"type": "string"}}}
+
+    def get(summary: str, media: str, schema: dict) -> dict:
+        return {"get": {"summary": summary, "responses": {"200": {
+            "description": summary, "content": {media: {"schema": schema}}}}}}
+
+    return {"/": get("the try-it page (off with --page off)", "text/html", {"type": "string"}),
+            "/page/examples.json": get("examples the page offers", "application/json",
+                                       {"type": "array", "items": example}),
+            f"/model/{servable}": get("the served model: version, runtime, precision, model sha256",
+                                      "application/json", facts)}

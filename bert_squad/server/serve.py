@@ -90,6 +90,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path,
                    help="where Serving writes serving_logs/ and unix_socket_files/ (default: a new temp dir)")
     p.add_argument("--warmup-timeout", type=float, default=120.0, help="seconds the warm-up question may take")
+    p.add_argument("--page", choices=("on", "off"), default="on",
+                   help="the try-it page at GET / of the REST address (default %(default)s)")
+    p.add_argument("--page-examples", type=Path,
+                   help="SQuAD v1.1 file whose first paragraphs the page offers as examples "
+                        "(default: three written for the page)")
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
@@ -371,7 +376,18 @@ def serve(args) -> int:
             health_server = health.start_health_server(args.health_address, None, state=state)
         except health.HealthError as e:
             raise ServeError(str(e)) from e
-    door = FrontDoor(_upstream(args, version), state, _availability(state), lambda: openapi.document(args, meta, _package_version()))
+    page_routes = []
+    if args.page == "on" and args.rest_address != "off":
+        from bert_squad.server import page
+
+        facts = {"version": version, "runtime": meta.runtime, "precision": meta.precision,
+                 "model_sha256": _model_sha256(meta)}
+        try:
+            page_routes = page.routes(args.name, facts, args.page_examples)
+        except page.ExamplesError as e:
+            raise ServeError(str(e)) from None
+    door = FrontDoor(_upstream(args, version), state, _availability(state),
+                     lambda: openapi.document(args, meta, _package_version()), page_routes)
     http_server = None
     if args.rest_address != "off":
         http_server = HttpServer(door, args.rest_address, args.tls_cert, args.tls_key, args.tls_client_ca,
