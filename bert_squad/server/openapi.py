@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from bert_squad import settings
 
-TEXT = {"type": "string", "minLength": 1}
-INT = {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1}
-B64 = {"type": "object", "required": ["b64"], "additionalProperties": False, "properties": {
-    "b64": {"type": "string", "contentEncoding": "base64"},
-    "type": {"type": "string", "enum": ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                                        "uint64", "float16", "float32", "float64", "fp16", "fp32", "fp64", "str",
-                                        "bytes"]},
-    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}}},
-    "description": "Raw bytes, base64: type bytes (default), str (UTF-8 text) or a numeric type whose "
-                   "little-endian data they are, of the given shape"}
-IDS = {"oneOf": [{"type": "array", "items": INT, "minItems": 1, "maxItems": settings.MAX_SEQ_LENGTH}, B64]}
+INT = {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1,
+       "description": "a JSON integer is sent as int32; {\"b64\": ..., \"type\": ..., \"shape\": [...]} sends any "
+                      "numeric type (its little-endian data, the size its type and shape give)"}
+B64_TEXT = {"type": "object", "required": ["b64"], "additionalProperties": False, "properties": {
+    "b64": {"type": "string", "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+            "contentEncoding": "base64"},
+    "type": {"enum": ["bytes", "str"], "description": "bytes (the default) or str; the bytes must be UTF-8 text"},
+    "shape": {"enum": [[], [1]]}}}
+IDS = {"type": "array", "items": INT, "minItems": 1, "maxItems": settings.MAX_SEQ_LENGTH}
+EXTRA = {"anyOf": [{"type": "string"}, {"type": "boolean"}, INT],
+         "description": "inputs the method does not take are ignored"}
 FLOATS = {"type": "array", "items": {"type": ["number", "null"]}}
 ANSWER = {"type": "object", "properties": {
     "answer": {"type": "string"}, "score": {"type": ["number", "null"]},
@@ -25,13 +25,13 @@ ANSWER = {"type": "object", "properties": {
     "top_scores": FLOATS}}
 LOGITS = {"type": "object", "properties": {"start_logits": FLOATS, "end_logits": FLOATS}}
 INSTANCE_ERROR = {"type": "object", "required": ["error_msg"], "properties": {"error_msg": {"type": "string"}}}
-QUESTION = {"question": {"oneOf": [{**TEXT, "maxLength": settings.MAX_QUESTION_CHARS}, B64]},
-            "context": {"oneOf": [{**TEXT, "maxLength": settings.MAX_CONTEXT_CHARS}, B64]}}
+QUESTION = {"question": {"oneOf": [{"type": "string", "maxLength": settings.MAX_QUESTION_CHARS}, B64_TEXT]},
+            "context": {"oneOf": [{"type": "string", "maxLength": settings.MAX_CONTEXT_CHARS}, B64_TEXT]}}
 METHODS = {
     "predict": ("Answer questions about contexts (top answer)", QUESTION, ANSWER),
     "predict_with_options": ("Answer with top_k answers and a longest answer length", {
-        **QUESTION, "top_k": {"oneOf": [{**INT, "minimum": 1, "maximum": settings.MAX_TOP_K}, B64]},
-        "max_answer_length": {"oneOf": [{**INT, "minimum": 1, "maximum": settings.MAX_SEQ_LENGTH}, B64]}}, ANSWER),
+        **QUESTION, "top_k": {**INT, "minimum": 1, "maximum": settings.MAX_TOP_K},
+        "max_answer_length": {**INT, "minimum": 1, "maximum": settings.MAX_SEQ_LENGTH}}, ANSWER),
     "predict_features": ("Start and end logits of windows the caller tokenized", {
         "input_ids": IDS, "input_mask": IDS, "token_type_id": IDS}, LOGITS),
 }
@@ -48,11 +48,15 @@ def _error(description: str, retry: bool = False) -> dict:
 
 def _operation(method: str, servable: str, max_body: int) -> dict:
     summary, inputs, outputs = METHODS[method]
-    instance = {"type": "object", "required": sorted(inputs), "properties": inputs}
+    instance = {"type": "object", "required": sorted(inputs), "properties": inputs, "additionalProperties": EXTRA,
+                "propertyNames": {"minLength": 1}}
     body = {"type": "object", "required": ["instances"], "properties": {
         "instances": {"type": "array", "minItems": 1, "items": instance}}}
-    reply = {"type": "object", "required": ["instances"], "properties": {
-        "instances": {"type": "array", "items": {"anyOf": [outputs, INSTANCE_ERROR]}}}}
+    reply = {"oneOf": [
+        {"type": "object", "required": ["instances"], "properties": {
+            "instances": {"type": "array", "items": {"anyOf": [outputs, INSTANCE_ERROR]}}}},
+        {**INSTANCE_ERROR, "description": "a request of one instance that failed: that instance's error, as "
+                                          "MindSpore Serving's REST server writes it"}]}
     return {"post": {
         "operationId": method, "summary": summary,
         "description": f"MindSpore Serving's REST API for servable {servable!r}. Bodies up to {max_body} bytes. "
