@@ -93,6 +93,20 @@ def test_fp32_ir_matches_mindspore_and_the_numpy_reference_at_exact_lengths(orac
                 assert np.abs(a - e)[valid].max() < TOLERANCE
 
 
+def test_padding_to_the_length_step_keeps_the_scores(oracle):
+    """The served model pads each call to a multiple of settings.OPENVINO_LENGTH_STEP: masked, so the real
+    tokens score as at their exact length, and the output keeps the call's length."""
+    path = oracle["versions"]["fp32"] / ov_runtime.MODEL_FILE
+    exact = ov_runtime.OpenVinoModel(path, "fp32")
+    stepped = ov_runtime.OpenVinoModel(path, "fp32", step=settings.OPENVINO_LENGTH_STEP, warm_up=True)
+    for length in (1, 17, 100, 384):
+        arrays = window(length, seed=length)
+        valid = arrays[1] == 1
+        for a, e in zip(stepped.predict(*arrays), exact.predict(*arrays)):
+            assert a.shape == e.shape == arrays[0].shape
+            assert np.abs(a - e)[valid].max() < 1e-5
+
+
 @pytest.mark.parametrize("hidden_act", ["gelu_erf", "gelu_tanh"])
 @pytest.mark.parametrize("scoring", ["logits", "log_softmax"])
 def test_numerics_follow_the_config(tmp_path, hidden_act, scoring):

@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
+from bert_squad import settings
 from bert_squad.model.config import BertConfig
 from bert_squad.runtimes.batching import run_windows
 
@@ -134,11 +135,14 @@ def compile_config(precision: str, threads: int, pinned: bool) -> dict:
 class OpenVinoModel:
     """A compiled IR written by `bert-squad-export --runtime openvino`; predict() at any [batch, length].
 
+    A call runs padded (masked: the scores of the real tokens do not change) to the next multiple of `step`
+    tokens, and `warm_up` runs every such length up to MAX_SEQ_LENGTH once (settings.OPENVINO_LENGTH_STEP).
     `cores`, when given, become this thread's CPU affinity before OpenVINO starts its threads, which inherit it
     (workers side by side each keep to their own cores, as lite_direct's `cores`). Calls run one at a time.
     """
 
-    def __init__(self, path: Union[str, Path], precision: str, threads: int = 1, cores: Sequence[int] = ()):
+    def __init__(self, path: Union[str, Path], precision: str, threads: int = 1, cores: Sequence[int] = (),
+                 step: int = 1, warm_up: bool = False):
         import openvino as ov
 
         if threads < 1:
@@ -150,6 +154,11 @@ class OpenVinoModel:
         self._compiled = core.compile_model(str(self.path), "CPU", compile_config(precision, threads, bool(cores)))
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
+        self.step = step
+        if warm_up:
+            for length in range(step, settings.MAX_SEQ_LENGTH + step, step):
+                ids = np.ones((1, length), np.int32)
+                self.predict(ids, ids, np.zeros_like(ids))
 
     def predict(self, input_ids: np.ndarray, input_mask: np.ndarray,
                 token_type_id: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -158,9 +167,14 @@ class OpenVinoModel:
         if any(a.ndim != 2 or a.shape != arrays[0].shape for a in arrays) or arrays[0].size == 0:
             raise ValueError(f"the model takes three int32 [batch, length] arrays of one shape, got "
                              f"{[a.shape for a in arrays]}")
+        length = arrays[0].shape[1]
+        padding = -length % self.step
+        if padding:
+            arrays = [np.pad(a, ((0, 0), (0, padding))) for a in arrays]
         with self._lock:
             outputs = self._request.infer(dict(zip(INPUT_NAMES, arrays)))
-            return tuple(np.array(outputs[self._compiled.output(name)], np.float32) for name in OUTPUT_NAMES)
+            return tuple(np.array(outputs[self._compiled.output(name)][:, :length], np.float32)
+                         for name in OUTPUT_NAMES)
 
 
 def score_windows(model: OpenVinoModel, instances: Sequence[tuple]) -> list:

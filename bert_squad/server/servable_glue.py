@@ -74,6 +74,8 @@ def require_runtime(meta: Metadata) -> None:
         from bert_squad.runtimes.lite_direct import load_shim
 
         load_shim()
+    elif meta.runtime == "openvino":
+        import openvino  # noqa: F401 - the engine of the openvino runtime (pip install openvino, setup.cfg [server])
 
 
 def keep_worker_alive_on_bad_text() -> None:
@@ -243,7 +245,9 @@ def open_direct_scorer(path: Path, meta: Metadata, context: Mapping) -> Callable
     if meta.runtime == "openvino":
         from bert_squad.runtimes import openvino
 
-        return functools.partial(openvino.score_windows, openvino.OpenVinoModel(path, meta.precision, threads, cores))
+        model = openvino.OpenVinoModel(path, meta.precision, threads, cores, step=settings.OPENVINO_LENGTH_STEP,
+                                       warm_up=True)
+        return functools.partial(openvino.score_windows, model)
     from bert_squad.runtimes import lite_direct
 
     model = lite_direct.LiteModel(path, threads, lite_direct.min_length(meta.config), cores)
