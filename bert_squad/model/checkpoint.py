@@ -94,6 +94,7 @@ WEIGHT_NAMES: Tuple[Tuple[str, str, str], ...] = (
     ("qa_outputs.bias", "bert.dense1.bias", "qa_outputs.bias"),
 )
 _OPTIONAL_PREFIX = "bert."
+HEAD_WEIGHTS = ("qa_outputs.weight", "qa_outputs.bias")  # the span head, absent from pre-trained encoders
 # Encoder layer index inside a checkpoint name, to tell a config with the wrong depth.
 _LAYER_INDEX = {ZOO: re.compile(r"bert_encoder\.layers\.(\d+)\."), HUGGING_FACE: re.compile(r"encoder\.layer\.(\d+)\.")}
 HF_WEIGHTS_FILE = "model.safetensors"
@@ -153,11 +154,14 @@ def load_checkpoint(
     path: Union[str, Path],
     config: Optional[BertConfig] = None,
     expected_sha256: Optional[str] = None,
+    head_optional: bool = False,
 ) -> LoadedCheckpoint:
     """Read a zoo .ckpt file or a Hugging Face folder.
 
     `config` applies to zoo checkpoints only (a Hugging Face folder carries its own).
     The Hub SQuAD checkpoint is recognised by its file name and its sha256 verified.
+    `head_optional`: a checkpoint without the QA head (a pre-trained encoder, for fine-tuning) is
+    accepted; its `weights` then lack HEAD_WEIGHTS.
     """
     path = Path(path)
     if not path.exists():
@@ -178,8 +182,8 @@ def load_checkpoint(
             "damaged, incomplete or a different checkpoint; download it again"
         )
     if is_folder:
-        return _load_hf_folder(path, sha256)
-    return _load_zoo(path, config or BertConfig(), sha256)
+        return _load_hf_folder(path, sha256, head_optional)
+    return _load_zoo(path, config or BertConfig(), sha256, head_optional)
 
 
 def _weights_file(path: Path) -> Path:
@@ -210,7 +214,7 @@ _PICKLE_REFUSAL = (
 )
 
 
-def _load_zoo(path: Path, config: BertConfig, sha256: str) -> LoadedCheckpoint:
+def _load_zoo(path: Path, config: BertConfig, sha256: str, head_optional: bool) -> LoadedCheckpoint:
     wanted = {c for row in weight_names(config.num_hidden_layers) for c in _candidates(row[1])}
     seen: List[str] = []
 
@@ -223,10 +227,10 @@ def _load_zoo(path: Path, config: BertConfig, sha256: str) -> LoadedCheckpoint:
     except (ValueError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"{path} is not a readable MindSpore checkpoint: {exc}") from None
     arrays = {name: p.asnumpy() for name, p in params.items()}
-    return _map_weights(ZOO, path, sha256, config, arrays, seen, column=1)
+    return _map_weights(ZOO, path, sha256, config, arrays, seen, column=1, head_optional=head_optional)
 
 
-def _load_hf_folder(folder: Path, sha256: str) -> LoadedCheckpoint:
+def _load_hf_folder(folder: Path, sha256: str, head_optional: bool) -> LoadedCheckpoint:
     config_file = folder / HF_CONFIG_FILE
     if not config_file.is_file():
         raise CheckpointError(f"{folder} has no {HF_CONFIG_FILE}")
@@ -246,7 +250,8 @@ def _load_hf_folder(folder: Path, sha256: str) -> LoadedCheckpoint:
         raise CheckpointError(
             f"{weights_file} holds a tensor type numpy cannot read ({exc}); save it as float32"
         ) from None
-    loaded = _map_weights(HUGGING_FACE, weights_file, sha256, config, arrays, seen, column=2)
+    loaded = _map_weights(HUGGING_FACE, weights_file, sha256, config, arrays, seen, column=2,
+                          head_optional=head_optional)
     vocab = folder / HF_VOCAB_FILE
     loaded.vocab_file = vocab if vocab.is_file() else None
     tokenizer_config = folder / HF_TOKENIZER_CONFIG_FILE
@@ -274,6 +279,7 @@ def _map_weights(
     arrays: Dict[str, np.ndarray],
     seen: List[str],
     column: int,
+    head_optional: bool = False,
 ) -> LoadedCheckpoint:
     """Rename checkpoint arrays to our names; every weight must be present."""
     weights: Dict[str, np.ndarray] = {}
@@ -287,7 +293,8 @@ def _map_weights(
                 used.add(candidate)
                 break
         else:
-            missing.append(name)
+            if not (head_optional and row[0] in HEAD_WEIGHTS):
+                missing.append(name)
     depth = _checkpoint_depth(origin, seen)
     if depth and depth != config.num_hidden_layers:
         raise CheckpointError(

@@ -35,6 +35,7 @@ constants of the export length.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from mindspore import Parameter, nn, ops
 from mindspore import dtype as mstype
@@ -49,6 +50,18 @@ ATTENTION_MASK_PENALTY = -10000.0
 SCORE_MASK_PENALTY = -1e9
 INIT_STD = 0.02  # initial weights for fresh (untrained) networks
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class Dropouts:
+    """Dropout probabilities of fine-tuning (BERT's places: embeddings, attention probabilities, the output of
+    each attention and feed-forward block before its residual sum)."""
+
+    hidden: float = 0.0
+    attention: float = 0.0
+
+
+NO_DROPOUT = Dropouts()
 
 
 def _weight(shape) -> Parameter:
@@ -92,13 +105,14 @@ class GELU(nn.Cell):
 
 
 class BertEmbeddings(nn.Cell):
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, dropout: float):
         super().__init__()
         h = config.hidden_size
         self.word_embeddings = _weight((config.vocab_size, h))
         self.position_embeddings = _weight((config.max_position_embeddings, h))
         self.token_type_embeddings = _weight((config.type_vocab_size, h))
         self.layer_norm = nn.LayerNorm((h,), epsilon=config.layer_norm_eps)
+        self.dropout = nn.Dropout(p=dropout)
 
     def construct(self, input_ids, token_type_id):
         positions = ops.cumsum(input_ids * 0 + 1, 1) - 1  # 0, 1, ..., seq-1 per row, computed at run time
@@ -107,11 +121,11 @@ class BertEmbeddings(nn.Cell):
             + ops.gather(self.token_type_embeddings, token_type_id, 0)
             + ops.gather(self.position_embeddings, positions, 0)
         )
-        return self.layer_norm(x)
+        return self.dropout(self.layer_norm(x))
 
 
 class BertSelfAttention(nn.Cell):
-    def __init__(self, config: BertConfig, compute_dtype):
+    def __init__(self, config: BertConfig, compute_dtype, dropout: float):
         super().__init__()
         h = config.hidden_size
         self.num_heads = config.num_attention_heads
@@ -124,6 +138,7 @@ class BertSelfAttention(nn.Cell):
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
         self.matmul_pv = ops.BatchMatMul()
         self.softmax = nn.Softmax(axis=-1)
+        self.dropout = nn.Dropout(p=dropout)
 
     def split_heads(self, x):
         """[batch, seq, hidden] -> [batch, heads, seq, head_size]"""
@@ -137,7 +152,7 @@ class BertSelfAttention(nn.Cell):
         k = self.split_heads(self.key(hidden)).astype(dt)
         v = self.split_heads(self.value(hidden)).astype(dt)
         scores = self.matmul_qk(q, k).astype(mstype.float32) + key_penalty
-        probs = self.softmax(scores).astype(dt)
+        probs = self.dropout(self.softmax(scores)).astype(dt)
         context = self.matmul_pv(probs, v).astype(mstype.float32)
         return context.transpose((0, 2, 1, 3)).reshape((context.shape[0], -1, self.num_heads * self.head_size))
 
@@ -145,20 +160,21 @@ class BertSelfAttention(nn.Cell):
 class BertResidualOutput(nn.Cell):
     """Project, add the block input back, normalise (post-LN)."""
 
-    def __init__(self, in_features: int, config: BertConfig, compute_dtype):
+    def __init__(self, in_features: int, config: BertConfig, compute_dtype, dropout: float):
         super().__init__()
         self.dense = Dense(in_features, config.hidden_size, compute_dtype)
         self.layer_norm = nn.LayerNorm((config.hidden_size,), epsilon=config.layer_norm_eps)
+        self.dropout = nn.Dropout(p=dropout)
 
     def construct(self, x, residual):
-        return self.layer_norm(self.dense(x) + residual)
+        return self.layer_norm(self.dropout(self.dense(x)) + residual)
 
 
 class BertAttention(nn.Cell):
-    def __init__(self, config: BertConfig, compute_dtype):
+    def __init__(self, config: BertConfig, compute_dtype, dropout: "Dropouts"):
         super().__init__()
-        self.self_attention = BertSelfAttention(config, compute_dtype)
-        self.output = BertResidualOutput(config.hidden_size, config, compute_dtype)
+        self.self_attention = BertSelfAttention(config, compute_dtype, dropout.attention)
+        self.output = BertResidualOutput(config.hidden_size, config, compute_dtype, dropout.hidden)
 
     def construct(self, hidden, key_penalty):
         return self.output(self.self_attention(hidden, key_penalty), hidden)
@@ -175,11 +191,11 @@ class BertIntermediate(nn.Cell):
 
 
 class BertLayer(nn.Cell):
-    def __init__(self, config: BertConfig, compute_dtype, lite_only: bool):
+    def __init__(self, config: BertConfig, compute_dtype, lite_only: bool, dropout: "Dropouts"):
         super().__init__()
-        self.attention = BertAttention(config, compute_dtype)
+        self.attention = BertAttention(config, compute_dtype, dropout)
         self.intermediate = BertIntermediate(config, compute_dtype, lite_only)
-        self.output = BertResidualOutput(config.intermediate_size, config, compute_dtype)
+        self.output = BertResidualOutput(config.intermediate_size, config, compute_dtype, dropout.hidden)
 
     def construct(self, hidden, key_penalty):
         attended = self.attention(hidden, key_penalty)
@@ -187,9 +203,10 @@ class BertLayer(nn.Cell):
 
 
 class BertEncoder(nn.Cell):
-    def __init__(self, config: BertConfig, compute_dtype, lite_only: bool):
+    def __init__(self, config: BertConfig, compute_dtype, lite_only: bool, dropout: "Dropouts"):
         super().__init__()
-        self.layer = nn.CellList([BertLayer(config, compute_dtype, lite_only) for _ in range(config.num_hidden_layers)])
+        self.layer = nn.CellList([BertLayer(config, compute_dtype, lite_only, dropout)
+                                  for _ in range(config.num_hidden_layers)])
 
     def construct(self, hidden, key_penalty):
         for layer in self.layer:
@@ -200,10 +217,10 @@ class BertEncoder(nn.Cell):
 class BertModel(nn.Cell):
     """Embeddings + encoder; no pooler (question answering reads every position)."""
 
-    def __init__(self, config: BertConfig, compute_dtype, lite_only: bool):
+    def __init__(self, config: BertConfig, compute_dtype, lite_only: bool, dropout: "Dropouts"):
         super().__init__()
-        self.embeddings = BertEmbeddings(config)
-        self.encoder = BertEncoder(config, compute_dtype, lite_only)
+        self.embeddings = BertEmbeddings(config, dropout.hidden)
+        self.encoder = BertEncoder(config, compute_dtype, lite_only, dropout)
 
     def construct(self, input_ids, input_mask, token_type_id):
         # [batch, 1, 1, seq]: the same penalty for every head and every query position.
@@ -214,12 +231,14 @@ class BertModel(nn.Cell):
 
 class BertForQuestionAnswering(nn.Cell):
     """`lite_only`: for an export only MindSpore Lite runs (GELU, module docstring); MindSpore itself would
-    compute its erf GELU as tanh."""
+    compute its erf GELU as tanh. `dropout`: for fine-tuning (bert_squad/training); it acts only in training
+    mode (set_train(True)), so a network built for export or inference computes the same with or without it."""
 
-    def __init__(self, config: BertConfig, compute_dtype=mstype.float32, lite_only: bool = False):
+    def __init__(self, config: BertConfig, compute_dtype=mstype.float32, lite_only: bool = False,
+                 dropout: Dropouts = NO_DROPOUT):
         super().__init__()
         self.config = config
-        self.bert = BertModel(config, compute_dtype, lite_only)
+        self.bert = BertModel(config, compute_dtype, lite_only, dropout)
         self.qa_outputs = Dense(config.hidden_size, 2, compute_dtype)
         self.log_softmax = config.scoring == "log_softmax"
 
