@@ -25,9 +25,18 @@ from bert_squad.text.windows import build_features
 # fp32 OpenVINO vs the MindSpore network, per unit of the largest score (at least 1): measured ~1e-6 on the
 # oracle and on MiniLM (the same sums in another order); a wrong graph is off by far more.
 FP32_TOLERANCE = 1e-4
-# Reduced precision is refused when fewer windows than this keep both best positions: a broken
-# quantization, not rounding (bf16 and int8 keep > 90 % on the real QA model).
-MIN_AGREEMENT = 0.5
+# Reduced precision is refused when its scores correlate less than this with fp32's (median over the windows):
+# a broken quantization, not rounding. Measured: > 0.999 for bf16 and int8 on the real QA model. The share of
+# windows that keep their best start and end is recorded too, but on random weights (the benchmark's) its scores are
+# flat enough for rounding to move the maximum, so it is no test of a broken model.
+MIN_CORRELATION = 0.9
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two score rows; 1 when both are constant (a one-token window)."""
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 1.0
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 class CalibrationError(ValueError):
@@ -106,19 +115,22 @@ def export_model(weights, config, folder: Path, precision: str, network: Callabl
             f"(max difference {difference:.2g})")
         return extra
     started = time.perf_counter()
-    same, differences = 0, []
+    same, differences, correlations = 0, [], []
     for window in check_windows:
         actual, expected = compiled.predict(*window), network(*window)
+        valid = window[1][0] == 1
         same += all(int(a.argmax()) == int(e.argmax()) for a, e in zip(actual, expected))
         differences.append(max(float(np.abs(a - e).max()) for a, e in zip(actual, expected)))
-    share = same / len(check_windows)
+        correlations.append(min(_correlation(a[0][valid], e[0][valid]) for a, e in zip(actual, expected)))
+    share, correlation = same / len(check_windows), float(np.median(correlations))
     extra["agreement"] = {"windows": len(check_windows), "same_best_start_and_end": round(share, 4),
+                          "median_score_correlation": round(correlation, 5),
                           "max_score_difference": round(max(differences), 4),
                           "median_score_difference": round(float(np.median(differences)), 4)}
     log(f"OpenVINO {precision} vs fp32 on {len(check_windows)} windows: best start and end unchanged in "
-        f"{100 * share:.1f} %, score difference median {np.median(differences):.3g}, max {max(differences):.3g} "
-        f"({time.perf_counter() - started:.1f} s)")
-    if share < MIN_AGREEMENT:
-        raise RuntimeError(f"the {precision} model keeps the best start and end of only {100 * share:.0f} % of the "
-                           f"windows; the export is broken, please report it")
+        f"{100 * share:.1f} %, score correlation {correlation:.4f}, difference median {np.median(differences):.3g}, "
+        f"max {max(differences):.3g} ({time.perf_counter() - started:.1f} s)")
+    if not correlation >= MIN_CORRELATION:
+        raise RuntimeError(f"the {precision} model's scores correlate only {correlation:.3f} with fp32's (median over "
+                           f"{len(check_windows)} windows); the export is broken, please report it")
     return extra

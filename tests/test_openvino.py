@@ -151,7 +151,7 @@ def test_metadata_records_precision_calibration_and_agreement(oracle):
     for precision in ("bf16", "int8"):
         agreement = read_metadata(oracle["versions"][precision]).agreement
         assert agreement["windows"] == settings.AGREEMENT_WINDOWS
-        assert 0.5 <= agreement["same_best_start_and_end"] <= 1.0
+        assert 0.5 <= agreement["same_best_start_and_end"] <= 1.0 and agreement["median_score_correlation"] > 0.9
 
 
 def test_int8_ir_holds_quantized_matmuls_and_bf16_differs_from_fp32(oracle):
