@@ -1,15 +1,19 @@
 """Serving's master supervised in a child process (bert_squad/server/supervisor.py), with real servers."""
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 import wire
 from bert_squad_client import Client, RestClient
-from harness import Server
+from harness import REPO, Server
 
 QUESTION = {"question": "Which capital?", "context": "The city of Paris is the capital of France, they say."}
 ANSWER = "Paris is the capital of France"
@@ -120,3 +124,41 @@ def test_sigterm_finishes_requests_in_flight_over_rest(oracle_servable, tmp_path
         code = server.process.wait(60)
     assert code == 0, server.output()
     assert [r["answer"] for r in outcome["reply"]] == [ANSWER] * len(big)
+
+
+SQUAD_HEAD = REPO.parent / "shared" / "data" / "squad-v1.1-dev-head.json"
+PREDICT = [sys.executable, "-m", "bert_squad_client.predict"]
+
+
+@pytest.fixture(scope="module")
+def squad_subset(tmp_path_factory) -> Path:
+    """One article of real SQuAD v1.1 dev questions."""
+    data = json.loads(SQUAD_HEAD.read_text(encoding="utf-8"))
+    data["data"] = [a for a in data["data"] if a["title"] == "Normans"]
+    path = tmp_path_factory.mktemp("squad") / "normans.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_sigkill_of_the_master_mid_predict_run_answers_every_question_once(server, squad_subset, transport,
+                                                                            tmp_path):
+    address = server.rest_address if transport == "rest" else server.grpc_address
+    flags = ["--rest"] if transport == "rest" else []
+    clean = tmp_path / "clean.json"
+    subprocess.run([*PREDICT, str(squad_subset), "-o", str(clean), "--server", address, *flags, "--quiet"],
+                   check=True, timeout=600)
+    output = tmp_path / "predictions.json"
+    journal = output.with_name(output.name + ".journal.jsonl")
+    run = subprocess.Popen([*PREDICT, str(squad_subset), "-o", str(output), "--server", address, *flags,
+                            "--concurrency", "4", "--timeout", "120", "--quiet"], stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: journal.exists() and journal.read_bytes().count(b"\n") > 40, 120, "answers before the kill")
+    master = server.master_pid()
+    os.kill(master, signal.SIGKILL)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
+    assert server.master_pid() not in (None, master)
+    answers = json.loads(output.read_text(encoding="utf-8"))
+    assert answers == json.loads(clean.read_text(encoding="utf-8"))  # each question once (a JSON object), right
+    questions = sum(len(p["qas"]) for a in json.loads(squad_subset.read_text())["data"] for p in a["paragraphs"])
+    assert len(answers) == questions
