@@ -64,17 +64,22 @@ Pin: release n=bullseye
 Pin-Priority: 100
 EOF
     apt-get update -qq || die "apt-get update failed with the bullseye source added" "check network access to deb.debian.org"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bullseye python3.9 python3.9-dev >/dev/null ||
+    # No -t bullseye: python3.9 and the libraries only bullseye has come from there (the pin allows it when no
+    # other release has the package); every dependency Debian 12 also has (libc6-dev, zlib1g-dev) stays its own.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3.9 python3.9-dev >/dev/null ||
         die "apt-get could not install python3.9 from bullseye" "install CPython 3.9 yourself and set BERT_SQUAD_PYTHON39"
-    if ! /usr/bin/python3.9 -c 'import distutils.util' 2>/dev/null; then
+    # -S: the standard library's own distutils (a venv has no site-packages of the system's, where Debian 12's
+    # setuptools puts a distutils shim that python3.9 would also see).
+    if ! /usr/bin/python3.9 -S -c 'import distutils.util' 2>/dev/null; then
         # Debian strips distutils out of python3.9; pip needs it. Unpack bullseye's python3-distutils files
         # without installing the package (it would replace Debian 12's own python3-distutils).
         local tmp
         tmp="$(mktemp -d)"
-        (cd "$tmp" && apt-get download -qq -t bullseye python3-distutils >/dev/null) ||
+        (cd "$tmp" && apt-get download -qq python3-distutils/bullseye >/dev/null) ||
             die "could not download python3-distutils from bullseye" "check network access to deb.debian.org"
         dpkg-deb -x "$tmp"/python3-distutils_*.deb "$tmp/x"
-        cp -r "$tmp/x/usr/lib/python3.9/distutils" /usr/lib/python3.9/
+        mkdir -p /usr/lib/python3.9/distutils  # python3.9 ships a stub of it: copy the contents over the stub
+        cp -r "$tmp/x/usr/lib/python3.9/distutils/." /usr/lib/python3.9/distutils/
         rm -rf "$tmp"
     fi
 }

@@ -11,6 +11,7 @@ working directory of its own.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import mmap
 import os
 import signal
@@ -122,6 +123,10 @@ def ensure_exported(args) -> None:
     """Export the checkpoint the user names, or the Hub checkpoint, when nothing is exported yet."""
     if _has_version(args.servable_dir / args.name) or args.version:
         return
+    if importlib.util.find_spec("mindspore") is None:  # the container image serves exported models only
+        raise ServeError(f"no exported model in {args.servable_dir / args.name}, and this installation has no "
+                         f"MindSpore to export one: run bert-squad-export where MindSpore is installed (scripts/"
+                         f"setup.sh) and mount or copy its version folder to {args.servable_dir / args.name}/1")
     from bert_squad.model.hub import DownloadError, fetch_checkpoint
 
     checkpoint, expected, vocab = args.checkpoint, None, args.vocab
