@@ -30,7 +30,9 @@ CHECKPOINTS = "checkpoints"
 MODEL = "model"
 STATE_FILE = "step-{step:07d}.json"  # beside step-N.ckpt: written last, so its presence marks a complete checkpoint
 KEEP_CHECKPOINTS = 2
-LOSS_LOG = "loss.jsonl"  # one {"step", "loss"} line per optimizer step (a resumed run appends the steps it redoes)
+# One {"step", "loss", "seconds", "cpu_seconds"} line per step (time since this process began training; CPU time of
+# all its threads, which tells the cost of a step on a machine other jobs share).
+LOSS_LOG = "loss.jsonl"
 HEAD_STD = 0.02  # a new span head starts as BERT initialises its weights (normal, std 0.02; bias 0)
 
 
@@ -326,7 +328,7 @@ def train(args) -> Path:
     progress = tqdm(total=total, initial=state.step, unit="step", desc="fine-tuning", disable=args.quiet,
                     dynamic_ncols=True, smoothing=0.1)
     compute = mstype.float16 if args.fp16 else mstype.float32
-    started, first = time.perf_counter(), state.step
+    started, cpu_started, first = time.perf_counter(), time.process_time(), state.step
     trainer = Trainer(loaded.config, state, args.seed, args.dropout, args.weight_decay, args.max_grad_norm, compute,
                       loss_scaling=args.fp16)
     stopping = _Stop()
@@ -337,7 +339,9 @@ def train(args) -> Path:
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
             with open(args.output_dir / LOSS_LOG, "a") as log:
-                log.write(json.dumps({"step": state.step, "loss": loss}) + "\n")
+                log.write(json.dumps({"step": state.step, "loss": loss,
+                                      "seconds": round(time.perf_counter() - started, 3),
+                                      "cpu_seconds": round(time.process_time() - cpu_started, 3)}) + "\n")
             if state.step % args.save_steps == 0 or state.step == stop or stopping.asked:
                 state = trainer.snapshot()
                 _save(checkpoints, state, recipe)
