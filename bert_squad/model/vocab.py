@@ -62,3 +62,20 @@ def uncased_vocab(
         f"or pass --vocab /path/to/vocab.txt (uncased BERT-base, {settings.UNCASED_VOCAB_TOKENS} tokens, "
         f"sha256 {settings.UNCASED_VOCAB_SHA256})"
     )
+
+
+def main(argv: Optional[list] = None) -> int:
+    """`python -m bert_squad.model.vocab --check-packaged`: exit 0 when the package's vocab.txt is there with the
+    pinned sha256 (scripts/setup.sh asks this), else 1."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["--check-packaged"]:
+        print("usage: python -m bert_squad.model.vocab --check-packaged", file=sys.stderr)
+        return 2
+    packaged = packaged_vocab()
+    return 0 if packaged is not None and packaged.is_file() and sha256_file(packaged) == settings.UNCASED_VOCAB_SHA256 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
