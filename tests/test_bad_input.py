@@ -388,10 +388,11 @@ def test_unknown_servable_method_or_version_fails_the_whole_request_over_grpc(se
 
 
 @pytest.mark.parametrize("servable, method, version, message", [
-    ("nope", "predict", None, "servable 'nope' is not served here (served: 'bert_squad')"),
+    ("nope", "predict", None, "Request servable(nope) method(predict) , servable is not available: this server "
+                              "serves 'bert_squad' version 1 (version 0 or none: that one)"),
     ("bert_squad", "nope", None, "Request servable(bert_squad) method(nope) , method is not available"),
-    ("bert_squad", "predict", 7, "servable 'bert_squad' version 7 is not served here (served: version 1; "
-                                 "version 0 or none means the served one)"),
+    ("bert_squad", "predict", 7, "Request servable(bert_squad) method(predict)  version(7) , servable is not "
+                                 "available: this server serves 'bert_squad' version 1 (version 0 or none: that one)"),
 ])
 def test_unknown_servable_method_or_version_is_404_over_rest(server, servable, method, version, message):
     assert wire.rest_refusal(server.rest_address, method, {"instances": [GOOD]}, servable=servable,

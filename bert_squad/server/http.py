@@ -110,11 +110,10 @@ class FrontDoor:
 
     async def _answer(self, request: Request, servable: str, version: int, method: str) -> bytes:
         up = self.upstream
-        if servable != up.servable:
-            raise rest.RestError(404, f"servable {servable!r} is not served here (served: {up.servable!r})")
-        if version not in (0, up.version):
-            raise rest.RestError(404, f"servable {servable!r} version {version} is not served here (served: "
-                                      f"version {up.version}; version 0 or none means the served one)")
+        if servable != up.servable or version not in (0, up.version):  # Serving's own words, then ours
+            asked = f"servable({servable}) method({method}) " + (f" version({version}) " if version else "")
+            raise rest.RestError(404, f"Request {asked}, {rest.NOT_AVAILABLE}: this server serves "
+                                      f"{up.servable!r} version {up.version} (version 0 or none: that one)")
         unavailable = self.availability()
         if unavailable:
             raise rest.RestError(503, unavailable, retry_after=RETRY_AFTER_S)
