@@ -306,6 +306,13 @@ def measure(args, running: list, questions, text_times) -> tuple:
                                                lambda: s.paired_pass(questions[:PAIRED_QUESTIONS]))
     log("paired pass done (each question's predict round trip and its model time in the worker)")
     for s in running:
+        if isinstance(s, stacks.ServingStack):
+            transport, _ = quietly(args, f"{s.name} gRPC vs REST", lambda: s.transport_pass(questions[:PAIRED_QUESTIONS]))
+            out[s.name]["transport"] = transport
+            grpc_p50, rest_p50 = (1000 * stats.median(transport[k]) for k in ("grpc", "rest"))
+            log(f"{s.name}: predict p50 gRPC {grpc_p50:.2f} ms, REST {rest_p50:.2f} ms (REST - gRPC "
+                f"{rest_p50 - grpc_p50:+.2f} ms; the goal is <= +1 ms)")
+    for s in running:
         after = s.memory()
         out[s.name]["answers"] = answers[s.name][0]
         out[s.name]["answers_stable"] = all(a == answers[s.name][0] for a in answers[s.name])

@@ -72,6 +72,7 @@ class Server:
     ready_line: str
     workers: List[int]
     model_times: ModelTimes
+    rest_address: str  # the serve command's HTTP front door (REST forwarded to Serving over gRPC)
 
 
 def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -> Server:
@@ -79,8 +80,10 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -
     address = f"127.0.0.1:{free_port()}"
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
+    rest_address = f"127.0.0.1:{free_port()}"
     cmd = [python, "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
-           "--rest-address", "off", "--health-address", "off", "--threads", str(threads), "--workdir", str(workdir)]
+           "--rest-address", rest_address, "--health-address", "off", "--threads", str(threads),
+           "--workdir", str(workdir)]
     model_times = workdir / "model-times.jsonl"
     model_times.unlink(missing_ok=True)
     lines: "queue.Queue[Optional[str]]" = queue.Queue()
@@ -118,7 +121,7 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -
     if not workers:
         stop_server_proc(proc)
         raise BenchError(f"no {WORKER_SCRIPT} process under the server (pid {proc.pid}); log: {log}")
-    return Server(proc, address, log, cold, ready.strip(), workers, ModelTimes(model_times))
+    return Server(proc, address, log, cold, ready.strip(), workers, ModelTimes(model_times), rest_address)
 
 
 def stop_server_proc(proc: subprocess.Popen, extra_pids: Sequence[int] = ()) -> None:
@@ -252,6 +255,24 @@ def paired_pass(client_kind: str, server: Server, questions: Sequence[dict]) -> 
             raise BenchError(f"one question gave {len(lines)} model batches in {server.model_times.path}; expected 1")
         model.append(lines[0]["seconds"])
     return {"ids": [q["id"] for q in questions], "e2e": e2e, "model": model}
+
+
+def transport_pass(server: Server, questions: Sequence[dict]) -> dict:
+    """Per question, one at a time: the `predict` round trip over gRPC (straight to Serving) and over REST
+    (through the front door), in turn, the first protocol alternating, so that drift weighs on both alike."""
+    from bert_squad_client import Client, RestClient
+
+    clients = {"grpc": Client(server.address, timeout=REQUEST_TIMEOUT_S, retry=None),
+               "rest": RestClient(server.rest_address, timeout=REQUEST_TIMEOUT_S, retry=None)}
+    times = {"grpc": [], "rest": []}
+    for i, q in enumerate(questions):
+        for name in ("grpc", "rest") if i % 2 == 0 else ("rest", "grpc"):
+            t = time.perf_counter()
+            clients[name].answer(q["question"], q["context"])
+            times[name].append(time.perf_counter() - t)
+    for client in clients.values():
+        client.close()
+    return {"ids": [q["id"] for q in questions], **times}
 
 
 def null_rtt(client_kind: str, address: str, repeats: int) -> List[float]:
