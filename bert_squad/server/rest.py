@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 import re
+import struct
 from decimal import Decimal
 from typing import Any, Optional, Tuple
 
@@ -304,7 +306,7 @@ def _encode(value) -> str:
     if isinstance(value, list):
         return "[" + ",".join(map(_encode, value)) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{_string(k)}:{_encode(v)}" for k, v in sorted(value.items())) + "}"
+        return "{" + ",".join(f"{_key(k)}:{_encode(v)}" for k, v in sorted(value.items())) + "}"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -316,6 +318,12 @@ def _encode(value) -> str:
 
 def _string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=1024)
+def _key(name: str) -> str:
+    """An output name as JSON (the same few names in every reply)."""
+    return _string(name)
 
 
 def float_text(x: float) -> str:
@@ -359,7 +367,11 @@ def _bump_last_digit(mantissa: str) -> str:
 
 
 def _json_value(tensor):
-    dims = list(tensor.shape.dims)
+    dims = list(tensor.shape.dims) if len(tensor.shape.dims) else []
+    scalar = _SCALARS.get(tensor.dtype) if not dims else None
+    if scalar is not None and len(tensor.data) == scalar.size:  # the common case, without numpy
+        value = scalar.unpack(tensor.data)[0]
+        return None if isinstance(value, float) and not math.isfinite(value) else value
     if tensor.dtype in (protocol.MS_STRING, protocol.MS_BYTES):
         texts = [b.decode("utf-8", "replace") if tensor.dtype == protocol.MS_STRING
                  else {"b64": base64.b64encode(b).decode()} for b in tensor.bytes_val]
@@ -379,6 +391,9 @@ def _json_value(tensor):
     if not dims:
         return values[0]
     return _nest(values, dims)
+
+
+_SCALARS = {code: struct.Struct("<" + dtype.char) for code, dtype in protocol.NUMPY_DTYPES.items()}
 
 
 def _nest(values: list, dims: list):
