@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
 import grpc
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -182,18 +183,12 @@ def _rpc_error(error: grpc.aio.AioRpcError, timeout: float) -> rest.RestError:
     return rest.RestError(502, f"Serving's gRPC endpoint failed the request: {code.name}: {details}")
 
 
-class _Uvicorn:
+class _Uvicorn(uvicorn.Server):
     """uvicorn.Server, minus its signal handling: the serve command owns SIGINT / SIGTERM."""
 
-    def __init__(self, config):
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):
-                yield
-
-        self.server = Server(config)
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
 
 
 class HttpServer:
@@ -201,8 +196,6 @@ class HttpServer:
 
     def __init__(self, door: FrontDoor, address: str, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                  tls_client_ca: Optional[str] = None, drain_s: float = 30.0):
-        import uvicorn
-
         host, port = health.parse_address(address)
         tls = {}
         if tls_cert:
@@ -211,7 +204,7 @@ class HttpServer:
                 tls.update(ssl_ca_certs=tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
         config = uvicorn.Config(door.app, host=host, port=port, log_level="warning", access_log=False,
                                 lifespan="on", timeout_graceful_shutdown=int(drain_s), server_header=False, **tls)
-        self._server = _Uvicorn(config).server
+        self._server = _Uvicorn(config)
         self.host, self.port = host, port
 
     @property
