@@ -124,7 +124,9 @@ def test_versions_are_never_overwritten_unless_forced(oracle, tmp_path, capsys):
     assert main(args + ["--version", "1", "--force", "--no-lower-case"]) == 0
     assert read_metadata(first.parent).do_lower_case is False
     assert main(args + ["--version", "7"]) == 0
-    assert sorted(p.name for p in (tmp_path / "qa").iterdir()) == ["1", "2", "7"]  # no leftovers
+    # no leftovers; the servable's stages written beside the versions (issue 15: a servable directory export made is
+    # complete)
+    assert sorted(p.name for p in (tmp_path / "qa").iterdir()) == ["1", "2", "7", "servable_config.py"]
 
 
 @pytest.mark.parametrize(

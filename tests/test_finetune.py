@@ -84,7 +84,8 @@ def losses(output) -> list:
 @pytest.fixture(scope="module")
 def uninterrupted(start):
     output = start / "uninterrupted"
-    done = finetune(start, output, "--grad-accumulation", "2")  # dropout 0.1, the default
+    # dropout 0.1 (the default); --export writes the model straight into a servable directory of its own
+    done = finetune(start, output, "--grad-accumulation", "2", "--export", "--servable-dir", str(start / "servable"))
     return output, done.stdout
 
 
@@ -146,13 +147,14 @@ def test_resuming_with_other_settings_is_refused(start, uninterrupted):
 
 
 def test_the_fine_tuned_model_exports_and_answers_through_serving(start, uninterrupted, tmp_path):
+    from bert_squad.metadata import read_metadata
     from wire import rest_post
 
-    output = uninterrupted[0]
-    servable = tmp_path / "servable"
-    done = subprocess.run([str(PY39), "-m", "bert_squad_export", str(output / "model"), "--servable-dir",
-                           str(servable)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
+    output, stdout = uninterrupted
+    servable = start / "servable"
+    assert "exported version 1" in stdout
+    meta = read_metadata(servable / "bert_squad" / "1")
+    assert meta.source == str((output / "model" / "model.safetensors").resolve()) and meta.scoring == "logits"
     question = {"question": "Which city?", "context": "Far from here the city of Paris is the capital of France."}
     with Server(tmp_path / "run", servable) as server:
         reply = rest_post(server.rest_address, "/model/bert_squad:predict", {"instances": [question]}, timeout=60)

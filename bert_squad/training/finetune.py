@@ -404,10 +404,11 @@ def _run(args) -> int:
         if model.name != MODEL:
             return 0
         if args.export:
+            from bert_squad.runtimes.lite_lib import REPO_ROOT
             from bert_squad_export.exporter import ExportError, export_version
 
             try:
-                export_version(model, args.servable_dir or Path(__file__).resolve().parents[2] / "servable",
+                export_version(model, args.servable_dir or REPO_ROOT / "servable",
                                log=lambda line: print(f"bert-squad-export: {line}", flush=True))
             except ExportError as exc:
                 raise FinetuneError(f"cannot export {model}: {exc}") from None
