@@ -1,4 +1,5 @@
-"""ONNX Runtime and PyTorch on the benchmark's weights (run by the Python 3.11 venv).
+"""ONNX Runtime (fp32 and dynamic int8) and PyTorch on the benchmark's weights (run by the Python 3.11 venv), and
+OpenVINO on the IR of our openvino exports (run by the Python 3.9 venv, where OpenVINO is installed).
 
 The same text pipeline as the servable (bert_squad.text.windows.build_features before the
 model, bert_squad.text.decode.decode after it), but the model runs in-process on each window
@@ -6,6 +7,7 @@ cut to its real length (dynamic shapes, no padding) with batch 1. Concurrency is
 many threads calling the model at once, as a simple threaded server would.
 
     python bench/reference.py export-onnx WEIGHTS_DIR OUT.onnx
+    python bench/reference.py quantize-onnx IN.onnx OUT.onnx
     python bench/reference.py serve --job job.json
 
 `serve` loads the stack named in the job, answers one question, then reads one JSON
@@ -65,6 +67,37 @@ def onnxruntime_model(job: dict):
         return start[0], end[0]
 
     return run, f"onnxruntime {ort.__version__}"
+
+
+def onnxruntime_int8_model(job: dict):
+    run, version = onnxruntime_model({**job, "onnx": job["onnx_int8"]})
+    return run, version + " int8 (quantize_dynamic)"
+
+
+def quantize_onnx(onnx: Path, out: Path) -> None:
+    """ONNX Runtime's own int8 path: dynamic quantization, int8 weights (QInt8), activations at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(onnx), str(out), weight_type=QuantType.QInt8)
+
+
+def openvino_model(job: dict):
+    """Our openvino export's IR in OpenVINO itself, no server (stack openvino_<precision>; Python 3.9 venv)."""
+    import openvino
+
+    from bert_squad import settings
+    from bert_squad.runtimes.openvino import OpenVinoModel
+
+    precision = job["stack"].rsplit("_", 1)[1]
+    # the servable's settings (length step, every step length compiled first), so the two differ by the server only
+    model = OpenVinoModel(job["openvino"][job["stack"]], precision, job["threads"],
+                          step=settings.OPENVINO_LENGTH_STEP, warm_up=True)
+
+    def run(ids, mask, segment):
+        start, end = model.predict(ids, mask, segment)
+        return start[0], end[0]
+
+    return run, f"openvino {openvino.__version__} {precision}"
 
 
 def pytorch_model(job: dict):
@@ -160,7 +193,9 @@ def memory() -> dict:
 
 def serve(job: dict) -> None:
     """Load the stack, answer one question, then run the caller's commands (one JSON line each)."""
-    model, version = {"onnxruntime": onnxruntime_model, "pytorch": pytorch_model}[job["stack"]](job)
+    makers = {"onnxruntime": onnxruntime_model, "onnxruntime_int8": onnxruntime_int8_model, "pytorch": pytorch_model,
+              **{f"openvino_{p}": openvino_model for p in ("fp32", "bf16", "int8")}}
+    model, version = makers[job["stack"]](job)
     tokenizer = load_tokenizer(job["vocab"])
     questions = job["questions"]
     answer(model, tokenizer, questions[0]["question"], questions[0]["context"])  # warm-up
@@ -195,11 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("export-onnx", help="write the ONNX model of a Hugging Face folder")
     e.add_argument("weights", type=Path)
     e.add_argument("out", type=Path)
+    q = sub.add_parser("quantize-onnx", help="write the dynamic-int8 ONNX Runtime model of an ONNX file")
+    q.add_argument("onnx", type=Path)
+    q.add_argument("out", type=Path)
     r = sub.add_parser("serve", help="load one stack and take commands on stdin")
     r.add_argument("--job", type=Path, required=True)
     args = p.parse_args(argv)
     if args.command == "export-onnx":
         export_onnx(args.weights, args.out)
+    elif args.command == "quantize-onnx":
+        quantize_onnx(args.onnx, args.out)
     else:
         serve(json.loads(args.job.read_text()))
     return 0

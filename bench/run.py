@@ -6,7 +6,11 @@ One run, same weights, same thread count for every stack:
   serving_exact    bert_squad servable, runtime lite_direct: one model run at each window's exact length
   serving_buckets  bert_squad servable, runtime serving, buckets 128,256,384, over gRPC (bert_squad.server.serve)
   serving_384      the same servable exported with one 384 bucket (what the zoo export gives)
+  serving_bf16     bert_squad servable, runtime openvino, --precision bf16 (CPUs with native bf16)
+  serving_int8     bert_squad servable, runtime openvino, --precision int8 (calibrated on --squad)
   onnxruntime      the Hugging Face model exported to ONNX, dynamic shapes (Python 3.11 venv)
+  onnxruntime_int8 that ONNX file through quantize_dynamic (int8 weights, QInt8) (Python 3.11 venv)
+  openvino_fp32/_bf16/_int8  OpenVINO in-process on the IR of our openvino exports (Python 3.9 venv)
   pytorch          transformers eager on the same folder (Python 3.11 venv)
 Writes report.md, results.json and throughput.png into --out, and prints the goal ratios.
 Weights, exports and the ONNX file are cached in bench/.cache (delete it, or --fresh, to rebuild).
@@ -45,23 +49,39 @@ PY311 = Path(os.environ.get("BERT_SQUAD_PY311", REPO / ".stack" / "py311" / "bin
 BENCH = REPO / "bench"
 SERVABLE_CONFIG = REPO / "servable" / settings.SERVABLE_NAME / "servable_config.py"
 WINDOW_LENGTHS = (100, 128, 200, 256, 380, 384)  # single-window latency table (issue #6 "where we start")
-STACKS = ("serving_exact", "serving_buckets", "serving_384", "onnxruntime", "pytorch")
+STACKS = ("serving_exact", "serving_buckets", "serving_384", "serving_bf16", "serving_int8", "onnxruntime",
+          "onnxruntime_int8", "openvino_fp32", "openvino_bf16", "openvino_int8", "pytorch")
 LABELS = {
     "serving_exact": "Serving + Lite, gRPC, exact length (lite_direct)",
     "serving_buckets": "Serving + Lite, gRPC, buckets 128/256/384",
     "serving_384": "Serving + Lite, gRPC, fixed 384",
+    "serving_bf16": "Serving + OpenVINO bf16, gRPC, exact length",
+    "serving_int8": "Serving + OpenVINO int8, gRPC, exact length",
     "onnxruntime": "ONNX Runtime, dynamic shape",
+    "onnxruntime_int8": "ONNX Runtime int8 (quantize_dynamic), dynamic shape",
+    "openvino_fp32": "OpenVINO fp32 in-process, exact length",
+    "openvino_bf16": "OpenVINO bf16 in-process, exact length",
+    "openvino_int8": "OpenVINO int8 (NNCF) in-process, exact length",
     "pytorch": "PyTorch eager, dynamic shape",
 }
+ONNX_INT8 = "model-int8.onnx"
 PAIRED_QUESTIONS = 32  # questions of the serving stacks' stage-breakdown pass
 IDLE_CORES = 0.25  # foreign load under which the machine counts as idle
-# Servable stacks: (export runtime, buckets). Goals and ratios are judged on the export tool's default.
-EXPORTS = {"serving_exact": ("lite_direct", (settings.MAX_SEQ_LENGTH,)),
-           "serving_buckets": ("serving", settings.BUCKETS),
-           "serving_384": ("serving", (settings.MAX_SEQ_LENGTH,))}
-EXPORT_CODE = [REPO / "bert_squad" / "network.py", REPO / "bert_squad" / "checkpoint.py",
-               REPO / "export" / "exporter.py"]
-OURS = next(name for name, (runtime, _) in EXPORTS.items() if runtime == EXPORT_RUNTIME)
+# Servable stacks: (export runtime, buckets, precision). Goals and ratios are judged on the export tool's default.
+EXPORTS = {"serving_exact": ("lite_direct", (settings.MAX_SEQ_LENGTH,), "fp32"),
+           "serving_buckets": ("serving", settings.BUCKETS, "fp32"),
+           "serving_384": ("serving", (settings.MAX_SEQ_LENGTH,), "fp32"),
+           "serving_bf16": ("openvino", (settings.MAX_SEQ_LENGTH,), "bf16"),
+           "serving_int8": ("openvino", (settings.MAX_SEQ_LENGTH,), "int8"),
+           "openvino_fp32_ir": ("openvino", (settings.MAX_SEQ_LENGTH,), "fp32")}  # exported, not served
+# The in-process OpenVINO stacks run the IR of these exports.
+OPENVINO_IR = {"openvino_fp32": "openvino_fp32_ir", "openvino_bf16": "serving_bf16", "openvino_int8": "serving_int8"}
+SERVED = tuple(name for name in EXPORTS if name in STACKS)
+EXPORT_CODE = [REPO / "bert_squad" / "model" / "network.py", REPO / "bert_squad" / "model" / "checkpoint.py",
+               REPO / "export" / "exporter.py", REPO / "export" / "openvino_export.py",
+               REPO / "bert_squad" / "runtimes" / "openvino.py"]
+OURS = next(name for name, (runtime, _, precision) in EXPORTS.items()
+            if runtime == EXPORT_RUNTIME and precision == "fp32")
 
 
 def log(message: str) -> None:
@@ -159,16 +179,18 @@ def export_servable(args, weights: Path, weights_sha: str, stack: str) -> Path:
     try:
         cached = read_metadata(version)
         fresh = (args.fresh or cached.source_sha256 != weights_sha
-                 or (cached.runtime, tuple(cached.buckets)) != EXPORTS[stack] or stamp.read_text() != code_sha)
+                 or (cached.runtime, tuple(cached.buckets), cached.precision) != EXPORTS[stack]
+                 or stamp.read_text() != code_sha)
     except Exception:  # noqa: BLE001 - anything unreadable is rebuilt
         fresh = True
     if fresh:
         shutil.rmtree(servable_dir, ignore_errors=True)
-        runtime, buckets = EXPORTS[stack]
-        log(f"exporting {stack} (runtime {runtime}, buckets {','.join(map(str, buckets))})")
+        runtime, buckets, precision = EXPORTS[stack]
+        log(f"exporting {stack} (runtime {runtime}, buckets {','.join(map(str, buckets))}, precision {precision})")
         shape = ["--buckets", ",".join(map(str, buckets))] if runtime == "serving" else []
         run_checked([PY39, "-m", "bert_squad_export", weights, "--servable-dir", servable_dir,
-                     "--name", settings.SERVABLE_NAME, "--version", "1", "--runtime", runtime, *shape],
+                     "--name", settings.SERVABLE_NAME, "--version", "1", "--runtime", runtime, *shape,
+                     "--precision", precision, "--calibration-data", args.squad.resolve()],
                     f"exporting {stack}", cwd=tempfile.gettempdir())
         stamp.write_text(code_sha)
     shutil.copyfile(SERVABLE_CONFIG, servable_dir / settings.SERVABLE_NAME / "servable_config.py")
@@ -176,6 +198,7 @@ def export_servable(args, weights: Path, weights_sha: str, stack: str) -> Path:
 
 
 def export_onnx(args, weights: Path, weights_sha: str) -> Path:
+    """model.onnx and, beside it, model-int8.onnx (ONNX Runtime's quantize_dynamic)."""
     folder = args.cache / f"onnx-{args.model}-seed{args.seed}"
     onnx, stamp = folder / "model.onnx", folder / "source.sha256"
     if args.fresh or not onnx.is_file() or not stamp.is_file() or stamp.read_text().strip() != weights_sha:
@@ -184,6 +207,9 @@ def export_onnx(args, weights: Path, weights_sha: str) -> Path:
         log("exporting ONNX")
         run_checked([PY311, BENCH / "reference.py", "export-onnx", weights, onnx], "exporting ONNX")
         stamp.write_text(weights_sha + "\n")
+    if not (folder / ONNX_INT8).is_file():
+        log("quantizing ONNX (dynamic int8)")
+        run_checked([PY311, BENCH / "reference.py", "quantize-onnx", onnx, folder / ONNX_INT8], "quantizing ONNX")
     return onnx
 
 
@@ -232,14 +258,17 @@ def wait_idle(limit_s: float) -> float:
 
 def make_stacks(args, servables, weights: Path, onnx, questions, scratch: Path) -> list:
     job = {"weights": str(weights), "onnx": str(onnx), "vocab": str(weights / "vocab.txt"), "threads": args.threads,
-           "questions": questions}
+           "questions": questions, "onnx_int8": str(Path(str(onnx)).parent / ONNX_INT8) if onnx else None,
+           "openvino": {name: str(servables[ir] / settings.SERVABLE_NAME / "1" / "bert.xml")
+                        for name, ir in OPENVINO_IR.items() if ir in servables}}
     made = []
     for name in args.stacks:
-        if name in EXPORTS:
+        if name in SERVED:
             made.append(stacks.ServingStack(name, LABELS[name], str(PY39), servables[name], EXPORTS[name][1],
                                             args.threads, scratch / name, args.client))
-        else:
-            made.append(stacks.ReferenceStack(name, LABELS[name], str(PY311), BENCH / "reference.py", job,
+        else:  # OpenVINO is in the server venv, ONNX Runtime and PyTorch in the reference venv
+            python = PY39 if name in OPENVINO_IR else PY311
+            made.append(stacks.ReferenceStack(name, LABELS[name], str(python), BENCH / "reference.py", job,
                                               scratch / name))
     return made
 
@@ -371,8 +400,10 @@ def main(argv=None) -> int:
     results["meta"]["weights"] = {"folder": str(weights), "sha256": weights_sha,
                                   "config": {k: config[k] for k in ("hidden_size", "num_hidden_layers",
                                                                     "num_attention_heads", "intermediate_size")}}
-    servables = {s: export_servable(args, weights, weights_sha, s) for s in args.stacks if s in EXPORTS}
-    onnx = export_onnx(args, weights, weights_sha) if "onnxruntime" in args.stacks else None
+    exports = [s for s in EXPORTS if s in args.stacks or s in {OPENVINO_IR.get(name) for name in args.stacks}]
+    servables = {s: export_servable(args, weights, weights_sha, s) for s in exports}
+    onnx = (export_onnx(args, weights, weights_sha) if {"onnxruntime", "onnxruntime_int8"} & set(args.stacks)
+            else None)
 
     tokenizer = load_tokenizer(str(weights / "vocab.txt"))
     text_times, windows = text_stages(tokenizer, questions)
