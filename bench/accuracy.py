@@ -88,22 +88,23 @@ def predict(servable: Path, questions: Path, workdir: Path, threads: int, python
         stop_server(server)
 
 
-def compare(dataset: dict, runs: Dict[str, dict]) -> List[dict]:
-    """Per stack: EM, F1, and the share of answers identical to REFERENCE's."""
-    reference = runs[REFERENCE]["predictions"]
+def compare(dataset: dict, runs: Dict[str, dict], reference_stack: str = REFERENCE) -> List[dict]:
+    """Per stack: EM, F1, and the share of answers identical to reference_stack's."""
+    reference = runs[reference_stack]["predictions"]
     rows = []
     for name, run in runs.items():
         predictions = run["predictions"]
         scores = evaluate(dataset, predictions)
         same = sum(predictions.get(qid) == answer for qid, answer in reference.items()) / len(reference)
         rows.append({"stack": name, "questions": len(predictions), "exact_match": round(scores["exact_match"], 2),
-                     "f1": round(scores["f1"], 2), "identical_to_" + REFERENCE: round(100 * same, 2),
+                     "f1": round(scores["f1"], 2), "identical_to_" + reference_stack: round(100 * same, 2),
                      "predict_seconds": round(run["seconds"], 1)})
     return rows
 
 
 def run(out: Path, questions: Optional[int], stacks: Sequence[str] = tuple(STACKS), threads: int = 2,
         model_dir: Path = MODEL, dataset: Path = SQUAD_DEV, log=print) -> List[dict]:
+    """Export, serve and ask every stack; answers are compared with the first stack's."""
     eval_file, calibration = split_dataset(model_dir, dataset, out / "data", questions)
     runs = {}
     for name in stacks:
@@ -112,7 +113,7 @@ def run(out: Path, questions: Optional[int], stacks: Sequence[str] = tuple(STACK
         log(f"{name}: exported in {seconds:.0f} s")
         runs[name] = predict(servable, eval_file, out / "runs" / name, threads)
         log(f"{name}: {len(runs[name]['predictions'])} answers in {runs[name]['seconds']:.0f} s")
-    rows = compare(json.loads(eval_file.read_text()), runs)
+    rows = compare(json.loads(eval_file.read_text()), runs, stacks[0])
     (out / "accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
@@ -122,8 +123,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--questions", type=int, help="evaluation questions (default: all 5,609)")
     parser.add_argument("--out", type=Path, default=Path("bench-accuracy"), help="work and result folder")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--stacks", default=",".join(STACKS),
+                        help=f"comma-separated, the first is the reference (default: {','.join(STACKS)})")
     args = parser.parse_args(argv)
-    for row in run(args.out, args.questions, threads=args.threads):
+    stacks = [name.strip() for name in args.stacks.split(",") if name.strip()]
+    unknown = sorted(set(stacks) - set(STACKS))
+    if unknown or not stacks:
+        parser.error(f"--stacks takes names from {', '.join(STACKS)}, got {unknown or 'none'}")
+    for row in run(args.out, args.questions, stacks, threads=args.threads):
         print(json.dumps(row))
     return 0
 
