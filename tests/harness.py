@@ -30,6 +30,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(condition, timeout: float, what: str):
+    """The first truthy value of `condition()`, polled until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 class Server:
     """`python -m bert_squad.server.serve` (or any command printing READY_MARKER) as a managed child process."""
 

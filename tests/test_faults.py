@@ -10,22 +10,12 @@ import pytest
 
 import wire
 from bert_squad.metadata import sha256_file
-from harness import PY39, Server, new_servable_dir
+from harness import PY39, Server, new_servable_dir, wait_for
 
 FILLER = "The committee met again on a rainy day to talk about roads, bridges and trains. "
 CONTEXT = FILLER * 30 + "Later Paris became the capital of France again. " + FILLER * 3  # 2 windows
 ANSWER = "Paris became the capital of France"
 RECOVERY_LIMIT = 60.0
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Traffic:

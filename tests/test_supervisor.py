@@ -13,20 +13,10 @@ import pytest
 
 import wire
 from bert_squad_client import Client, RestClient
-from harness import REPO, Server
+from harness import REPO, Server, wait_for
 
 QUESTION = {"question": "Which capital?", "context": "The city of Paris is the capital of France, they say."}
 ANSWER = "Paris is the capital of France"
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def get(address: str, path: str):
