@@ -159,9 +159,7 @@ def _rpc_error(error: grpc.RpcError, method: str) -> BertSquadError:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"no reply to {method!r} within the timeout")
     if code == grpc.StatusCode.CANCELLED:
-        # Our own cancellations (close()) surface as FutureCancelledError; a CANCELLED status comes from the
-        # server, which cancels the calls in flight when it stops: asked again, they are answered after a restart.
-        return ServerUnavailable(f"the server cancelled the call to {method!r} ({details or 'stopping'})")
+        return BertSquadError(f"call to {method!r} cancelled: {details}")
     return RequestError(f"{code.name}: {details}", code=code.name, method=method)
 
 
