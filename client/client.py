@@ -159,7 +159,9 @@ def _rpc_error(error: grpc.RpcError, method: str) -> BertSquadError:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"no reply to {method!r} within the timeout")
     if code == grpc.StatusCode.CANCELLED:
-        return BertSquadError(f"call to {method!r} cancelled: {details}")
+        # Our own cancellations (close()) surface as FutureCancelledError; a CANCELLED status comes from the
+        # server, which cancels the calls in flight when it stops: asked again, they are answered after a restart.
+        return ServerUnavailable(f"the server cancelled the call to {method!r} ({details or 'stopping'})")
     return RequestError(f"{code.name}: {details}", code=code.name, method=method)
 
 
@@ -176,12 +178,17 @@ def _channel_options(tls: Tls | None) -> list:
                # several servers behind one address list or DNS name: spread requests, skip the ones that are down
                ("grpc.lb_policy_name", "round_robin"),
                ("grpc.max_receive_message_length", protocol.MAX_MESSAGE_BYTES),
-               # reconnect quickly after a server restart (gRPC's default backoff grows to 2 minutes)
-               ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+               # reconnect quickly after a server restart (gRPC's default backoff grows to 2 minutes); not
+               # grpc.min_reconnect_backoff_ms, which gRPC also takes as the time a connection may take to be made
+               ("grpc.initial_reconnect_backoff_ms", 100),
                ("grpc.max_reconnect_backoff_ms", 2000)]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     return options
+
+
+def _ignore_state(state: grpc.ChannelConnectivity) -> None:
+    """Connectivity callback of Client: the subscription itself is what matters (see Client.__init__)."""
 
 
 def _busy(outcomes: list) -> ServerUnavailable | None:
@@ -341,6 +348,10 @@ class Client(BlockingCalls):
         self._predict = self._channel.unary_unary(protocol.PREDICT_PATH,
                                                   request_serializer=protocol.PredictRequest.SerializeToString,
                                                   response_deserializer=protocol.PredictReply.FromString)
+        # grpcio 1.47's blocking channel only moves its connection while something polls it: a call sent as the
+        # server restarts could wait on a half-made connection until its deadline (1 restart in 4 here) and the
+        # reconnect took 10 s. Watching the connectivity state keeps a thread polling: no hang, about 4 s.
+        self._channel.subscribe(_ignore_state, try_to_connect=False)
         self._calls: set = set()  # RPCs in flight, which close() cancels
         self._calls_lock = threading.Lock()
 
@@ -384,6 +395,7 @@ class Client(BlockingCalls):
         deadline = time.monotonic() + 5.0
         while self._calls and time.monotonic() < deadline:
             time.sleep(0.005)
+        self._channel.unsubscribe(_ignore_state)
         self._channel.close()
 
 

@@ -244,3 +244,27 @@ def test_the_package_imports_without_mindspore_or_serving():
             "import bert_squad_client, bert_squad_client.predict\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_call_the_server_cancelled_is_retryable_and_one_we_cancelled_is_not():
+    """A server that stops cancels the calls in flight (status CANCELLED): they are asked again, like UNAVAILABLE.
+    (A clean-clone CI run lost a batch run to this during a graceful server restart.)"""
+    import grpc
+
+    from bert_squad_client.client import _rpc_error
+
+    class Status(grpc.RpcError):
+        def __init__(self, code, details):
+            self._code, self._details = code, details
+
+        def code(self):
+            return self._code
+
+        def details(self):
+            return self._details
+
+    cancelled = _rpc_error(Status(grpc.StatusCode.CANCELLED, "Cancelled"), "predict")
+    assert isinstance(cancelled, ServerUnavailable) and "cancelled the call to 'predict'" in str(cancelled)
+    assert isinstance(_rpc_error(Status(grpc.StatusCode.UNAVAILABLE, "down"), "predict"), ServerUnavailable)
+    refused = _rpc_error(Status(grpc.StatusCode.INVALID_ARGUMENT, "bad"), "predict")
+    assert isinstance(refused, RequestError) and not isinstance(refused, ServerUnavailable)
