@@ -17,7 +17,7 @@ import pytest
 
 from bert_squad_client import (PREDICT_MAX_ANSWER_LENGTH, Answer, AsyncClient, BertSquadError, Client,
                                DeadlineExceeded, InvalidResponse, RequestError, RestClient, Result,
-                               ServerUnavailable, Tls)
+                               Retry, ServerUnavailable, Tls)
 from harness import Server, free_port, make_tls, toy_server
 from oracle import read_vocab, uncased_vocab_file
 
@@ -302,8 +302,12 @@ def test_a_busy_server_is_retried_with_backoff_until_it_takes_the_question(toy):
     with pytest.raises(ServerUnavailable,
                        match=r"tried 1 time.*enqueued requests count exceeds the limit \(toy\): asked 1 time"):
         Client(toy.grpc_address, retry=None).answer("busy-times:1 four", "d")
-    with pytest.raises(ServerUnavailable, match="enqueued requests count exceeds the limit"):
-        RestClient(toy.rest_address, timeout=0.3).answer("busy-times:1000 five", "e")
+    # One attempt within the timeout (the next backoff is longer), so no attempt can straddle the deadline; with
+    # timeout=0.3 a last attempt slowed by a loaded machine could end the call with DeadlineExceeded instead (this
+    # test failed once that way or another in a loaded run, the message not kept).
+    patient = Retry(initial_backoff=60, max_backoff=60)
+    with pytest.raises(ServerUnavailable, match="tried 1 time.*enqueued requests count exceeds the limit"):
+        RestClient(toy.rest_address, timeout=5, retry=patient).answer("busy-times:1000 five", "e")
 
 
 def test_a_reply_that_contradicts_the_context_is_refused(toy):
