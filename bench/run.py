@@ -339,8 +339,11 @@ def measure(args, running: list, questions, text_times) -> tuple:
             transport, _ = quietly(args, f"{s.name} gRPC vs REST", lambda: s.transport_pass(questions[:PAIRED_QUESTIONS]))
             out[s.name]["transport"] = transport
             grpc_p50, rest_p50 = (1000 * stats.median(transport[k]) for k in ("grpc", "rest"))
-            log(f"{s.name}: predict p50 gRPC {grpc_p50:.2f} ms, REST {rest_p50:.2f} ms (REST - gRPC "
-                f"{rest_p50 - grpc_p50:+.2f} ms; the goal is <= +1 ms)")
+            # The two p50s move by +-2 ms from run to run (each question's model time varies); the median of the
+            # per-question differences does not, and it is what the <= +1 ms goal is judged on.
+            paired = 1000 * stats.median([r - g for g, r in zip(transport["grpc"], transport["rest"])])
+            log(f"{s.name}: predict p50 gRPC {grpc_p50:.2f} ms, REST {rest_p50:.2f} ms; REST - gRPC, median of "
+                f"{len(transport['rest'])} paired questions: {paired:+.2f} ms (the goal is <= +1 ms)")
     for s in running:
         after = s.memory()
         out[s.name]["answers"] = answers[s.name][0]
