@@ -13,6 +13,7 @@ import random
 import ssl
 import threading
 import time
+import weakref
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Tuple, Union
@@ -191,6 +192,23 @@ def _ignore_state(state: grpc.ChannelConnectivity) -> None:
     """Connectivity callback of Client: the subscription itself is what matters (see Client.__init__)."""
 
 
+def _release_channel(channel: grpc.Channel) -> None:
+    """Unsubscribe, wait (up to 2 s; they look every 0.2 s) for grpc's polling and callback threads to stop, close.
+    Left running, such a daemon thread can be frozen at interpreter exit holding the lock the channel's __del__
+    takes: the process then never exits (6 in 30 runs of a script that did not close its Client). Closing first
+    makes the polling thread raise."""
+    channel.unsubscribe(_ignore_state)
+    state = getattr(channel, "_connectivity_state", None)  # grpc's private state of the subscription
+    if state is not None:
+        deadline = time.monotonic() + 2.0
+        while (getattr(state, "polling", False) or getattr(state, "delivering", False)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if state.lock.acquire(timeout=1.0):  # taken and given back: the threads are past their last use of it
+            state.lock.release()
+    channel.close()
+
+
 def _busy(outcomes: list) -> ServerUnavailable | None:
     """ServerUnavailable when the server refused an instance as busy (the whole request is asked again)."""
     for outcome in outcomes:
@@ -352,6 +370,9 @@ class Client(BlockingCalls):
         # server restarts could wait on a half-made connection until its deadline (1 restart in 4 here) and the
         # reconnect took 10 s. Watching the connectivity state keeps a thread polling: no hang, about 4 s.
         self._channel.subscribe(_ignore_state, try_to_connect=False)
+        # A subscribed channel still open when the interpreter exits hangs it in grpc's own clean-up, so a
+        # Client nobody closed releases its channel when it is collected or, at the latest, at exit.
+        self._release = weakref.finalize(self, _release_channel, self._channel)
         self._calls: set = set()  # RPCs in flight, which close() cancels
         self._calls_lock = threading.Lock()
 
@@ -395,8 +416,7 @@ class Client(BlockingCalls):
         deadline = time.monotonic() + 5.0
         while self._calls and time.monotonic() < deadline:
             time.sleep(0.005)
-        self._channel.unsubscribe(_ignore_state)
-        self._channel.close()
+        self._release()
 
 
 class AsyncClient(_Calls):
