@@ -257,22 +257,34 @@ def paired_pass(client_kind: str, server: Server, questions: Sequence[dict]) -> 
     return {"ids": [q["id"] for q in questions], "e2e": e2e, "model": model}
 
 
-def transport_pass(server: Server, questions: Sequence[dict]) -> dict:
-    """Per question, one at a time: the `predict` round trip over gRPC (straight to Serving) and over REST
-    (through the front door), in turn, the first protocol alternating, so that drift weighs on both alike."""
-    from bert_squad_client import Client, RestClient
+def transport_pass(server: Server, questions: Sequence[dict], rounds: int) -> dict:
+    """`rounds` times per question, one request at a time: the `predict` round trip over gRPC (straight to
+    Serving) and over REST (through the front door), in turn, the first protocol alternating, so that drift
+    weighs on both alike. Then as many pairs of a request the first stage refuses (blank question): the
+    transport alone, without the model time whose spread (+-2 ms a question) blurs the real pairs."""
+    from bert_squad_client import Client, RequestError, RestClient
 
     clients = {"grpc": Client(server.address, timeout=REQUEST_TIMEOUT_S, retry=None),
                "rest": RestClient(server.rest_address, timeout=REQUEST_TIMEOUT_S, retry=None)}
-    times = {"grpc": [], "rest": []}
-    for i, q in enumerate(questions):
+    times = {"grpc": [], "rest": [], "null_grpc": [], "null_rest": []}
+    asked = [q for _ in range(rounds) for q in questions]
+    for i, q in enumerate(asked):
         for name in ("grpc", "rest") if i % 2 == 0 else ("rest", "grpc"):
             t = time.perf_counter()
             clients[name].answer(q["question"], q["context"])
             times[name].append(time.perf_counter() - t)
+    for i in range(len(asked)):
+        for name in ("grpc", "rest") if i % 2 == 0 else ("rest", "grpc"):
+            t = time.perf_counter()
+            try:
+                clients[name].answer(" ", "x")
+            except RequestError:
+                times["null_" + name].append(time.perf_counter() - t)
+            else:
+                raise BenchError("the null request (blank question) was answered; it should be refused")
     for client in clients.values():
         client.close()
-    return {"ids": [q["id"] for q in questions], **times}
+    return {"ids": [q["id"] for q in asked], **times}
 
 
 def null_rtt(client_kind: str, address: str, repeats: int) -> List[float]:

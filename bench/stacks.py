@@ -45,8 +45,8 @@ class ServingStack:
     def paired_pass(self, questions) -> dict:
         return serving.paired_pass(self.client, self.server, questions)
 
-    def transport_pass(self, questions) -> dict:
-        return serving.transport_pass(self.server, questions)
+    def transport_pass(self, questions, rounds: int) -> dict:
+        return serving.transport_pass(self.server, questions, rounds)
 
     def memory(self) -> Dict[str, int]:
         return serving.workers_memory(self.server)
