@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bert_squad.runtimes.batching import PAD_SCORE, bucket_for, run_windows
+from bert_squad.runtimes.batching import PAD_SCORE, bucket_for, run_windows, zero_pad
 
 pytestmark = pytest.mark.pure
 BUCKETS = (8, 16, 32)
@@ -59,3 +59,13 @@ def test_windows_shorter_than_their_bucket_are_zero_padded_and_scores_cut_back()
     np.testing.assert_array_equal(sent_ids[0, :5], ids[0])
     assert (sent_ids[0, 5:] == 0).all() and (sent_mask[0, 5:] == 0).all()
     np.testing.assert_array_equal(start, [[0, 1, 2, 3, 4]])
+
+
+def test_zero_pad_puts_the_array_top_left_in_a_contiguous_int32_block():
+    a = np.arange(6, dtype=np.int64).reshape(2, 3)[:, ::-1]  # not int32, not contiguous
+    out = zero_pad(a, 4, 5)
+    assert out.dtype == np.int32 and out.flags.c_contiguous and out.shape == (4, 5)
+    np.testing.assert_array_equal(out, [[2, 1, 0, 0, 0], [5, 4, 3, 0, 0], [0] * 5, [0] * 5])
+    ready = np.ones((2, 3), np.int32)
+    assert zero_pad(ready, 2, 3) is ready  # nothing to add: no copy
+    np.testing.assert_array_equal(zero_pad(a.astype(np.int32), 2, 3), a)

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from bert_squad.runtimes.batching import run_windows
+from bert_squad.runtimes.batching import run_windows, zero_pad
 from bert_squad.model.config import BertConfig
 from bert_squad.runtimes.lite_lib import (LITE_LIB_ENV, REPO_ROOT, RuntimeMissing, lite_lib_dir, load_library,
                                           with_lite_on_library_path)
@@ -141,7 +141,7 @@ class LiteModel:
                 f"{self.batch_size}), got shapes {[a.shape for a in arrays]}"
             )
         run_length = max(length, self.min_length)
-        ids, mask, segment = (np.ascontiguousarray(np.pad(a, ((0, 0), (0, run_length - length)))) for a in arrays)
+        ids, mask, segment = (zero_pad(a, batch, run_length) for a in arrays)
         start = np.empty((batch, run_length), np.float32)
         end = np.empty((batch, run_length), np.float32)
         error = ctypes.create_string_buffer(ERROR_BYTES)
@@ -177,8 +177,7 @@ def score_windows(model: LiteModel, instances: Sequence[tuple]) -> list:
         for first in range(0, len(ids), model.batch_size):
             chunk = [a[first:first + model.batch_size] for a in (ids, mask, segment)]
             rows = len(chunk[0])
-            padding = ((0, model.batch_size - rows), (0, 0))
-            start, end = model.predict(*(np.pad(a, padding) for a in chunk))
+            start, end = model.predict(*(zero_pad(a, model.batch_size, length) for a in chunk))
             starts.append(start[:rows])
             ends.append(end[:rows])
         return np.concatenate(starts), np.concatenate(ends)

@@ -23,7 +23,7 @@ import numpy as np
 
 from bert_squad import settings
 from bert_squad.model.config import BertConfig
-from bert_squad.runtimes.batching import run_windows
+from bert_squad.runtimes.batching import run_windows, zero_pad
 
 MODEL_FILE = "bert.xml"  # OpenVINO IR; its weights are in bert.bin beside it
 WEIGHTS_FILE = "bert.bin"
@@ -167,10 +167,8 @@ class OpenVinoModel:
         if any(a.ndim != 2 or a.shape != arrays[0].shape for a in arrays) or arrays[0].size == 0:
             raise ValueError(f"the model takes three int32 [batch, length] arrays of one shape, got "
                              f"{[a.shape for a in arrays]}")
-        length = arrays[0].shape[1]
-        padding = -length % self.step
-        if padding:
-            arrays = [np.pad(a, ((0, 0), (0, padding))) for a in arrays]
+        batch, length = arrays[0].shape
+        arrays = [zero_pad(a, batch, length + -length % self.step) for a in arrays]
         with self._lock:
             outputs = self._request.infer(dict(zip(INPUT_NAMES, arrays)))
             return tuple(np.array(outputs[self._compiled.output(name)][:, :length], np.float32)
