@@ -4,8 +4,9 @@ Built on Starlette served by uvicorn (ASGI): both are small, well kept, have Pyt
 does HTTP/1.1 parsing (httptools), TLS and mutual TLS (the standard ssl module) and graceful shutdown.
 REST predict requests are translated (rest.py) and forwarded to Serving's gRPC endpoint with asyncio gRPC;
 Serving's own REST server is not started. `POST /model/...` is answered in plain ASGI before Starlette's
-routing and middleware, which cost ~0.2 ms of the front door's ~1 ms per request; everything else is Starlette. Whole-request failures get real status codes (400, 404, 405,
-413, 429 and 503 with Retry-After, 502, 504) with {"error_msg": reason}; per-instance errors stay in a 200.
+routing and middleware, which cost ~0.2 ms of the front door's ~1 ms per request; everything else is Starlette.
+Whole-request failures get real status codes (400, 404, 405, 413, 429 and 503 with Retry-After, 500, 502, 504)
+with {"error_msg": reason}; per-instance errors stay in a 200.
 """
 from __future__ import annotations
 
