@@ -67,11 +67,13 @@ def serving(oracle_servable, tmp_path_factory):
 class FrontDoorThread:
     """The front door on a free loopback port, served by uvicorn on an event loop of its own."""
 
-    def __init__(self, grpc_address: str, phase: str = health.SERVING, max_body: int = 64 << 20):
+    def __init__(self, grpc_address: str, phase: str = health.SERVING, max_body: int = 64 << 20,
+                 availability=None):
         state = health.HealthState(lambda: None, 1.0, alive=lambda: True)
         state.phase = phase
         upstream = http.Upstream(grpc_address, "bert_squad", 1, max_body, 30.0)
-        door = http.FrontDoor(upstream, state, lambda: None if state.phase == health.SERVING else "restarting",
+        door = http.FrontDoor(upstream, state,
+                              availability or (lambda: None if state.phase == health.SERVING else "restarting"),
                               lambda: {"openapi": "3.1.0"})
         self.address = f"127.0.0.1:{free_port()}"
         self.server = http.HttpServer(door, self.address)
@@ -123,6 +125,20 @@ def test_not_serving_is_503_with_retry_after_and_never_forwarded(serving):
                                                    {"instances": [QUESTION]}, timeout=5)
         assert (status, headers["retry-after"]) == (503, str(http.RETRY_AFTER_S))
         assert json.loads(data) == {"error_msg": "restarting"}
+
+
+def test_a_failure_inside_the_front_door_is_a_500_in_json_and_the_door_keeps_answering():
+    def broken():
+        raise RuntimeError("state file unreadable")
+
+    with FrontDoorThread(f"127.0.0.1:{free_port()}", availability=broken) as front:
+        for _ in range(2):
+            status, headers, data = wire.rest_exchange(front.address, "/model/bert_squad:predict",
+                                                       {"instances": [QUESTION]}, timeout=10)
+            assert (status, headers["content-type"]) == (500, "application/json")
+            assert json.loads(data) == {"error_msg": "the front door failed: RuntimeError: state file unreadable; "
+                                                     "see the server log"}
+        assert wire.rest_exchange(front.address, "/livez", b"", method="GET", timeout=10)[0] == 200
 
 
 def test_a_master_that_is_down_is_503_with_retry_after_at_once():
