@@ -231,6 +231,25 @@ def test_stream_asks_every_question_once_in_parallel_and_keeps_input_order():
     assert peak[0] == 3 and all(t >= 0.02 for t in level["latencies"])
 
 
+def test_stream_throughput_ends_at_the_last_answer_not_at_the_clients_teardown():
+    import time
+
+    class SlowToClose:
+        """A client whose teardown, when its thread lets go of it, takes 0.3 s (as a gRPC channel's can)."""
+
+        def __call__(self, q):
+            time.sleep(0.01)
+            return q["id"]
+
+        def __del__(self):
+            time.sleep(0.3)
+
+    started = time.perf_counter()
+    level = reference.stream([{"id": f"q{i}"} for i in range(6)], 2, SlowToClose)
+    assert time.perf_counter() - started >= 0.3  # the teardown did run inside the level
+    assert 0.03 <= level["wall_s"] < 0.2 and level["results"] == [f"q{i}" for i in range(6)]
+
+
 def test_stream_gives_up_on_a_hanging_stack():
     import threading
 
