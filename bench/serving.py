@@ -266,22 +266,27 @@ def transport_pass(server: Server, questions: Sequence[dict], rounds: int) -> di
 
     clients = {"grpc": Client(server.address, timeout=REQUEST_TIMEOUT_S, retry=None),
                "rest": RestClient(server.rest_address, timeout=REQUEST_TIMEOUT_S, retry=None)}
-    times = {"grpc": [], "rest": [], "null_grpc": [], "null_rest": []}
     asked = [q for _ in range(rounds) for q in questions]
-    for i, q in enumerate(asked):
-        for name in ("grpc", "rest") if i % 2 == 0 else ("rest", "grpc"):
-            t = time.perf_counter()
-            clients[name].answer(q["question"], q["context"])
-            times[name].append(time.perf_counter() - t)
-    for i in range(len(asked)):
-        for name in ("grpc", "rest") if i % 2 == 0 else ("rest", "grpc"):
-            t = time.perf_counter()
-            try:
-                clients[name].answer(" ", "x")
-            except RequestError:
-                times["null_" + name].append(time.perf_counter() - t)
-            else:
-                raise BenchError("the null request (blank question) was answered; it should be refused")
+
+    def in_turn(ask) -> Dict[str, List[float]]:
+        """ask(client) timed for every asked question, over both protocols, the first one alternating."""
+        times = {"grpc": [], "rest": []}
+        for i, q in enumerate(asked):
+            for name in ("grpc", "rest") if i % 2 == 0 else ("rest", "grpc"):
+                t = time.perf_counter()
+                ask(clients[name], q)
+                times[name].append(time.perf_counter() - t)
+        return times
+
+    def refused(client, _):
+        try:
+            client.answer(" ", "x")
+        except RequestError:
+            return
+        raise BenchError("the null request (blank question) was answered; it should be refused")
+
+    times = in_turn(lambda client, q: client.answer(q["question"], q["context"]))
+    times.update({"null_" + name: t for name, t in in_turn(refused).items()})
     for client in clients.values():
         client.close()
     return {"ids": [q["id"] for q in asked], **times}
