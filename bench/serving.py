@@ -278,18 +278,21 @@ def transport_pass(server: Server, questions: Sequence[dict], rounds: int) -> di
                 times[name].append(time.perf_counter() - t)
         return times
 
-    def refused(client, _):
-        try:
-            client.answer(" ", "x")
-        except RequestError:
-            return
-        raise BenchError("the null request (blank question) was answered; it should be refused")
-
     times = in_turn(lambda client, q: client.answer(q["question"], q["context"]))
-    times.update({"null_" + name: t for name, t in in_turn(refused).items()})
+    refused = in_turn(lambda client, _: ask_refused(client, RequestError))
+    times.update({"null_" + name: t for name, t in refused.items()})
     for client in clients.values():
         client.close()
     return {"ids": [q["id"] for q in asked], **times}
+
+
+def ask_refused(client, refusal: type) -> None:
+    """The request the first stage refuses (blank question); BenchError if it is answered instead."""
+    try:
+        client.answer(" ", "x")
+    except refusal:
+        return
+    raise BenchError("the null request (blank question) was answered; it should be refused")
 
 
 def null_rtt(client_kind: str, address: str, repeats: int) -> List[float]:
@@ -298,10 +301,6 @@ def null_rtt(client_kind: str, address: str, repeats: int) -> List[float]:
     times = []
     for _ in range(repeats + 1):
         t = time.perf_counter()
-        try:
-            client.answer(" ", "x")
-        except client.refusal:
-            times.append(time.perf_counter() - t)
-        else:
-            raise BenchError("the null request (blank question) was answered; it should be refused")
+        ask_refused(client, client.refusal)
+        times.append(time.perf_counter() - t)
     return times[1:]
