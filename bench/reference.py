@@ -171,7 +171,8 @@ def stream(questions: list, concurrency: int, make_ask: Callable[[], Callable[[d
         if t.is_alive():
             raise TimeoutError(f"concurrency {concurrency}: requests still open after {time.perf_counter() - t0:.0f} s")
     return {"ids": [q["id"] for q in questions], "latencies": latencies, "wall_s": max(answered, default=t0) - t0,
-            "errors": len(errors), "error_examples": errors[:3], "results": results}
+            "ends": [a - t0 for a in answered], "errors": len(errors), "error_examples": errors[:3],
+            "results": results}
 
 
 def sweep(model, tokenizer, questions: list, concurrency: int) -> dict:

@@ -8,6 +8,10 @@ from bert_squad.runtimes.batching import bucket_for
 from bert_squad.settings import BUCKETS
 
 
+STREAM_TEXT = {"aio": "one asyncio thread, one channel (bert_squad_client.AsyncClient)",
+               "threads": "a blocking client per thread"}
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> List[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -65,7 +69,7 @@ def render(results: Mapping, plot_name: str) -> str:
         f"Stream: {len(windows)} SQuAD v1.1 dev questions (seeded sample), {len(lengths)} windows, "
         f"{multi} questions with more than one window; window tokens p50 {stats.median(lengths):.0f}, "
         f"p90 {stats.percentile(lengths, 90):.0f}; windows per bucket: "
-        + ", ".join(f"{b}: {c}" for b, c in buckets.items()) + ". Client: " + meta["client"] + ". "
+        + ", ".join(f"{b}: {c}" for b, c in buckets.items()) + ". Servables' stream: " + STREAM_TEXT[meta.get("stream", "threads")] + "; other passes: " + meta["client"] + ". "
         f"Other processes used {meta['foreign_cores_before']:.2f} cores just before measuring "
         "(per-phase load at the end).",
         "",
@@ -76,16 +80,19 @@ def render(results: Mapping, plot_name: str) -> str:
                   [[g["goal"], _goal_value(g), _goal_target(g), "yes" if g["met"] else "**no**"]
                    for g in results["goals"]])
     out += ["", "## Throughput and latency on the SQuAD stream", "",
-            "Each concurrency level sends every question once (one question per request) from that many threads, "
+            "Each concurrency level sends every question once (one question per request) with that many in flight, "
             "in two halves: the first half on every stack in turn, then the second half in the reverse order, so "
             "a drift in machine speed during a level weighs on every stack alike; questions/s = questions / the "
             "two halves' wall time. Latency is per question as the client sees it (ms).", ""]
     rows = []
     for name, s in stacks.items():
         for c, v in s["summary"].items():
+            client_cpu = s["levels"][c].get("client_cpu_s")
             rows.append([s["label"], c, f"{v['qps']:.2f}", _ms(v["p50"]), _ms(v["p95"]), _ms(v["p99"]),
-                         s["levels"][c]["errors"]])
-    out += _table(["stack", "concurrency", "questions/s", "p50", "p95", "p99", "errors"], rows)
+                         s["levels"][c]["errors"],
+                         "" if client_cpu is None else f"{1000 * client_cpu / len(s['levels'][c]['ids']):.1f}"])
+    out += _table(["stack", "concurrency", "questions/s", "p50", "p95", "p99", "errors",
+                   "client CPU ms/question"], rows)
     out += ["", f"![throughput and latency]({plot_name})", "",
             f"Ratios ({stacks[meta['ours']]['label']} / other stack):", ""]
     out += _table(["other stack", "concurrency", "throughput ratio", "p50 latency ratio"],

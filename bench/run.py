@@ -102,7 +102,10 @@ def parse_args(argv):
                         "encoder + seeded QA head")
     p.add_argument("--client", choices=sorted(serving.CLIENTS), default="official",
                    help="gRPC client for the servables: official (mindspore_serving.client, default) or ours "
-                        "(bert_squad_client)")
+                        "(bert_squad_client), for the single-window, paired and gRPC-vs-REST passes")
+    p.add_argument("--stream", choices=serving.STREAMS, default="aio",
+                   help="how the servables' stream is sent: aio (one thread, one channel, bert_squad_client."
+                        "AsyncClient; default: the lightest load generator) or threads (a --client per thread)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the question sample")
     p.add_argument("--squad", type=Path, default=squad.SQUAD_DEV, help="SQuAD v1.1 dev json")
     p.add_argument("--out", type=Path, default=BENCH / "results", help="report folder (default bench/results)")
@@ -266,7 +269,7 @@ def make_stacks(args, servables, weights: Path, onnx, questions, scratch: Path) 
     for name in args.stacks:
         if name in SERVED:
             made.append(stacks.ServingStack(name, LABELS[name], str(PY39), servables[name], EXPORTS[name][1],
-                                            args.threads, scratch / name, args.client))
+                                            args.threads, scratch / name, args.client, args.stream))
         else:  # OpenVINO is in the server venv, ONNX Runtime and PyTorch in the reference venv
             python = PY39 if name in OPENVINO_IR else PY311
             made.append(stacks.ReferenceStack(name, LABELS[name], str(python), BENCH / "reference.py", job,
@@ -328,8 +331,10 @@ def measure(args, running: list, questions, text_times) -> tuple:
                 out[s.name]["stages"] = {stage: {qid: t[k] for qid, t in stages.items()}
                                          for k, stage in enumerate(("tokenize", "model", "decode"))}
             out[s.name]["levels"][str(c)] = result
+            client = (f", client CPU {1000 * result['client_cpu_s'] / len(questions):.1f} ms a question"
+                      if "client_cpu_s" in result else "")
             log(f"{s.name}: concurrency {c}: {len(questions) / result['wall_s']:.2f} q/s, {result['errors']} errors, "
-                f"foreign load {out[s.name]['cpu'][str(c)]['foreign_cores']:.2f} cores")
+                f"foreign load {out[s.name]['cpu'][str(c)]['foreign_cores']:.2f} cores{client}")
     for s in running:
         if isinstance(s, stacks.ServingStack):
             out[s.name]["paired"], _ = quietly(args, f"{s.name} paired pass",
@@ -392,7 +397,7 @@ def main(argv=None) -> int:
     results = {"meta": {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "machine": machine.describe(), "threads": args.threads, "model": args.model,
                         "seed": args.seed, "levels": args.levels, "ours": OURS, "repeats": args.repeats,
-                        "client": serving.CLIENTS[args.client].name,
+                        "client": serving.CLIENTS[args.client].name, "stream": args.stream,
                         "command": " ".join([Path(sys.executable).name, "bench/run.py"] + (argv or sys.argv[1:]))},
                "questions": [{"id": q["id"]} for q in questions]}
 

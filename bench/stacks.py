@@ -21,8 +21,8 @@ class ServingStack:
     """bert_squad.server.serve on one exported servable dir, measured over gRPC."""
 
     def __init__(self, name: str, label: str, python: str, servable_dir: Path, buckets, threads: int, workdir: Path,
-                 client: str):
-        self.name, self.label, self.buckets, self.client = name, label, list(buckets), client
+                 client: str, stream: str = "aio"):
+        self.name, self.label, self.buckets, self.client, self.stream = name, label, list(buckets), client, stream
         self.python, self.servable_dir, self.threads, self.workdir = python, servable_dir, threads, workdir
         self.server: Optional[serving.Server] = None
         self.info: Dict[str, object] = {}
@@ -40,7 +40,7 @@ class ServingStack:
         return serving.null_rtt(self.client, self.server.address, repeats)
 
     def sweep(self, concurrency: int, questions, first: int = 0) -> dict:
-        return serving.sweep(self.client, self.server.address, questions, concurrency)
+        return serving.sweep(self.client, self.server.address, questions, concurrency, self.stream)
 
     def paired_pass(self, questions) -> dict:
         return serving.paired_pass(self.client, self.server, questions)

@@ -61,6 +61,8 @@ def merge_rounds(parts: Sequence[dict]) -> dict:
         out["wall_s"] += part["wall_s"]
         out["errors"] += part["errors"]
         out["error_examples"] = (out["error_examples"] + part["error_examples"])[:3]
+        if "client_cpu_s" in part:
+            out["client_cpu_s"] = out.get("client_cpu_s", 0.0) + part["client_cpu_s"]
         for key in ("answers", "stages"):
             if key in part:
                 out.setdefault(key, {}).update(part[key])
