@@ -239,3 +239,16 @@ def test_two_one_thread_workers_run_on_cores_of_their_own(oracle_servable, oracl
         on_own_core = sum(t for t, allowed in used.values() if allowed == own)
         assert total > 0 and on_own_core >= 0.9 * total, (
             f"worker {device} (pid {pid}) spent {on_own_core} of {total} ticks on core {own} alone: {used}")
+
+
+def test_every_exact_length_worker_has_its_model_loaded_when_the_server_says_ready(oracle_lite_servable, tmp_path):
+    """The warm-up question reaches one worker; the others must not load their model inside a user's question."""
+    server = Server(tmp_path / "run", oracle_lite_servable,
+                    extra_args=["--device-ids", "0,1", "--rest-address", "off", "--health-address", "off"]).start()
+    try:
+        loaded = {k: re.findall(r"bert_squad: lite_direct fp32 model \S+ loaded in [0-9.]+ s",
+                                (server.workdir / "serving_logs" / f"log_bert_squad_device{k}_version1.log")
+                                .read_text(errors="replace")) for k in range(2)}
+    finally:
+        server.stop()
+    assert {k: len(lines) for k, lines in loaded.items()} == {0: 1, 1: 1}, loaded

@@ -228,14 +228,30 @@ def read_model_times(path: Path, offset: int = 0) -> "tuple[list, int]":
 _direct_scorers: dict = {}  # model file -> this process's scorer (runtimes lite_direct and openvino)
 
 
-def run_model_direct(folder: Path, meta: Metadata, context: Mapping, instances):
-    """Batch stage of the exact-length runtimes (lite_direct, openvino): every window at its own length in one
-    model, opened on the first batch this process runs, so processes that never run the stage load nothing.
-    `context` is this worker's model_context()."""
+def _direct_scorer(folder: Path, meta: Metadata, context: Mapping) -> Callable[[Sequence[tuple]], list]:
     path = folder / meta.model_files[settings.MAX_SEQ_LENGTH]
     if path not in _direct_scorers:
+        started = time.perf_counter()
         _direct_scorers[path] = open_direct_scorer(path, meta, context)
-    yield from _timed(_direct_scorers[path], instances)
+        # in the worker's Serving log (serving_logs/log_<servable>_device<id>_version<n>.log)
+        print(f"bert_squad: {meta.runtime} {meta.precision} model {path.name} loaded in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+    return _direct_scorers[path]
+
+
+def load_at_start(folder: Path, meta: Metadata, context: Mapping, environ: Mapping[str, str]) -> None:
+    """A model worker (Serving sets WORKER_ENV in those only) of an exact-length runtime opens its model now.
+    The serve command's warm-up question reaches one worker: opened on first use, every other worker of
+    --device-ids 0,1,... loaded its model (seconds) inside its first real question, after the ready line.
+    Extra Python workers (--python-workers) still open it only if the model stage runs there."""
+    if meta.runtime != "serving" and WORKER_ENV in environ:
+        _direct_scorer(folder, meta, context)
+
+
+def run_model_direct(folder: Path, meta: Metadata, context: Mapping, instances):
+    """Batch stage of the exact-length runtimes (lite_direct, openvino): every window at its own length in one
+    model. `context` is this worker's model_context()."""
+    yield from _timed(_direct_scorer(folder, meta, context), instances)
 
 
 def open_direct_scorer(path: Path, meta: Metadata, context: Mapping) -> Callable[[Sequence[tuple]], list]:

@@ -20,6 +20,7 @@ if meta.runtime == "serving":  # one Serving model per bucket; lite_direct and o
     models = {bucket: register.declare_model(model_file=name, model_format="MindIR",
                                              context=register.Context(**lite_context))
               for bucket, name in sorted(meta.model_files.items())}
+glue.load_at_start(version_dir, meta, lite_context, os.environ)  # every worker is ready when the server says so
 
 
 def preprocess(question, context_text):
