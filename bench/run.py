@@ -8,6 +8,7 @@ One run, same weights, same thread count for every stack:
   serving_384      the same servable exported with one 384 bucket (what the zoo export gives)
   serving_bf16     bert_squad servable, runtime openvino, --precision bf16 (CPUs with native bf16)
   serving_int8     bert_squad servable, runtime openvino, --precision int8 (calibrated on --squad)
+  serving_int8_2w  that int8 servable served by two workers (--device-ids 0,1), each with --threads threads
   onnxruntime      the Hugging Face model exported to ONNX, dynamic shapes (Python 3.11 venv)
   onnxruntime_int8 that ONNX file through quantize_dynamic (int8 weights, QInt8) (Python 3.11 venv)
   openvino_fp32/_bf16/_int8  OpenVINO in-process on the IR of our openvino exports (Python 3.9 venv)
@@ -49,7 +50,8 @@ PY311 = Path(os.environ.get("BERT_SQUAD_PY311", REPO / ".stack" / "py311" / "bin
 BENCH = REPO / "bench"
 SERVABLE_CONFIG = REPO / "servable" / settings.SERVABLE_NAME / "servable_config.py"
 WINDOW_LENGTHS = (100, 128, 200, 256, 380, 384)  # single-window latency table (issue #6 "where we start")
-STACKS = ("serving_exact", "serving_buckets", "serving_384", "serving_bf16", "serving_int8", "onnxruntime",
+STACKS = ("serving_exact", "serving_buckets", "serving_384", "serving_bf16", "serving_int8", "serving_int8_2w",
+          "onnxruntime",
           "onnxruntime_int8", "openvino_fp32", "openvino_bf16", "openvino_int8", "pytorch")
 LABELS = {
     "serving_exact": "Serving + Lite, gRPC, exact length (lite_direct)",
@@ -57,6 +59,7 @@ LABELS = {
     "serving_384": "Serving + Lite, gRPC, fixed 384",
     "serving_bf16": "Serving + OpenVINO bf16, gRPC, exact length",
     "serving_int8": "Serving + OpenVINO int8, gRPC, exact length",
+    "serving_int8_2w": "Serving + OpenVINO int8, gRPC, exact length, 2 workers sharing the cores",
     "onnxruntime": "ONNX Runtime, dynamic shape",
     "onnxruntime_int8": "ONNX Runtime int8 (quantize_dynamic), dynamic shape",
     "openvino_fp32": "OpenVINO fp32 in-process, exact length",
@@ -75,9 +78,12 @@ EXPORTS = {"serving_exact": ("lite_direct", (settings.MAX_SEQ_LENGTH,), "fp32"),
            "serving_bf16": ("openvino", (settings.MAX_SEQ_LENGTH,), "bf16"),
            "serving_int8": ("openvino", (settings.MAX_SEQ_LENGTH,), "int8"),
            "openvino_fp32_ir": ("openvino", (settings.MAX_SEQ_LENGTH,), "fp32")}  # exported, not served
+# Served stacks that serve another stack's export with more serve options: (export, options).
+# Two workers that each use every core: one worker's Python stages run while the other's model does.
+SERVED_AS = {"serving_int8_2w": ("serving_int8", ("--device-ids", "0,1"))}
 # The in-process OpenVINO stacks run the IR of these exports.
 OPENVINO_IR = {"openvino_fp32": "openvino_fp32_ir", "openvino_bf16": "serving_bf16", "openvino_int8": "serving_int8"}
-SERVED = tuple(name for name in EXPORTS if name in STACKS)
+SERVED = tuple(name for name in EXPORTS if name in STACKS) + tuple(SERVED_AS)
 EXPORT_CODE = [REPO / "bert_squad" / "model" / "network.py", REPO / "bert_squad" / "model" / "checkpoint.py",
                REPO / "export" / "exporter.py", REPO / "export" / "openvino_export.py",
                REPO / "bert_squad" / "runtimes" / "openvino.py"]
@@ -268,8 +274,9 @@ def make_stacks(args, servables, weights: Path, onnx, questions, scratch: Path) 
     made = []
     for name in args.stacks:
         if name in SERVED:
-            made.append(stacks.ServingStack(name, LABELS[name], str(PY39), servables[name], EXPORTS[name][1],
-                                            args.threads, scratch / name, args.client, args.stream))
+            export, options = SERVED_AS.get(name, (name, ()))
+            made.append(stacks.ServingStack(name, LABELS[name], str(PY39), servables[export], EXPORTS[export][1],
+                                            args.threads, scratch / name, args.client, args.stream, options))
         else:  # OpenVINO is in the server venv, ONNX Runtime and PyTorch in the reference venv
             python = PY39 if name in OPENVINO_IR else PY311
             made.append(stacks.ReferenceStack(name, LABELS[name], str(python), BENCH / "reference.py", job,
@@ -413,7 +420,8 @@ def main(argv=None) -> int:
     results["meta"]["weights"] = {"folder": str(weights), "sha256": weights_sha,
                                   "config": {k: config[k] for k in ("hidden_size", "num_hidden_layers",
                                                                     "num_attention_heads", "intermediate_size")}}
-    exports = [s for s in EXPORTS if s in args.stacks or s in {OPENVINO_IR.get(name) for name in args.stacks}]
+    exports = [s for s in EXPORTS if s in args.stacks
+               or s in {OPENVINO_IR.get(name) or SERVED_AS.get(name, ("",))[0] for name in args.stacks}]
     servables = {s: export_servable(args, weights, weights_sha, s) for s in exports}
     onnx = (export_onnx(args, weights, weights_sha) if {"onnxruntime", "onnxruntime_int8"} & set(args.stacks)
             else None)

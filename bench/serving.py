@@ -77,7 +77,7 @@ class Server:
     rest_address: str  # the serve command's HTTP front door (REST forwarded to Serving over gRPC)
 
 
-def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -> Server:
+def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, options: Sequence[str] = ()) -> Server:
     """Start the serve command; cold start = from process start to its ready line."""
     address = f"127.0.0.1:{free_port()}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path) -
     rest_address = f"127.0.0.1:{free_port()}"
     cmd = [python, "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
            "--rest-address", rest_address, "--health-address", "off", "--threads", str(threads),
-           "--workdir", str(workdir)]
+           "--workdir", str(workdir), *options]
     model_times = workdir / "model-times.jsonl"
     model_times.unlink(missing_ok=True)
     lines: "queue.Queue[Optional[str]]" = queue.Queue()

@@ -10,7 +10,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from bench import serving
 
@@ -21,14 +21,15 @@ class ServingStack:
     """bert_squad.server.serve on one exported servable dir, measured over gRPC."""
 
     def __init__(self, name: str, label: str, python: str, servable_dir: Path, buckets, threads: int, workdir: Path,
-                 client: str, stream: str = "aio"):
+                 client: str, stream: str = "aio", options: Sequence[str] = ()):
         self.name, self.label, self.buckets, self.client, self.stream = name, label, list(buckets), client, stream
+        self.options = list(options)
         self.python, self.servable_dir, self.threads, self.workdir = python, servable_dir, threads, workdir
         self.server: Optional[serving.Server] = None
         self.info: Dict[str, object] = {}
 
     def start(self) -> None:
-        self.server = serving.start_server(self.python, self.servable_dir, self.threads, self.workdir)
+        self.server = serving.start_server(self.python, self.servable_dir, self.threads, self.workdir, self.options)
         self.info = {"cold_start_s": self.server.cold_start_s, "ready_line": self.server.ready_line,
                      "memory_ready": self.memory()}
 
