@@ -58,12 +58,12 @@ def render(results: Mapping, plot_name: str) -> str:
     multi = sum(1 for ws in windows.values() if len(ws) > 1)
     m = meta["machine"]
     out = [
-        "# bert_squad benchmark (issue #6)",
+        "# bert_squad benchmark (issues #6 and #13)",
         "",
         f"Run {meta['started']}, `{meta['command']}`, {meta['total_s']:.0f} s in all"
         + (f" (plus {meta['waited_s']:.0f} s waiting for an idle machine). " if meta.get("waited_s") else ". ")
         + f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GB. Every stack: {meta['threads']} "
-        f"inference threads, fp32, the same weights ({meta['model']}: hidden {meta['weights']['config']['hidden_size']}, "
+        f"inference threads, fp32 unless its name says bf16 or int8, the same weights ({meta['model']}: hidden {meta['weights']['config']['hidden_size']}, "
         f"{meta['weights']['config']['num_hidden_layers']} layers; sha256 {meta['weights']['sha256'][:12]}…).",
         "",
         f"Stream: {len(windows)} SQuAD v1.1 dev questions (seeded sample), {len(lengths)} windows, "
@@ -142,7 +142,7 @@ def render(results: Mapping, plot_name: str) -> str:
                    for s in stacks.values()])
 
     out += ["", "## Memory and cold start", "",
-            "Serving: the worker process (start_worker.py) under the serve command, /proc VmRSS when ready and "
+            "Serving: the worker processes (start_worker.py) under the serve command, summed, /proc VmRSS when ready and "
             "after the run, VmHWM = peak. Reference stacks: their runner process (Python, tokenizer and model). "
             "Cold start: process start to the first answer being possible (serve's ready line, after its warm-up "
             "question; the runner's ready line after one question).", ""]

@@ -9,6 +9,7 @@ One run, same weights, same thread count for every stack:
   serving_bf16     bert_squad servable, runtime openvino, --precision bf16 (CPUs with native bf16)
   serving_int8     bert_squad servable, runtime openvino, --precision int8 (calibrated on --squad)
   serving_int8_2w  that int8 servable served by two workers (--device-ids 0,1), each with --threads threads
+  serving_bf16_2w  the bf16 servable served the same way
   onnxruntime      the Hugging Face model exported to ONNX, dynamic shapes (Python 3.11 venv)
   onnxruntime_int8 that ONNX file through quantize_dynamic (int8 weights, QInt8) (Python 3.11 venv)
   openvino_fp32/_bf16/_int8  OpenVINO in-process on the IR of our openvino exports (Python 3.9 venv)
@@ -51,7 +52,7 @@ BENCH = REPO / "bench"
 SERVABLE_CONFIG = REPO / "servable" / settings.SERVABLE_NAME / "servable_config.py"
 WINDOW_LENGTHS = (100, 128, 200, 256, 380, 384)  # single-window latency table (issue #6 "where we start")
 STACKS = ("serving_exact", "serving_buckets", "serving_384", "serving_bf16", "serving_int8", "serving_int8_2w",
-          "onnxruntime",
+          "serving_bf16_2w", "onnxruntime",
           "onnxruntime_int8", "openvino_fp32", "openvino_bf16", "openvino_int8", "pytorch")
 LABELS = {
     "serving_exact": "Serving + Lite, gRPC, exact length (lite_direct)",
@@ -60,6 +61,7 @@ LABELS = {
     "serving_bf16": "Serving + OpenVINO bf16, gRPC, exact length",
     "serving_int8": "Serving + OpenVINO int8, gRPC, exact length",
     "serving_int8_2w": "Serving + OpenVINO int8, gRPC, exact length, 2 workers sharing the cores",
+    "serving_bf16_2w": "Serving + OpenVINO bf16, gRPC, exact length, 2 workers sharing the cores",
     "onnxruntime": "ONNX Runtime, dynamic shape",
     "onnxruntime_int8": "ONNX Runtime int8 (quantize_dynamic), dynamic shape",
     "openvino_fp32": "OpenVINO fp32 in-process, exact length",
@@ -80,7 +82,8 @@ EXPORTS = {"serving_exact": ("lite_direct", (settings.MAX_SEQ_LENGTH,), "fp32"),
            "openvino_fp32_ir": ("openvino", (settings.MAX_SEQ_LENGTH,), "fp32")}  # exported, not served
 # Served stacks that serve another stack's export with more serve options: (export, options).
 # Two workers that each use every core: one worker's Python stages run while the other's model does.
-SERVED_AS = {"serving_int8_2w": ("serving_int8", ("--device-ids", "0,1"))}
+SERVED_AS = {"serving_int8_2w": ("serving_int8", ("--device-ids", "0,1")),
+             "serving_bf16_2w": ("serving_bf16", ("--device-ids", "0,1"))}
 # The in-process OpenVINO stacks run the IR of these exports.
 OPENVINO_IR = {"openvino_fp32": "openvino_fp32_ir", "openvino_bf16": "serving_bf16", "openvino_int8": "serving_int8"}
 SERVED = tuple(name for name in EXPORTS if name in STACKS) + tuple(SERVED_AS)
