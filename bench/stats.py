@@ -7,6 +7,7 @@ be recomputed from results.json.
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 # Goals of issue #6.
@@ -16,6 +17,13 @@ GOAL_ROOFLINE = 1.10  # model time of one 384-token window / roofline time
 GOAL_OVERHEAD_S = 0.005  # p50 per question of everything but model time
 GOAL_RSS_BYTES = 2e9  # worker RSS, BERT-base able to run every window length
 GOAL_COLD_START_S = 30.0
+# Issue #13, judged on every served bf16 / int8 stack of a run (their precision from the serve command's ready line).
+GOAL13_VS_FP32 = {"int8": 2.5, "bf16": 1.7}  # throughput / our fp32 default, at every concurrency level
+GOAL13_VS_OPENVINO = 1.0  # served int8 / OpenVINO int8 in-process, at concurrency 2 and up
+GOAL13_VS_OPENVINO_C1 = 0.9  # the same at concurrency 1, where the in-process stack pays no server
+GOAL13_OVERHEAD_S = 0.0015
+GOAL13_RSS_BYTES = 1e9  # an int8 BERT-base worker
+GOAL13_COLD_START_S = 15.0
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -147,7 +155,7 @@ def summaries(stack: Mapping) -> Dict[str, Dict[str, float]]:
 
 
 def goals(results: Mapping) -> List[Dict[str, object]]:
-    """Each goal of issue #6: name, measured value, target, met or not."""
+    """Each goal of issues #6 and #13: name, measured value, target, met or not."""
     stacks = results["stacks"]
     ours = stacks[results["meta"]["ours"]]
     out = []
@@ -178,7 +186,39 @@ def goals(results: Mapping) -> List[Dict[str, object]]:
         same = results["accuracy"]["ours_vs_serving_384"]
         goal("answers identical to fixed-384", same["identical"], same["compared"],
              same["identical"] == same["compared"] and not same["missing"], "questions")
+    for name, stack in stacks.items():
+        ready = dict(re.findall(r"(\w+)=(\S+)", stack.get("ready_line", "")))
+        precision = ready.get("precision")
+        if precision not in GOAL13_VS_FP32:
+            continue
+        r = min(level_ratios(stack, ours).values())
+        goal(f"{name}: throughput vs our fp32 default (lowest level)", r, GOAL13_VS_FP32[precision],
+             r >= GOAL13_VS_FP32[precision], "x")
+        if precision == "int8" and "openvino_int8" in stacks:
+            by_level = level_ratios(stack, stacks["openvino_int8"])
+            if 1 in by_level:
+                goal(f"{name}: throughput vs OpenVINO int8 in-process, concurrency 1", by_level[1],
+                     GOAL13_VS_OPENVINO_C1, by_level[1] >= GOAL13_VS_OPENVINO_C1, "x")
+            higher = {c: v for c, v in by_level.items() if c >= 2}
+            if higher:
+                c, r = min(higher.items(), key=lambda item: item[1])
+                goal(f"{name}: throughput vs OpenVINO int8 in-process, concurrency 2 and up (lowest)", r,
+                     GOAL13_VS_OPENVINO, r >= GOAL13_VS_OPENVINO, "x", f"at concurrency {c}")
+        if precision == "int8" and ready.get("workers") == "1":
+            overhead = stack["breakdown"]["overhead"]
+            goal(f"{name}: serving overhead p50 per question", overhead * 1000, GOAL13_OVERHEAD_S * 1000,
+                 overhead <= GOAL13_OVERHEAD_S, "ms")
+            rss = stack["memory"]["rss_after_bytes"]
+            goal(f"{name}: worker RSS", rss / 1e9, GOAL13_RSS_BYTES / 1e9, rss <= GOAL13_RSS_BYTES, "GB")
+            goal(f"{name}: cold start", stack["cold_start_s"], GOAL13_COLD_START_S,
+                 stack["cold_start_s"] <= GOAL13_COLD_START_S, "s")
     return out
+
+
+def level_ratios(stack: Mapping, other: Mapping) -> Dict[int, float]:
+    """Throughput of `stack` over `other` at each concurrency level both ran."""
+    return {int(c): level["qps"] / other["summary"][c]["qps"] for c, level in stack["summary"].items()
+            if c in other["summary"]}
 
 
 def ratios(results: Mapping) -> List[Dict[str, object]]:

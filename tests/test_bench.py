@@ -191,6 +191,42 @@ def test_goals_are_judged_against_the_issue_targets():
     assert (same["value"], same["target"], same["met"]) == (2, 3, False)
 
 
+def test_reduced_precision_goals_are_judged_per_served_stack_against_fp32_and_openvino():
+    results = fake_results()
+    ours = results["stacks"]["serving_buckets"]
+    int8 = serving_stack(e2e=[0.050, 0.052, 0.054], model=[0.045, 0.047, 0.049], null=0.001)
+    int8.update(ready_line="bert-squad-serve: ready precision=int8 runtime=openvino workers=1 threads=2",
+                memory={"rss_ready_bytes": 0.7e9, "rss_after_bytes": 0.7e9, "hwm_bytes": 0.7e9}, cold_start_s=20.0)
+    bf16 = serving_stack(e2e=[0.1] * 3, model=[0.09] * 3, null=0.001)
+    bf16["ready_line"] = "bert-squad-serve: ready precision=bf16 runtime=openvino workers=2 threads=2"
+    openvino = {k: v for k, v in int8.items() if k not in ("null_rtt", "paired", "buckets", "ready_line")}
+    openvino["stages"] = {**int8["stages"], "model": {q: 0.045 for q in int8["paired"]["ids"]}}
+    walls = {"1": 0.96, "4": 1.05}  # the in-process stack's wall time: 0.96x / 1.05x a third of ours
+    for name, stack, scale in (("serving_int8", int8, {"1": 1 / 3, "4": 1 / 2.4}),
+                               ("serving_bf16", bf16, {"1": 1 / 1.8, "4": 1 / 1.6}),
+                               ("openvino_int8", openvino, None)):
+        stack["levels"] = {c: {**level, "wall_s": level["wall_s"] * (scale[c] if scale else 1 / 3 * walls[c])}
+                           for c, level in ours["levels"].items()}
+        stack["summary"] = stats.summaries(stack)
+        stack["breakdown"] = stats.stage_breakdown(stack)
+        results["stacks"][name] = stack
+    goals = {g["goal"]: g for g in stats.goals(results)}
+    vs_fp32 = goals["serving_int8: throughput vs our fp32 default (lowest level)"]
+    assert vs_fp32["value"] == pytest.approx(2.4) and not vs_fp32["met"]  # 3x at concurrency 1, 2.4x at 4
+    bf16_goal = goals["serving_bf16: throughput vs our fp32 default (lowest level)"]
+    assert bf16_goal["value"] == pytest.approx(1.6) and not bf16_goal["met"]
+    c1 = goals["serving_int8: throughput vs OpenVINO int8 in-process, concurrency 1"]
+    assert c1["value"] == pytest.approx(0.96) and c1["met"]  # both a third of ours, the in-process one 0.96x
+    higher = goals["serving_int8: throughput vs OpenVINO int8 in-process, concurrency 2 and up (lowest)"]
+    assert higher["value"] == pytest.approx((1.05 / 3) / (1 / 2.4)) and not higher["met"]
+    assert higher["note"] == "at concurrency 4"
+    overhead = goals["serving_int8: serving overhead p50 per question"]
+    assert overhead["value"] == pytest.approx(5.0) and not overhead["met"]  # ms: 0.052 - 0.047
+    assert goals["serving_int8: worker RSS"]["met"] and not goals["serving_int8: cold start"]["met"]
+    assert not any(g.startswith("serving_bf16: serving overhead") for g in goals)  # judged on 1-worker int8 only
+    assert not any(g.startswith("openvino_int8:") for g in goals)
+
+
 def test_report_shows_goals_ratios_and_differing_answers():
     results = fake_results()
     text = report.render(results, "throughput.png")
