@@ -163,16 +163,23 @@ def stream(questions: list, concurrency: int, make_ask: Callable[[], Callable[[d
             latencies[i] = answered[i] - t
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    t0 = time.perf_counter()
+    t0, cpu = time.perf_counter(), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join(None if join_timeout is None else join_timeout(time.perf_counter() - t0))
         if t.is_alive():
             raise TimeoutError(f"concurrency {concurrency}: requests still open after {time.perf_counter() - t0:.0f} s")
+    return level_result(questions, latencies, answered, results, errors, t0, time.process_time() - cpu)
+
+
+def level_result(questions: list, latencies: list, answered: list, results: list, errors: list, t0: float,
+                 cpu_s: float) -> dict:
+    """What a stream returns: per question (input order) its latency, answer time since t0 and result, and the
+    CPU this process took from t0 to the end of the stream."""
     return {"ids": [q["id"] for q in questions], "latencies": latencies, "wall_s": max(answered, default=t0) - t0,
             "ends": [a - t0 for a in answered], "errors": len(errors), "error_examples": errors[:3],
-            "results": results}
+            "results": results, "cpu_s": cpu_s}
 
 
 def sweep(model, tokenizer, questions: list, concurrency: int) -> dict:

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import psutil
 
-from bench.reference import stream, window_input
+from bench.reference import level_result, stream, window_input
 from bert_squad.server.health import find_ready_line
 from bert_squad.server.servable_glue import MODEL_TIMES_ENV, read_model_times
 
@@ -236,29 +236,26 @@ def stream_async(address: str, questions: Sequence[dict], concurrency: int, time
                     latencies[i] = answered[i] - t
 
             await client.logits(*window_input(8))  # the channel connects before the clock starts
-            t0 = time.perf_counter()
+            t0, cpu = time.perf_counter(), time.process_time()
             try:
                 await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout_s)
             except asyncio.TimeoutError:
                 raise TimeoutError(f"concurrency {concurrency}: requests still open after {timeout_s:.0f} s") from None
-            return t0
+            return t0, time.process_time() - cpu
 
-    t0 = asyncio.run(run())
-    return {"ids": [q["id"] for q in questions], "latencies": latencies, "wall_s": max(answered, default=t0) - t0,
-            "ends": [a - t0 for a in answered], "errors": len(errors), "error_examples": errors[:3],
-            "results": results}
+    t0, cpu_s = asyncio.run(run())
+    return level_result(questions, latencies, answered, results, errors, t0, cpu_s)
 
 
 def sweep(client_kind: str, address: str, questions: Sequence[dict], concurrency: int,
           stream_kind: str = "aio") -> dict:
     """Every question once with `concurrency` requests in flight; latencies as the client sees them, and the
-    CPU the load generator (this process) took."""
+    CPU the load generator (this process) took while the stream ran."""
     def make_ask():
         client = CLIENTS[client_kind](address)
         return lambda q: client.answer(q["question"], q["context"])
 
     budget = REQUEST_TIMEOUT_S * len(questions) / concurrency
-    cpu = time.process_time()
     try:
         if stream_kind == "aio":
             level = stream_async(address, list(questions), concurrency, budget)
@@ -266,7 +263,7 @@ def sweep(client_kind: str, address: str, questions: Sequence[dict], concurrency
             level = stream(list(questions), concurrency, make_ask, lambda elapsed: max(1.0, budget - elapsed))
     except TimeoutError as e:
         raise BenchError(f"{e}: more than {REQUEST_TIMEOUT_S} s per question; the server hangs") from None
-    level["client_cpu_s"] = time.process_time() - cpu
+    level["client_cpu_s"] = level.pop("cpu_s")
     answers = level.pop("results")
     return {**level, "answers": {qid: a for qid, a in zip(level["ids"], answers) if a is not None}}
 

@@ -3,6 +3,7 @@
 Both ways of sending the stream must ask every question once, keep the input order, hold exactly the
 level's number of requests in flight, and report the CPU the load generator took.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def test_stream_answers_every_question_in_order_with_that_many_in_flight(oracle_
         end = q["context"].index("France") + len("France")
         assert level["answers"][q["id"]] == [q["context"][start:end], start, end]
     assert in_flight_most(level) == concurrency
-    assert 0 < level["client_cpu_s"] < level["wall_s"] * 2  # this process's CPU, at most its 2 cores
+    # this process's CPU while the stream ran: some, and at most all the cores for that long
+    assert 0 < level["client_cpu_s"] < level["wall_s"] * os.cpu_count() + 0.05
     assert 0 < max(level["latencies"]) <= level["wall_s"]
 
 
