@@ -229,9 +229,7 @@ def ratios(results: Mapping) -> List[Dict[str, object]]:
     for name, other in stacks.items():
         if name == ours:
             continue
-        for c, level in base.items():
-            if c in other["summary"]:
-                theirs = other["summary"][c]
-                rows.append({"other": name, "concurrency": int(c), "qps_ratio": level["qps"] / theirs["qps"],
-                             "p50_ratio": level["p50"] / theirs["p50"]})
+        for c, qps_ratio in level_ratios(stacks[ours], other).items():
+            rows.append({"other": name, "concurrency": c, "qps_ratio": qps_ratio,
+                         "p50_ratio": base[str(c)]["p50"] / other["summary"][str(c)]["p50"]})
     return rows
