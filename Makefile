@@ -2,7 +2,7 @@
 PY39 := .stack/py39/bin/python
 ARGS ?=
 
-.PHONY: setup serve test test-container
+.PHONY: setup serve test test-container soak-restarts
 setup:
 	@bash scripts/setup.sh
 
@@ -16,3 +16,7 @@ test: setup
 # deploy/Dockerfile (a Docker daemon and the debian:12 base of its own when needed), then runs its tests.
 test-container: setup
 	@bash deploy/build-image.sh -- $(PY39) -m pytest tests/test_container.py $(ARGS)
+
+# Opt-in soak (issue 23): 200 rounds of a blocking gRPC call sent as Serving's master is SIGKILLed, under a CPU hog.
+soak-restarts: setup
+	BERT_SQUAD_KILL_ROUNDS=$${BERT_SQUAD_KILL_ROUNDS:-200} $(PY39) -m pytest tests/test_supervisor.py -k soak -s $(ARGS)

@@ -30,6 +30,13 @@ DEFAULT_MAX_IN_FLIGHT = 8  # requests answer_many keeps open at once
 # After a request is lost in flight, how long to watch whether the whole server is going away (a stop or
 # restart: Serving closes its port within milliseconds) or stays up (one worker died).
 LOST_IN_FLIGHT_GRACE = 1.0
+# A call written to the master just before it is killed can be left on a connection the kernel has already reset
+# while grpcio 1.47 still counts it READY: nothing ever fails that call, and it waited out its whole deadline (3 in
+# 60 restarts under CPU load). A keepalive ping KEEPALIVE_MS into a call is written to that socket, the write fails,
+# and gRPC fails the call as UNAVAILABLE, which the retry loop resends. gRPC sends at most two pings per call
+# (grpc.http2.max_pings_without_data), which the server's ping policy tolerates: a long healthy call is not cut short.
+KEEPALIVE_MS = 2000
+KEEPALIVE_TIMEOUT_MS = 20000  # a live but busy server acks within this; only then is a ping's silence fatal
 PROBE_SERVABLE = "bert-squad-client-probe"  # no such servable: Serving's master answers it without a worker
 # How the bert_squad servable starts the error of a question it refused before doing any work because too many
 # are waiting (bert_squad/server/servable_glue.py, Admission); such a question is retried with backoff.
@@ -182,7 +189,11 @@ def _channel_options(tls: Tls | None) -> list:
                # reconnect quickly after a server restart (gRPC's default backoff grows to 2 minutes); not
                # grpc.min_reconnect_backoff_ms, which gRPC also takes as the time a connection may take to be made
                ("grpc.initial_reconnect_backoff_ms", 100),
-               ("grpc.max_reconnect_backoff_ms", 2000)]
+               ("grpc.max_reconnect_backoff_ms", 2000),
+               # HTTP/2 keepalive while a call is in flight: see KEEPALIVE_MS
+               ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+               ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+               ("grpc.keepalive_permit_without_calls", 0)]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     return options
