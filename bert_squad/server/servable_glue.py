@@ -22,17 +22,14 @@ from bert_squad.model.config import BertConfig
 from bert_squad.text.decode import decode
 from bert_squad.errors import InputError
 from bert_squad.metadata import Metadata, read_metadata
+from bert_squad.server.contract import PIN_ENV, THREADS_ENV
+from bert_squad.server.contract import VERSION_ENV  # noqa: F401 - servable_config.py reads it as glue.VERSION_ENV
 from bert_squad.text.tokenizer import BertTokenizer, load_tokenizer
 from bert_squad.text.windows import Features, build_features
 
-# Environment the serve command hands to the worker processes that import servable_config.py.
-VERSION_ENV = "BERT_SQUAD_VERSION"
-THREADS_ENV = "BERT_SQUAD_THREADS"
-PIN_ENV = "BERT_SQUAD_PIN_CORES"  # "1": worker k computes on the k-th block of THREADS_ENV cores
 # When set, a file each model-stage batch appends one JSON line to: {"pid", "lengths" (its windows' real
 # lengths), "seconds" (the stage's model work)}. For measuring model time apart from queue and transport.
 MODEL_TIMES_ENV = "BERT_SQUAD_MODEL_TIMES"
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's: where every process writes its metrics
 WORKER_ENV = "SERVING_DEVICE_ID"  # Serving's start_worker.py sets it (the worker's device id) before importing us
 INSTANCES_PER_MODEL_CALL = settings.INSTANCES_PER_MODEL_CALL
 ANSWER_OUTPUTS = ["answer", "score", "start", "end", "top_starts", "top_ends", "top_scores"]
