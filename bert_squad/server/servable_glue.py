@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from bert_squad import settings
+from bert_squad import settings, versions
 from bert_squad.runtimes.batching import run_windows
 from bert_squad.model.config import BertConfig
 from bert_squad.text.decode import decode
@@ -53,10 +53,10 @@ def version_dir(servable_root: Path, version: Optional[str]) -> Path:
     """The version folder this worker serves: the serve command's choice, else the newest."""
     if version:
         return servable_root / version
-    numbered = sorted((int(p.name) for p in servable_root.iterdir() if p.is_dir() and p.name.isdigit()))
-    if not numbered:
+    newest = versions.newest(servable_root)
+    if newest is None:
         raise RuntimeError(f"no version folder in {servable_root}; export a model with bert-squad-export")
-    return servable_root / str(numbered[-1])
+    return servable_root / str(newest)
 
 
 def load_version(folder: Path) -> "tuple[Metadata, BertTokenizer]":

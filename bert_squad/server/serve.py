@@ -11,7 +11,6 @@ working directory of its own.
 from __future__ import annotations
 
 import importlib.util
-import mmap
 import os
 import signal
 import sys
@@ -19,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bert_squad import settings
+from bert_squad import settings, versions
 from bert_squad.runtimes.lite_lib import RuntimeMissing, with_lite_on_library_path
 from bert_squad.server import health
 from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MULTIPROC_ENV, PIN_ENV, THREADS_ENV,
@@ -28,17 +27,12 @@ from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import available_cpus
 from bert_squad.server.warmup import WARMUP_CONTEXT, WARMUP_QUESTION
 
-MINDIR_GRAPH_FIELD = 7  # ModelProto.graph in MindSpore's mind_ir.proto
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
-
-
-def _has_version(root: Path) -> bool:
-    return root.is_dir() and any(p.is_dir() and p.name.isdigit() and int(p.name) > 0 for p in root.iterdir())
 
 
 def ensure_exported(args) -> None:
     """Export the checkpoint the user names, or the Hub checkpoint, when nothing is exported yet."""
-    if _has_version(args.servable_dir / args.name) or args.version:
+    if versions.numbers(args.servable_dir / args.name) or args.version:
         return
     if importlib.util.find_spec("mindspore") is None:  # the container image serves exported models only
         raise ServeError(f"no exported model in {args.servable_dir / args.name}, and this installation has no "
@@ -95,107 +89,6 @@ def _progress_bar():
     return update
 
 
-def resolve_version(servable_dir: Path, name: str, version: int) -> int:
-    """The version folder to serve: the one asked for, or the newest that has metadata."""
-    root = servable_dir / name
-    if not (root / "servable_config.py").is_file():
-        raise ServeError(f"{root / 'servable_config.py'} not found: --servable-dir must hold {name}/servable_config.py")
-    versions = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
-    if version:
-        if version not in versions:
-            raise ServeError(f"version {version} not found in {root} (found: {versions or 'none'})")
-        chosen = version
-    elif versions:
-        chosen = versions[-1]
-    else:
-        raise ServeError(
-            f"no exported model in {root}. Export one first: "
-            f"bert-squad-export CHECKPOINT --servable-dir {servable_dir} --name {name}"
-        )
-    if not (root / str(chosen) / "metadata.json").is_file():
-        raise ServeError(f"{root / str(chosen)} has no metadata.json: it was not written by bert-squad-export; "
-                         f"re-export it or remove the folder")
-    return chosen
-
-
-def check_version_folder(folder: Path, device: str):
-    """Refuse what Serving would only report as "Load model failed": bad metadata, a changed
-    vocabulary (sha256 recorded at export), a missing, empty, truncated or changed model file, a
-    lite_direct or openvino export (CPU only) on a GPU/Ascend device, bf16 on a CPU without bf16.
-    Returns the version's Metadata."""
-    from bert_squad.metadata import MetadataError, check_model_files, read_metadata
-
-    try:
-        meta = read_metadata(folder)
-    except MetadataError as e:
-        raise ServeError(str(e)) from None
-    if meta.runtime in ("lite_direct", "openvino") and device != "cpu":
-        raise ServeError(f"{folder} was exported with --runtime {meta.runtime}, which runs on CPU only; for "
-                         f"--device {device} export a version with bert-squad-export --runtime serving --fp16")
-    _check_cpu_precision(folder, meta)
-    for name in meta.mindir_files:
-        path = folder / name
-        if not _complete_protobuf(path):
-            raise ServeError(f"model file {path} ({path.stat().st_size} bytes) is truncated or corrupted: it is "
-                             f"not one complete MindIR protobuf; copy it again or re-export the model")
-    try:
-        check_model_files(folder, meta)
-    except MetadataError as e:
-        raise ServeError(str(e)) from None
-    return meta
-
-
-def _check_cpu_precision(folder: Path, meta) -> None:
-    """A bf16 export copied to a CPU without native bf16 is refused here, with what to export instead."""
-    from bert_squad.runtimes.cpu_features import PrecisionUnsupported, check_precision, read_flags
-
-    if meta.runtime == "openvino":
-        try:
-            check_precision(meta.precision, read_flags())
-        except PrecisionUnsupported as e:
-            raise ServeError(f"{folder} holds a {meta.precision} model, but {e} (re-export with "
-                             "bert-squad-export)") from None
-
-
-def _complete_protobuf(path: Path) -> bool:
-    """Whether the file is one protobuf whose top-level fields end exactly at its end (a cut copy's do
-    not) and that holds a graph (MINDIR_GRAPH_FIELD). Reads only the field headers."""
-    if path.stat().st_size == 0:
-        return False
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        pos, fields = 0, set()
-        try:
-            while pos < len(data):
-                key, pos = _varint(data, pos)
-                wire_type = key & 7
-                if wire_type == 0:  # varint
-                    pos = _varint(data, pos)[1]
-                elif wire_type == 1:  # 64-bit
-                    pos += 8
-                elif wire_type == 2:  # length-delimited: bytes, string, message
-                    length, pos = _varint(data, pos)
-                    pos += length
-                    fields.add(key >> 3)
-                elif wire_type == 5:  # 32-bit
-                    pos += 4
-                else:  # groups, unused by MindIR, or not protobuf at all
-                    return False
-        except IndexError:  # a varint ran past the end
-            return False
-        return pos == len(data) and MINDIR_GRAPH_FIELD in fields
-
-
-def _varint(data, pos: int) -> "tuple[int, int]":
-    """The protobuf varint at `pos` and the position after it."""
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if byte < 0x80:
-            return value, pos
-
-
 def _health_probe(args):
     """The readiness probe: the warm-up question, asked over Serving's gRPC endpoint."""
     mutual = bool(args.tls_client_ca)  # the probe then shows the server's own certificate as its client identity
@@ -249,8 +142,8 @@ def serve(args) -> int:
     args.servable_dir = args.servable_dir.resolve()
     ensure_exported(args)
     servable_dir = args.servable_dir
-    version = resolve_version(servable_dir, args.name, args.version)
-    meta = check_version_folder(servable_dir / args.name / str(version), args.device)
+    version = versions.resolve(servable_dir, args.name, args.version)
+    meta = versions.verify(servable_dir / args.name / str(version), args.device)
     device_ids = [int(x) for x in args.device_ids.split(",") if x.strip()]
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bert-squad-serve-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -279,7 +172,7 @@ def serve(args) -> int:
 
     t0 = time.perf_counter()
     metrics.INFO.labels(version=_package_version(), servable_version=str(version), runtime=meta.runtime,
-                        precision=meta.precision, model_sha256=_model_sha256(meta)).set(1)
+                        precision=meta.precision, model_sha256=versions.model_identity(meta)).set(1)
     state = health.HealthState(_health_probe(args), settings.HEALTH_TTL_S, alive=lambda: True)
 
     def on_ready(warm: str) -> None:
@@ -303,7 +196,7 @@ def serve(args) -> int:
         from bert_squad.server import page
 
         facts = {"version": version, "runtime": meta.runtime, "precision": meta.precision,
-                 "model_sha256": _model_sha256(meta)}
+                 "model_sha256": versions.model_identity(meta)}
         try:
             page_routes = page.routes(args.name, facts, args.page_examples)
         except page.ExamplesError as e:
@@ -377,19 +270,6 @@ def _fresh_metrics_dir(directory: Path) -> Path:
     return directory
 
 
-def _model_sha256(meta) -> str:
-    """The model's identity: the sha256 recorded at export of its one model file; over several files, the
-    sha256 of their sorted "name sha256" lines; "unknown" for versions exported before hashes were recorded."""
-    hashes = meta.model_sha256
-    if len(hashes) == 1:
-        return next(iter(hashes.values()))
-    if not hashes:
-        return "unknown"
-    import hashlib
-
-    return hashlib.sha256("\n".join(f"{n} {h}" for n, h in sorted(hashes.items())).encode()).hexdigest()
-
-
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -404,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else list(argv)  # handed on to the master process
     try:
         return serve(args)
-    except (ServeError, RuntimeMissing) as e:
+    except (ServeError, versions.VersionError, RuntimeMissing) as e:
         print(f"bert-squad-serve: error: {e}", file=sys.stderr)
         return EXIT_START_FAILED
 
