@@ -1,4 +1,4 @@
-"""HTTP health endpoints for load balancers and orchestrators: GET /livez and GET /readyz.
+"""Health for load balancers and orchestrators: what GET /livez and GET /readyz answer, and the readiness probe.
 
 MindSpore Serving has no health check: its gRPC port keeps accepting requests while the
 worker that runs the model is dead or being restarted. So /readyz asks the served model a
@@ -15,15 +15,13 @@ Semantics (the README repeats them):
   command's warm-up question was answered), while stopping, and when the probe failed:
   the worker is restarting ("servable is not available"), the deadline passed, or the
   servable returned an error. With several workers it stays 200 while any worker answers.
-Both answer GET and HEAD with a JSON body {"status": ..., ...}; other paths get 404.
+Both answer GET and HEAD with a JSON body {"status": ..., ...}; http.py serves them, on the REST address and
+alone on --health-address (where other paths get 404).
 """
 from __future__ import annotations
 
-import json
-import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional, Tuple
 
 from bert_squad import settings
@@ -128,98 +126,6 @@ class HealthState:
             self._reason = f"the probe itself failed: {type(e).__name__}: {e}"
         self._checked = time.monotonic()
         self._took = self._checked - t0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: "_HTTPServer"
-
-    def do_GET(self) -> None:
-        self._answer(with_body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(with_body=False)
-
-    def _answer(self, with_body: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/livez":
-            ok, body = self.server.state.live()
-        elif path == "/readyz":
-            ok, body = self.server.state.ready()
-        else:
-            self._send(404, {"status": "not found", "reason": f"no {path}; the endpoints are /livez and /readyz"},
-                       with_body)
-            return
-        self._send(200 if ok else 503, body, with_body)
-
-    def _send(self, code: int, body: dict, with_body: bool) -> None:
-        data = json.dumps(body).encode() + b"\n"
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if with_body:
-            self.wfile.write(data)
-
-    def log_message(self, *args) -> None:  # probes every few seconds would flood the server's output
-        pass
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, host: str, port: int, state: HealthState):
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.state = state
-        super().__init__((host, port), _Handler)
-
-
-class HealthServer:
-    """The running endpoints. The serve command moves it through starting -> serving -> stopping."""
-
-    def __init__(self, httpd: _HTTPServer):
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="bert-squad-health", daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        """host:port actually bound (the real port when port 0 was asked for)."""
-        host, port = self._httpd.server_address[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    def mark_serving(self) -> None:
-        """The warm-up question was answered: /readyz starts probing the model."""
-        self._httpd.state.phase = SERVING
-
-    def mark_stopping(self) -> None:
-        """Shutdown began: /readyz answers 503 at once, so balancers drain this server."""
-        self._httpd.state.phase = STOPPING
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-
-def start_health_server(address: str, probe: Probe, ttl: float = settings.HEALTH_TTL_S,
-                        alive: Callable[[], bool] = lambda: True,
-                        state: Optional[HealthState] = None) -> HealthServer:
-    """Serve /livez and /readyz on `address` from a daemon thread; /readyz is 503 until mark_serving().
-
-    `probe` asks the model a question (grpc_probe); `alive` says whether Serving's master still runs.
-    `state` shares the phase and probe cache with the HTTP front door's endpoints (then probe, ttl, alive
-    are the state's).
-    """
-    host, port = parse_address(address)
-    if ttl < 0:
-        raise HealthError(f"the readiness TTL must be >= 0 seconds, got {ttl}")
-    try:
-        httpd = _HTTPServer(host, port, state or HealthState(probe, ttl, alive))
-    except OSError as e:
-        raise HealthError(f"cannot listen on {address} for the health endpoints: {e.strerror or e}; "
-                          f"pick a free port with --health-address HOST:PORT, or 'off'") from None
-    return HealthServer(httpd)
 
 
 def _pem(path: Optional[str]) -> Optional[bytes]:

@@ -165,7 +165,7 @@ def serve(args) -> int:
     os.environ[GRPC_FORK_ENV] = "0"  # this process forks only to exec the master: no gRPC fork handlers (and warnings)
 
     from bert_squad.server import metrics, openapi
-    from bert_squad.server.http import FrontDoor, HttpServer
+    from bert_squad.server.http import FrontDoor, HttpServer, health_app
     from bert_squad.server.supervisor import Supervisor
 
     _check_addresses(args)
@@ -186,11 +186,8 @@ def serve(args) -> int:
 
     supervisor = Supervisor(_master_command(args, version, workdir), env, on_ready, on_down)
     health_server = None
-    if args.health_address != "off":
-        try:
-            health_server = health.start_health_server(args.health_address, None, state=state)
-        except health.HealthError as e:
-            raise ServeError(str(e)) from e
+    if args.health_address != "off":  # the health routes alone, on a listener of their own
+        health_server = HttpServer(health_app(state), args.health_address, drain_s=settings.DRAIN_S)
     page_routes = []
     if args.page == "on" and args.rest_address != "off":
         from bert_squad.server import page
@@ -205,7 +202,7 @@ def serve(args) -> int:
                      lambda: openapi.document(args, meta, _package_version()), page_routes)
     http_server = None
     if args.rest_address != "off":
-        http_server = HttpServer(door, args.rest_address, args.tls_cert, args.tls_key, args.tls_client_ca,
+        http_server = HttpServer(door.app, args.rest_address, args.tls_cert, args.tls_key, args.tls_client_ca,
                                  drain_s=settings.DRAIN_S)
     import asyncio
 
@@ -224,12 +221,13 @@ async def _run(args, supervisor, state, health_server, http_server, version, met
     asked = asyncio.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(number, asked.set)
-    http_task = asyncio.ensure_future(http_server.serve()) if http_server else None
+    # REST first: on the way out it drains while the health listener still says "not ready"
+    listeners = [(server, asyncio.ensure_future(server.serve())) for server in (http_server, health_server) if server]
     supervisor.start()  # /livez answers during start-up
     try:
         warm = await loop.run_in_executor(None, supervisor.wait_first_start)
     except StartFailed as e:
-        await _stop_http(http_server, http_task, health_server)
+        await _stop_http(listeners)
         supervisor.stop()
         raise ServeError(str(e)) from None
     state.set_phase(health.SERVING)
@@ -244,7 +242,7 @@ async def _run(args, supervisor, state, health_server, http_server, version, met
     finished = loop.run_in_executor(None, supervisor.finished.wait)
     await asyncio.wait([asyncio.ensure_future(asked.wait()), finished], return_when=asyncio.FIRST_COMPLETED)
     state.set_phase(health.STOPPING)  # /readyz 503 and new REST requests 503 at once, so balancers drain us
-    await _stop_http(http_server, http_task, health_server)  # in-flight REST requests finish first
+    await _stop_http(listeners)  # in-flight REST requests finish first
     await loop.run_in_executor(None, supervisor.stop)
     if supervisor.fatal:
         print(f"bert-squad-serve: error: {supervisor.fatal} (see {workdir / 'serving_logs'}); exiting with "
@@ -255,12 +253,10 @@ async def _run(args, supervisor, state, health_server, http_server, version, met
     return 0
 
 
-async def _stop_http(http_server, http_task, health_server) -> None:
-    if http_server:
-        http_server.stop()
-        await http_task
-    if health_server:
-        health_server.stop()
+async def _stop_http(listeners) -> None:
+    for server, task in listeners:
+        server.stop()
+        await task
 
 
 def _fresh_metrics_dir(directory: Path) -> Path:
