@@ -25,6 +25,7 @@ import time
 from typing import Callable, Optional, Tuple
 
 from bert_squad import settings
+from bert_squad.server.warmup import predict_request
 
 READY_MARKER = "bert-squad-serve: ready"
 
@@ -135,17 +136,15 @@ def _pem(path: Optional[str]) -> Optional[bytes]:
         return f.read()
 
 
-def grpc_probe(address: str, servable: str, question: str, context: str,
-               timeout: float = settings.HEALTH_PROBE_TIMEOUT_S, tls_ca: Optional[str] = None,
-               tls_cert: Optional[str] = None, tls_key: Optional[str] = None) -> Probe:
-    """A probe that asks `servable`'s predict method one question through the server's own gRPC endpoint.
+def grpc_probe(address: str, servable: str, timeout: float = settings.HEALTH_PROBE_TIMEOUT_S,
+               tls_ca: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None) -> Probe:
+    """A probe that asks `servable`'s predict method the warm-up question through the server's own gRPC endpoint.
 
     It travels the path client requests take (gRPC server -> master -> worker -> model), so it
     fails while the worker restarts. `tls_ca` verifies a TLS server; `tls_cert`/`tls_key` are the
     client identity a server requiring client certificates accepts. Needs mindspore_serving (server side).
     """
     import grpc
-    from mindspore_serving.proto import ms_service_pb2 as pb
     from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
 
     target = loopback_target(address)
@@ -155,15 +154,7 @@ def grpc_probe(address: str, servable: str, question: str, context: str,
     else:
         channel = grpc.insecure_channel(target)
     stub = pb_grpc.MSServiceStub(channel)
-    request = pb.PredictRequest()
-    request.servable_spec.name = servable
-    request.servable_spec.method_name = "predict"
-    instance = request.instances.add()
-    for name, text in (("question", question), ("context", context)):
-        tensor = instance.items[name]
-        tensor.dtype = pb.MS_STRING
-        tensor.shape.dims.append(1)
-        tensor.bytes_val.append(text.encode("utf-8"))
+    request = predict_request(servable)
 
     def probe() -> None:
         try:

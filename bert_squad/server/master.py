@@ -16,7 +16,7 @@ from pathlib import Path
 from bert_squad.server.contract import EXIT_SERVING_DIED, EXIT_START_FAILED, READY_FD_ENV
 from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import worker_pids
-from bert_squad.server.warmup import WARMUP_CONTEXT, WARMUP_QUESTION
+from bert_squad.server.warmup import predict_request
 
 WORKER_POLL_S = 0.5
 
@@ -34,16 +34,9 @@ def _ssl_config(server, args):
 def warm_up(args, timeout: float) -> float:
     """Ask one question over the public gRPC endpoint within `timeout`; returns the seconds it took."""
     import grpc
-    from mindspore_serving.proto import ms_service_pb2 as pb
     from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
 
-    request = pb.PredictRequest()
-    request.servable_spec.name, request.servable_spec.method_name = args.name, "predict"
-    instance = request.instances.add()
-    for name, text in (("question", WARMUP_QUESTION), ("context", WARMUP_CONTEXT)):
-        instance.items[name].dtype = pb.MS_STRING
-        instance.items[name].shape.dims.append(1)
-        instance.items[name].bytes_val.append(text.encode())
+    request = predict_request(args.name)
     if args.tls_cert:
         channel = grpc.secure_channel(args.grpc_address, grpc.ssl_channel_credentials(Path(args.tls_cert).read_bytes()))
     else:

@@ -25,7 +25,6 @@ from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MU
                                         VERSION_ENV)
 from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import available_cpus
-from bert_squad.server.warmup import WARMUP_CONTEXT, WARMUP_QUESTION
 
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 
@@ -92,7 +91,7 @@ def _progress_bar():
 def _health_probe(args):
     """The readiness probe: the warm-up question, asked over Serving's gRPC endpoint."""
     mutual = bool(args.tls_client_ca)  # the probe then shows the server's own certificate as its client identity
-    return health.grpc_probe(args.grpc_address, args.name, WARMUP_QUESTION, WARMUP_CONTEXT, tls_ca=args.tls_cert,
+    return health.grpc_probe(args.grpc_address, args.name, tls_ca=args.tls_cert,
                              tls_cert=args.tls_cert if mutual else None, tls_key=args.tls_key if mutual else None)
 
 
