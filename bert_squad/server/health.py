@@ -44,6 +44,7 @@ def find_ready_line(output: str) -> Optional[str]:
     return output[at:] if end < 0 else output[at:end]
 
 STARTING, SERVING, RESTARTING, STOPPING = "starting", "serving", "restarting", "stopping"
+STOPPING_REASON = "the server is stopping"
 
 Probe = Callable[[], None]  # returns when the model answered, raises (ProbeFailed) when it did not
 
@@ -99,14 +100,21 @@ class HealthState:
             return False, {"status": "stopped", "phase": STOPPING}
         return True, {"status": "alive", "phase": SERVING}
 
-    def ready(self) -> Tuple[bool, dict]:
+    def unavailable(self) -> Optional[str]:
+        """Why the model cannot be asked now (starting, restarting, stopping), or None while serving: /readyz's
+        reason, and the REST front door's 503."""
         if self.phase == STARTING:
-            return False, {"status": "not ready",
-                           "reason": "the server is starting: the model has not answered its warm-up question yet"}
+            return "the server is starting: the model has not answered its warm-up question yet"
         if self.phase == RESTARTING:
-            return False, {"status": "not ready", "reason": self.restart_reason or "Serving's master is restarting"}
-        if self.phase == STOPPING or not self._alive():
-            return False, {"status": "not ready", "reason": "the server is stopping"}
+            return self.restart_reason or "Serving's master is restarting"
+        if self.phase == STOPPING:
+            return STOPPING_REASON
+        return None
+
+    def ready(self) -> Tuple[bool, dict]:
+        reason = self.unavailable() or (None if self._alive() else STOPPING_REASON)
+        if reason:
+            return False, {"status": "not ready", "reason": reason}
         with self._lock:
             if self._checked is None or time.monotonic() - self._checked >= self._ttl:
                 self._run_probe()

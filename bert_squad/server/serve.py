@@ -1,16 +1,16 @@
-"""bert-squad-serve: run the bert_squad servable on MindSpore Serving, gRPC + REST.
+"""bert-squad-serve: the serve process's wiring and lifecycle.
 
-It resolves the model version and starts Serving's master and workers (MindSpore Lite on CPU) in a
-child process it supervises (supervisor.py: started again when it dies). gRPC goes straight to
-Serving; REST, /livez, /readyz, /metrics and /openapi.json are this process's HTTP front door
-(http.py), all on the REST address (127.0.0.1 unless told otherwise). Once the model answered one
-warm-up question it prints a `bert-squad-serve: ready` line; SIGINT / SIGTERM drain and stop it.
-MindSpore Serving writes its logs and sockets into the current directory, so the command runs in a
-working directory of its own.
+It resolves the model version (versions.py; exporting one first when there is none, first_export.py) and
+starts Serving's master and workers (MindSpore Lite on CPU) in a child process it supervises
+(master.py, supervisor.py: started again when it dies). gRPC goes straight to Serving; REST, /livez, /readyz,
+/metrics and /openapi.json are this process's HTTP front door (http.py), all on the REST address (127.0.0.1
+unless told otherwise), and /livez and /readyz alone on --health-address. Once the model answered one warm-up
+question it prints a `bert-squad-serve: ready` line; SIGINT / SIGTERM drain and stop it. MindSpore Serving
+writes its logs and sockets into the current directory, so the command runs in a working directory of its own.
+The options are in options.py, what the processes hand each other in contract.py.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import sys
@@ -21,71 +21,13 @@ from pathlib import Path
 from bert_squad import settings, versions
 from bert_squad.runtimes.lite_lib import RuntimeMissing, with_lite_on_library_path
 from bert_squad.server import health
+from bert_squad.server.first_export import ensure_exported
 from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MULTIPROC_ENV, PIN_ENV, THREADS_ENV,
                                         VERSION_ENV)
 from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import available_cpus
 
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
-
-
-def ensure_exported(args) -> None:
-    """Export the checkpoint the user names, or the Hub checkpoint, when nothing is exported yet."""
-    if versions.numbers(args.servable_dir / args.name) or args.version:
-        return
-    if importlib.util.find_spec("mindspore") is None:  # the container image serves exported models only
-        raise ServeError(f"no exported model in {args.servable_dir / args.name}, and this installation has no "
-                         f"MindSpore to export one: run bert-squad-export where MindSpore is installed (scripts/"
-                         f"setup.sh) and mount or copy its version folder to {args.servable_dir / args.name}/1")
-    from bert_squad.model.hub import DownloadError, fetch_checkpoint
-
-    checkpoint, expected, vocab = args.checkpoint, None, args.vocab
-    if checkpoint is None:
-        if vocab is None:  # the Hub checkpoint ships none; it was trained with the uncased BERT-base one
-            from bert_squad.model.vocab import VocabError, uncased_vocab
-
-            try:
-                vocab = uncased_vocab()
-            except VocabError as e:
-                raise ServeError(f"nothing is exported yet, so the MindSpore Hub checkpoint would be served, "
-                                 f"but {e}") from e
-            print(f"bert-squad-serve: vocabulary {vocab} (sha256 verified)", flush=True)
-        print(f"bert-squad-serve: no exported model; fetching {args.hub_url}", flush=True)
-        try:
-            checkpoint = fetch_checkpoint(args.hub_url, args.hub_sha256, progress=_progress_bar())
-        except DownloadError as e:
-            raise ServeError(str(e)) from e
-        expected = args.hub_sha256
-    from bert_squad.model.checkpoint import CheckpointError
-    from bert_squad.model.config import ConfigError, read_config_file
-    from bert_squad.metadata import EXPORT_RUNTIME, MetadataError
-    from bert_squad_export.exporter import ExportError, export_version
-
-    log = lambda line: print(f"bert-squad-serve: {line}", flush=True)  # noqa: E731
-    try:
-        config = None
-        if args.config:
-            config, notes = read_config_file(args.config)
-            for note in notes:
-                log(note)
-        export_version(checkpoint, args.servable_dir, name=args.name, vocab_file=vocab, config=config,
-                       expected_sha256=expected, runtime=EXPORT_RUNTIME if args.device == "cpu" else "serving",
-                       log=log)
-    except (ExportError, CheckpointError, ConfigError, MetadataError) as e:
-        raise ServeError(f"cannot export {checkpoint}: {e}") from e
-
-
-def _progress_bar():
-    from tqdm import tqdm
-
-    bar = tqdm(unit="B", unit_scale=True, desc="checkpoint")
-
-    def update(done: int, total) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return update
 
 
 def _health_probe(args):
@@ -117,17 +59,6 @@ def _upstream(args, version: int):
                     max_body_bytes=args.max_message_mb << 20, timeout_s=settings.REST_TIMEOUT_S,
                     tls_ca=read(args.tls_cert), tls_cert=read(args.tls_cert) if mutual else None,
                     tls_key=read(args.tls_key) if mutual else None)
-
-
-def _availability(state: health.HealthState):
-    def unavailable():
-        if state.phase == health.SERVING:
-            return None
-        return {health.STARTING: "the server is starting: the model has not answered its warm-up question yet",
-                health.RESTARTING: state.restart_reason or "Serving's master is restarting",
-                health.STOPPING: "the server is stopping"}[state.phase]
-
-    return unavailable
 
 
 def _master_command(args, version: int, workdir: Path) -> "list[str]":
@@ -197,7 +128,7 @@ def serve(args) -> int:
             page_routes = page.routes(args.name, facts, args.page_examples)
         except page.ExamplesError as e:
             raise ServeError(str(e)) from None
-    door = FrontDoor(_upstream(args, version), state, _availability(state),
+    door = FrontDoor(_upstream(args, version), state, state.unavailable,
                      lambda: openapi.document(args, meta, _package_version()), page_routes)
     http_server = None
     if args.rest_address != "off":
