@@ -21,9 +21,9 @@ from pathlib import Path
 from bert_squad import settings, versions
 from bert_squad.runtimes.lite_lib import RuntimeMissing, with_lite_on_library_path
 from bert_squad.server import health
-from bert_squad.server.first_export import ensure_exported
 from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MULTIPROC_ENV, PIN_ENV, THREADS_ENV,
                                         VERSION_ENV)
+from bert_squad.server.first_export import ensure_exported
 from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import available_cpus
 
