@@ -68,8 +68,9 @@ def model_file_name(bucket: int) -> str:
 
 def next_version(model_dir: Path) -> int:
     """One more than the highest numbered version folder (1 for a new model)."""
-    numbers = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(numbers, default=0) + 1
+    from bert_squad import versions
+
+    return versions.next_number(model_dir)
 
 
 def export_inputs(batch_size: int, seq_length: int, vocab_size: int, seed: int = 0):

@@ -15,7 +15,7 @@ import pytest
 
 from bert_squad import settings
 from bert_squad.server import health
-from bert_squad.server.serve import parse_args
+from bert_squad.server.options import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

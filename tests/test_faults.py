@@ -149,14 +149,14 @@ def test_a_damaged_mindir_is_refused_at_start_with_its_name(oracle_servable, tmp
 def test_a_flipped_bit_in_the_weights_is_refused_at_start_with_its_name(oracle_servable, tmp_path):
     """A flipped bit inside a weight leaves a complete protobuf that loads and answers wrongly: only the
     sha256 recorded at export tells it apart."""
-    from bert_squad.server.serve import _complete_protobuf
+    from bert_squad.versions import complete_protobuf
 
     servable, version = copy_version(oracle_servable, tmp_path)
     model = version / "bert_128.mindir"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0x10  # the middle of the file is weight bytes
     model.write_bytes(bytes(data))
-    assert _complete_protobuf(model), "the flip broke the protobuf structure; it should only change a weight"
+    assert complete_protobuf(model), "the flip broke the protobuf structure; it should only change a weight"
     message = serve_refuses(servable, tmp_path)
     assert str(model) in message and "does not match the sha256 recorded at export" in message
 

@@ -14,7 +14,8 @@ import urllib.request
 import pytest
 
 from bert_squad import settings
-from bert_squad.server.health import READY_MARKER, HealthError, ProbeFailed, find_ready_line, start_health_server
+from bert_squad.server.health import (READY_MARKER, SERVING, STOPPING, HealthError, HealthState, ProbeFailed,
+                                      find_ready_line, parse_address)
 
 
 def get(address: str, path: str, method: str = "GET", timeout: float = 10.0):
@@ -48,14 +49,46 @@ class CountingProbe:
             raise self.failure
 
 
+class Endpoints:
+    """The --health-address listener (http.health_app on uvicorn, as the serve command runs it) on a free
+    loopback port, on an event loop of its own; the test moves its phase as the serve command does."""
+
+    def __init__(self, probe, ttl: float, alive):
+        import asyncio
+
+        from bert_squad.server.http import HttpServer, health_app
+
+        self.state = HealthState(probe, ttl, alive)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.server = HttpServer(health_app(self.state), f"127.0.0.1:{port}")
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the health listener did not start"
+            time.sleep(0.02)
+        self.address = self.server.address
+
+    def mark_serving(self) -> None:
+        self.state.set_phase(SERVING)
+
+    def mark_stopping(self) -> None:
+        self.state.set_phase(STOPPING)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.thread.join(30)
+
+
 @pytest.fixture
 def endpoints():
     started = []
 
     def start(probe, ttl=60.0, alive=lambda: True):
-        server = start_health_server("127.0.0.1:0", probe, ttl=ttl, alive=alive)
-        started.append(server)
-        return server
+        started.append(Endpoints(probe, ttl, alive))
+        return started[-1]
 
     yield start
     for server in started:
@@ -162,18 +195,23 @@ def test_head_unknown_paths_and_query_strings(endpoints):
     assert get(health.address, "/livez?verbose=1")[0] == 200
     status, body = get(health.address, "/healthz")
     assert status == 404 and "/livez and /readyz" in body["reason"]
+    assert get(health.address, "/metrics")[0] == 404, "the health listener serves the health routes only"
+    status, body = get(health.address, "/livez", method="POST")
+    assert status == 405 and "GET and HEAD" in body["reason"]
 
 
 @pytest.mark.pure
 def test_bad_addresses_are_refused_clearly():
+    from bert_squad.server.http import bind_error
+
     with pytest.raises(HealthError, match="not host:port"):
-        start_health_server("8080", CountingProbe())
+        parse_address("8080")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(HealthError, match=f"cannot listen on 127.0.0.1:{port}.*--health-address"):
-            start_health_server(f"127.0.0.1:{port}", CountingProbe())
+        assert bind_error(f"127.0.0.1:{port}") == (False, "Address already in use")
+    assert bind_error(f"127.0.0.1:{port}") == (True, "")
 
 
 @pytest.mark.pure

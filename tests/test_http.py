@@ -76,7 +76,7 @@ class FrontDoorThread:
                               availability or (lambda: None if state.phase == health.SERVING else "restarting"),
                               lambda: {"openapi": "3.1.0"})
         self.address = f"127.0.0.1:{free_port()}"
-        self.server = http.HttpServer(door, self.address)
+        self.server = http.HttpServer(door.app, self.address)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
 
     def __enter__(self):

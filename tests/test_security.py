@@ -61,7 +61,7 @@ def test_a_pickled_pytorch_checkpoint_is_refused_unread_by_the_serve_command(tmp
 # ---------------------------------------------------------------- where the server listens
 
 def test_the_serve_command_binds_loopback_unless_told_otherwise():
-    from bert_squad.server.serve import parse_args
+    from bert_squad.server.options import parse_args
 
     args = parse_args([])
     assert args.grpc_address.startswith("127.0.0.1:") and args.rest_address.startswith("127.0.0.1:")
@@ -185,7 +185,7 @@ def test_a_client_certificate_from_another_ca_is_rejected(oracle_servable, tmp_p
 # ---------------------------------------------------------------- request size limits
 
 def test_requests_over_the_size_limit_are_refused_and_the_limit_is_documented(oracle_servable, tmp_path):
-    from bert_squad.server.serve import parse_args
+    from bert_squad.server.options import parse_args
 
     assert parse_args([]).max_message_mb == settings.MAX_MESSAGE_MB
     help_text = " ".join(subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--help"], capture_output=True,

@@ -112,18 +112,18 @@ def test_the_supervisor_finds_its_worker_children_and_no_other_process():
     import sys
     import time
 
-    from bert_squad.server import master as serve
+    from bert_squad.server.processes import worker_pids
 
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "start_worker.py"])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "other.py"])
     try:
         deadline = time.monotonic() + 10  # the child's cmdline is readable once it has exec'd
-        while serve._worker_pids() != {worker.pid} and time.monotonic() < deadline:
+        while worker_pids() != {worker.pid} and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert serve._worker_pids() == {worker.pid}
+        assert worker_pids() == {worker.pid}
         worker.kill()
         worker.wait()
-        assert serve._worker_pids() == set()  # an exited (reaped) worker is gone
+        assert worker_pids() == set()  # an exited (reaped) worker is gone
     finally:
         for p in (worker, other):
             p.kill()

@@ -1,4 +1,4 @@
-"""HTTP health endpoints for load balancers and orchestrators: GET /livez and GET /readyz.
+"""Health for load balancers and orchestrators: what GET /livez and GET /readyz answer, and the readiness probe.
 
 MindSpore Serving has no health check: its gRPC port keeps accepting requests while the
 worker that runs the model is dead or being restarted. So /readyz asks the served model a
@@ -15,18 +15,17 @@ Semantics (the README repeats them):
   command's warm-up question was answered), while stopping, and when the probe failed:
   the worker is restarting ("servable is not available"), the deadline passed, or the
   servable returned an error. With several workers it stays 200 while any worker answers.
-Both answer GET and HEAD with a JSON body {"status": ..., ...}; other paths get 404.
+Both answer GET and HEAD with a JSON body {"status": ..., ...}; http.py serves them, on the REST address and
+alone on --health-address (where other paths get 404).
 """
 from __future__ import annotations
 
-import json
-import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional, Tuple
 
 from bert_squad import settings
+from bert_squad.server.warmup import predict_request
 
 READY_MARKER = "bert-squad-serve: ready"
 
@@ -45,6 +44,7 @@ def find_ready_line(output: str) -> Optional[str]:
     return output[at:] if end < 0 else output[at:end]
 
 STARTING, SERVING, RESTARTING, STOPPING = "starting", "serving", "restarting", "stopping"
+STOPPING_REASON = "the server is stopping"
 
 Probe = Callable[[], None]  # returns when the model answered, raises (ProbeFailed) when it did not
 
@@ -100,14 +100,21 @@ class HealthState:
             return False, {"status": "stopped", "phase": STOPPING}
         return True, {"status": "alive", "phase": SERVING}
 
-    def ready(self) -> Tuple[bool, dict]:
+    def unavailable(self) -> Optional[str]:
+        """Why the model cannot be asked now (starting, restarting, stopping), or None while serving: /readyz's
+        reason, and the REST front door's 503."""
         if self.phase == STARTING:
-            return False, {"status": "not ready",
-                           "reason": "the server is starting: the model has not answered its warm-up question yet"}
+            return "the server is starting: the model has not answered its warm-up question yet"
         if self.phase == RESTARTING:
-            return False, {"status": "not ready", "reason": self.restart_reason or "Serving's master is restarting"}
-        if self.phase == STOPPING or not self._alive():
-            return False, {"status": "not ready", "reason": "the server is stopping"}
+            return self.restart_reason or "Serving's master is restarting"
+        if self.phase == STOPPING:
+            return STOPPING_REASON
+        return None
+
+    def ready(self) -> Tuple[bool, dict]:
+        reason = self.unavailable() or (None if self._alive() else STOPPING_REASON)
+        if reason:
+            return False, {"status": "not ready", "reason": reason}
         with self._lock:
             if self._checked is None or time.monotonic() - self._checked >= self._ttl:
                 self._run_probe()
@@ -130,98 +137,6 @@ class HealthState:
         self._took = self._checked - t0
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "_HTTPServer"
-
-    def do_GET(self) -> None:
-        self._answer(with_body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(with_body=False)
-
-    def _answer(self, with_body: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/livez":
-            ok, body = self.server.state.live()
-        elif path == "/readyz":
-            ok, body = self.server.state.ready()
-        else:
-            self._send(404, {"status": "not found", "reason": f"no {path}; the endpoints are /livez and /readyz"},
-                       with_body)
-            return
-        self._send(200 if ok else 503, body, with_body)
-
-    def _send(self, code: int, body: dict, with_body: bool) -> None:
-        data = json.dumps(body).encode() + b"\n"
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if with_body:
-            self.wfile.write(data)
-
-    def log_message(self, *args) -> None:  # probes every few seconds would flood the server's output
-        pass
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, host: str, port: int, state: HealthState):
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.state = state
-        super().__init__((host, port), _Handler)
-
-
-class HealthServer:
-    """The running endpoints. The serve command moves it through starting -> serving -> stopping."""
-
-    def __init__(self, httpd: _HTTPServer):
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="bert-squad-health", daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        """host:port actually bound (the real port when port 0 was asked for)."""
-        host, port = self._httpd.server_address[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    def mark_serving(self) -> None:
-        """The warm-up question was answered: /readyz starts probing the model."""
-        self._httpd.state.phase = SERVING
-
-    def mark_stopping(self) -> None:
-        """Shutdown began: /readyz answers 503 at once, so balancers drain this server."""
-        self._httpd.state.phase = STOPPING
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-
-def start_health_server(address: str, probe: Probe, ttl: float = settings.HEALTH_TTL_S,
-                        alive: Callable[[], bool] = lambda: True,
-                        state: Optional[HealthState] = None) -> HealthServer:
-    """Serve /livez and /readyz on `address` from a daemon thread; /readyz is 503 until mark_serving().
-
-    `probe` asks the model a question (grpc_probe); `alive` says whether Serving's master still runs.
-    `state` shares the phase and probe cache with the HTTP front door's endpoints (then probe, ttl, alive
-    are the state's).
-    """
-    host, port = parse_address(address)
-    if ttl < 0:
-        raise HealthError(f"the readiness TTL must be >= 0 seconds, got {ttl}")
-    try:
-        httpd = _HTTPServer(host, port, state or HealthState(probe, ttl, alive))
-    except OSError as e:
-        raise HealthError(f"cannot listen on {address} for the health endpoints: {e.strerror or e}; "
-                          f"pick a free port with --health-address HOST:PORT, or 'off'") from None
-    return HealthServer(httpd)
-
-
 def _pem(path: Optional[str]) -> Optional[bytes]:
     if path is None:
         return None
@@ -229,17 +144,15 @@ def _pem(path: Optional[str]) -> Optional[bytes]:
         return f.read()
 
 
-def grpc_probe(address: str, servable: str, question: str, context: str,
-               timeout: float = settings.HEALTH_PROBE_TIMEOUT_S, tls_ca: Optional[str] = None,
-               tls_cert: Optional[str] = None, tls_key: Optional[str] = None) -> Probe:
-    """A probe that asks `servable`'s predict method one question through the server's own gRPC endpoint.
+def grpc_probe(address: str, servable: str, timeout: float = settings.HEALTH_PROBE_TIMEOUT_S,
+               tls_ca: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None) -> Probe:
+    """A probe that asks `servable`'s predict method the warm-up question through the server's own gRPC endpoint.
 
     It travels the path client requests take (gRPC server -> master -> worker -> model), so it
     fails while the worker restarts. `tls_ca` verifies a TLS server; `tls_cert`/`tls_key` are the
     client identity a server requiring client certificates accepts. Needs mindspore_serving (server side).
     """
     import grpc
-    from mindspore_serving.proto import ms_service_pb2 as pb
     from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
 
     target = loopback_target(address)
@@ -249,15 +162,7 @@ def grpc_probe(address: str, servable: str, question: str, context: str,
     else:
         channel = grpc.insecure_channel(target)
     stub = pb_grpc.MSServiceStub(channel)
-    request = pb.PredictRequest()
-    request.servable_spec.name = servable
-    request.servable_spec.method_name = "predict"
-    instance = request.instances.add()
-    for name, text in (("question", question), ("context", context)):
-        tensor = instance.items[name]
-        tensor.dtype = pb.MS_STRING
-        tensor.shape.dims.append(1)
-        tensor.bytes_val.append(text.encode("utf-8"))
+    request = predict_request(servable)
 
     def probe() -> None:
         try:

@@ -1,4 +1,5 @@
-"""The HTTP front door: MindSpore Serving's REST API, /livez, /readyz, /metrics and /openapi.json on one port.
+"""The HTTP front door: MindSpore Serving's REST API, /livez, /readyz, /metrics and /openapi.json on one port,
+and the same machinery serving /livez and /readyz alone on --health-address (health_app).
 
 Built on Starlette served by uvicorn (ASGI): both are small, well kept, have Python 3.9 wheels, and uvicorn
 does HTTP/1.1 parsing (httptools), TLS and mutual TLS (the standard ssl module) and graceful shutdown.
@@ -67,8 +68,7 @@ class FrontDoor:
         self._latency = {method: metrics.LATENCY.labels("rest", method) for method in (*METHODS, "other")}
         self._starlette = Starlette(routes=[
             Route("/model/{tail:path}", self._not_post, methods=["POST"]),  # GET and others: 405 from Starlette
-            Route("/livez", self.livez, methods=["GET", "HEAD"]),
-            Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
+            *health_routes(state),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/openapi.json", self.openapi_json, methods=["GET"]),
             *extra_routes,  # the try-it page (page.py), unless --page off
@@ -179,14 +179,6 @@ class FrontDoor:
 
     # ------------------------------------------------------------ operators
 
-    async def livez(self, request: Request) -> Response:
-        ok, body = self.state.live()
-        return _health_response(ok, body, request)
-
-    async def readyz(self, request: Request) -> Response:
-        ok, body = await run_in_threadpool(self.state.ready)
-        return _health_response(ok, body, request)
-
     async def metrics(self, _request: Request) -> Response:
         return Response(await run_in_threadpool(metrics.exposition), media_type=metrics.CONTENT_TYPE_LATEST)
 
@@ -198,9 +190,37 @@ OUTCOMES = {400: "bad_request", 404: "not_found", 413: "too_large", 429: "busy",
             504: "timeout"}
 
 
-def _health_response(ok: bool, body: dict, request: Request) -> Response:
+def health_routes(state: health.HealthState) -> "list[Route]":
+    """GET and HEAD /livez and /readyz (health.py's semantics): on the REST address, and alone on --health-address."""
+
+    async def livez(request: Request) -> Response:
+        return _health_response(*state.live(), request)
+
+    async def readyz(request: Request) -> Response:
+        return _health_response(*await run_in_threadpool(state.ready), request)
+
+    return [Route("/livez", livez, methods=["GET", "HEAD"]), Route("/readyz", readyz, methods=["GET", "HEAD"])]
+
+
+def health_app(state: health.HealthState) -> Starlette:
+    """The --health-address listener's app: the health routes only, so that it can be opened to a network the
+    REST API is not; any other request gets a JSON reason naming the two endpoints."""
+
+    async def refused(request: Request, error: HTTPException) -> Response:
+        if error.status_code == 404:
+            body = {"status": "not found", "reason": f"no {request.url.path}; the endpoints are /livez and /readyz"}
+        else:
+            body = {"status": "refused", "reason": f"{request.method} {request.url.path}: {error.detail}; the "
+                                                   f"endpoints answer GET and HEAD"}
+        return _health_response(False, body, request, error.status_code)
+
+    return Starlette(routes=health_routes(state), exception_handlers={HTTPException: refused})
+
+
+def _health_response(ok: bool, body: dict, request: Request, failed: int = 503) -> Response:
     data = rest.dumps(body) + b"\n" if request.method != "HEAD" else b""
-    return Response(data, 200 if ok else 503, media_type="application/json", headers={"Cache-Control": "no-store"})
+    return Response(data, 200 if ok else failed, media_type="application/json",
+                    headers={"Cache-Control": "no-store"})
 
 
 def _rpc_error(error: grpc.aio.AioRpcError, timeout: float) -> rest.RestError:
@@ -224,9 +244,10 @@ class _Uvicorn(uvicorn.Server):
 
 
 class HttpServer:
-    """The front door listening on one address; `serve()` runs until `stop()`, finishing in-flight requests."""
+    """An ASGI app (the front door's, or health_app) listening on one address; `serve()` runs until `stop()`,
+    finishing in-flight requests."""
 
-    def __init__(self, door: FrontDoor, address: str, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
+    def __init__(self, app, address: str, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                  tls_client_ca: Optional[str] = None, drain_s: float = 30.0):
         host, port = health.parse_address(address)
         tls = {}
@@ -234,7 +255,7 @@ class HttpServer:
             tls = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key}
             if tls_client_ca:
                 tls.update(ssl_ca_certs=tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
-        config = uvicorn.Config(door.app, host=host, port=port, log_level="warning", access_log=False,
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 lifespan="on", timeout_graceful_shutdown=int(drain_s), server_header=False,
                                 proxy_headers=False, interface="asgi3", **tls)
         self._server = _Uvicorn(config)

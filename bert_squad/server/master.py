@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from bert_squad.server.serve import WARMUP_CONTEXT, WARMUP_QUESTION, ServeError, parse_args
+from bert_squad.server.contract import EXIT_SERVING_DIED, EXIT_START_FAILED, READY_FD_ENV
+from bert_squad.server.options import ServeError, parse_args
+from bert_squad.server.processes import worker_pids
+from bert_squad.server.warmup import predict_request
 
-READY_FD_ENV = "BERT_SQUAD_READY_FD"
-EXIT_SERVING_DIED = 3  # Serving stopped on its own: its workers died and it would not restart them
-EXIT_START_FAILED = 2
 WORKER_POLL_S = 0.5
 
 
@@ -34,16 +34,9 @@ def _ssl_config(server, args):
 def warm_up(args, timeout: float) -> float:
     """Ask one question over the public gRPC endpoint within `timeout`; returns the seconds it took."""
     import grpc
-    from mindspore_serving.proto import ms_service_pb2 as pb
     from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
 
-    request = pb.PredictRequest()
-    request.servable_spec.name, request.servable_spec.method_name = args.name, "predict"
-    instance = request.instances.add()
-    for name, text in (("question", WARMUP_QUESTION), ("context", WARMUP_CONTEXT)):
-        instance.items[name].dtype = pb.MS_STRING
-        instance.items[name].shape.dims.append(1)
-        instance.items[name].bytes_val.append(text.encode())
+    request = predict_request(args.name)
     if args.tls_cert:
         channel = grpc.secure_channel(args.grpc_address, grpc.ssl_channel_credentials(Path(args.tls_cert).read_bytes()))
     else:
@@ -58,44 +51,6 @@ def warm_up(args, timeout: float) -> float:
     if errors or len(reply.instances) != 1:
         raise ServeError(f"the warm-up question failed: {errors[0] if errors else 'no answer in the reply'}")
     return time.perf_counter() - t0
-
-
-def children(pid: int | str = "self") -> "set[int]":
-    """Child pids of a process, from /proc/<pid>/task/*/children: the supervisors ask twice a second, and
-    psutil's children() reads the stat file of every process on the host."""
-    tasks = Path(f"/proc/{pid}/task")
-    own = os.getpid() if pid == "self" else pid
-    if not (tasks / str(own) / "children").exists():  # a kernel built without CONFIG_PROC_CHILDREN
-        import psutil  # a dependency of mindspore_serving
-
-        try:
-            return {child.pid for child in psutil.Process(own).children()}
-        except psutil.NoSuchProcess:
-            return set()
-    pids = set()
-    try:
-        entries = list(tasks.iterdir())
-    except OSError:  # the process exited
-        return pids
-    for task in entries:
-        try:
-            pids.update(int(child) for child in (task / "children").read_text().split())
-        except OSError:  # the thread exited meanwhile
-            pass
-    return pids
-
-
-def _worker_pids() -> "set[int]":
-    """Serving's worker processes: children of this process running its start_worker.py."""
-    pids = set()
-    for pid in children():
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:  # exited meanwhile
-            continue
-        if any(part.endswith(b"start_worker.py") for part in command):
-            pids.add(pid)
-    return pids
 
 
 def _answers_again(args, stopping) -> bool:
@@ -128,10 +83,10 @@ def _watch_workers(args) -> bool:
     signal.signal(signal.SIGTERM, lambda received, _frame: signals.append(received))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stopping = lambda: bool(signals) or ExitSignalHandle_.has_stopped()  # noqa: E731
-    workers = _worker_pids()
+    workers = worker_pids()
     while not stopping():
         time.sleep(WORKER_POLL_S)
-        current = _worker_pids()
+        current = worker_pids()
         for pid in sorted(workers - current):
             metrics.WORKER_RESTARTS.inc()
             print(f"bert-squad-serve: worker {pid} exited; the requests it held failed", flush=True)

@@ -16,23 +16,20 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from bert_squad import settings
+from bert_squad import settings, versions
 from bert_squad.runtimes.batching import run_windows
 from bert_squad.model.config import BertConfig
 from bert_squad.text.decode import decode
 from bert_squad.errors import InputError
 from bert_squad.metadata import Metadata, read_metadata
+from bert_squad.server.contract import PIN_ENV, THREADS_ENV
+from bert_squad.server.contract import VERSION_ENV  # noqa: F401 - servable_config.py reads it as glue.VERSION_ENV
 from bert_squad.text.tokenizer import BertTokenizer, load_tokenizer
 from bert_squad.text.windows import Features, build_features
 
-# Environment the serve command hands to the worker processes that import servable_config.py.
-VERSION_ENV = "BERT_SQUAD_VERSION"
-THREADS_ENV = "BERT_SQUAD_THREADS"
-PIN_ENV = "BERT_SQUAD_PIN_CORES"  # "1": worker k computes on the k-th block of THREADS_ENV cores
 # When set, a file each model-stage batch appends one JSON line to: {"pid", "lengths" (its windows' real
 # lengths), "seconds" (the stage's model work)}. For measuring model time apart from queue and transport.
 MODEL_TIMES_ENV = "BERT_SQUAD_MODEL_TIMES"
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's: where every process writes its metrics
 WORKER_ENV = "SERVING_DEVICE_ID"  # Serving's start_worker.py sets it (the worker's device id) before importing us
 INSTANCES_PER_MODEL_CALL = settings.INSTANCES_PER_MODEL_CALL
 ANSWER_OUTPUTS = ["answer", "score", "start", "end", "top_starts", "top_ends", "top_scores"]
@@ -56,10 +53,10 @@ def version_dir(servable_root: Path, version: Optional[str]) -> Path:
     """The version folder this worker serves: the serve command's choice, else the newest."""
     if version:
         return servable_root / version
-    numbered = sorted((int(p.name) for p in servable_root.iterdir() if p.is_dir() and p.name.isdigit()))
-    if not numbered:
+    newest = versions.newest(servable_root)
+    if newest is None:
         raise RuntimeError(f"no version folder in {servable_root}; export a model with bert-squad-export")
-    return servable_root / str(numbered[-1])
+    return servable_root / str(newest)
 
 
 def load_version(folder: Path) -> "tuple[Metadata, BertTokenizer]":

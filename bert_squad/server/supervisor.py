@@ -21,7 +21,8 @@ from typing import Callable, List, Optional
 
 from bert_squad import settings
 from bert_squad.server import metrics
-from bert_squad.server.master import READY_FD_ENV, children
+from bert_squad.server.contract import READY_FD_ENV
+from bert_squad.server.processes import children
 
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 

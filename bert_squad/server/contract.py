@@ -1,0 +1,22 @@
+"""The contract between the serve process and the processes it starts: environment variables and exit codes.
+
+The serve command (serve.py) starts Serving's master in a child process (master.py, through supervisor.py),
+which starts Serving's workers; those import servable_config.py (servable_glue.py). Each side reads here
+what the other one sets, so a name or a code has one home.
+"""
+
+# Set by the serve process for the master and, through it, for the workers.
+VERSION_ENV = "BERT_SQUAD_VERSION"  # the version folder the workers serve
+THREADS_ENV = "BERT_SQUAD_THREADS"  # inference threads per worker
+PIN_ENV = "BERT_SQUAD_PIN_CORES"  # "1": worker k computes on the k-th block of THREADS_ENV cores
+# prometheus_client's: the directory every process writes its metrics to (metrics.py). The serve process sets it
+# before any process imports prometheus_client, which picks its multiprocess mode at import: so it lives here,
+# not in metrics.py, which the serve process may import only after setting it.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Set by the supervisor for the master: the pipe it reports on, one line: "ready <warm-up>" or "error <reason>".
+READY_FD_ENV = "BERT_SQUAD_READY_FD"
+
+# Exit codes of the serve command and of the master process.
+EXIT_START_FAILED = 2  # could not start; the error line says why
+EXIT_SERVING_DIED = 3  # Serving kept dying (master: its workers died and it would not restart them; serve
+#                        command: a crash loop of masters): an outer supervisor should take over

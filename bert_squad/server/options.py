@@ -1,0 +1,86 @@
+"""bert-squad-serve: run the bert_squad servable on MindSpore Serving, gRPC + REST.
+
+The serve command's options, their defaults and checks, and its error: read by the serve process (serve.py)
+and again by the master process it starts (master.py gets the same command line).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bert_squad import settings
+from bert_squad.runtimes.lite_lib import REPO_ROOT
+from bert_squad.server import health
+from bert_squad.server.processes import available_cpus
+
+
+class ServeError(Exception):
+    """The server cannot start; the message says why and what to do."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bert-squad-serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--servable-dir", type=Path, default=REPO_ROOT / "servable",
+                   help="folder holding <name>/servable_config.py and numbered version folders")
+    p.add_argument("--name", default=settings.SERVABLE_NAME, help="servable name (default: %(default)s)")
+    p.add_argument("--version", type=int, default=0, help="version folder to serve; 0 = newest (default)")
+    p.add_argument("--checkpoint", type=Path,
+                   help="used only when no version is exported yet: a zoo .ckpt or a Hugging Face folder to "
+                        "export first (default: download the MindSpore Hub SQuAD checkpoint)")
+    p.add_argument("--vocab", type=Path, help="vocab.txt for a zoo .ckpt (default for the Hub checkpoint: the "
+                                              "verified uncased BERT-base vocabulary that scripts/setup.sh installs)")
+    p.add_argument("--config", type=Path, help="config of a zoo .ckpt that is not BERT-base: the zoo's "
+                                               "task_squad_config.yaml, or JSON (see bert-squad-export --config)")
+    p.add_argument("--hub-url", default=settings.HUB_CHECKPOINT_URL,
+                   help="where to download the Hub checkpoint from (a mirror; default: the MindSpore Hub)")
+    p.add_argument("--hub-sha256", default=settings.HUB_CHECKPOINT_SHA256,
+                   help="sha256 the downloaded checkpoint must have (default: the Hub file's)")
+    p.add_argument("--grpc-address", default=settings.DEFAULT_GRPC_ADDRESS,
+                   help="host:port for gRPC (default %(default)s; use 0.0.0.0:PORT to expose it)")
+    p.add_argument("--rest-address", default=settings.DEFAULT_REST_ADDRESS,
+                   help="host:port for REST, or 'off' (default %(default)s)")
+    p.add_argument("--device", choices=("cpu", "gpu", "ascend"), default="cpu",
+                   help="cpu runs through MindSpore Lite; gpu/ascend through MindSpore (untested here)")
+    p.add_argument("--device-ids", default="0",
+                   help="comma-separated device ids; on cpu each id is one more worker process")
+    p.add_argument("--threads", type=int,
+                   help="inference threads per worker (default: the cores this process may use, "
+                        f"{available_cpus()}, divided among the workers)")
+    p.add_argument("--python-workers", type=int, default=0,
+                   help="extra processes for the tokenize / decode stages (default 0: in the worker)")
+    p.add_argument("--health-address", default=settings.DEFAULT_HEALTH_ADDRESS,
+                   help="host:port for the HTTP health endpoints GET /livez and GET /readyz, or 'off' "
+                        "(default %(default)s)")
+    p.add_argument("--max-message-mb", type=int, default=settings.MAX_MESSAGE_MB,
+                   help="largest request accepted, gRPC and REST (default %(default)s MB)")
+    p.add_argument("--max-queued-requests", type=int, default=settings.MAX_QUEUED_REQUESTS,
+                   help="requests received and not yet answered, past which Serving refuses new ones at once "
+                        "('enqueued requests count exceeds the limit'; clients retry later) (default %(default)s)")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and REST over TLS")
+    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
+    p.add_argument("--workdir", type=Path,
+                   help="where Serving writes serving_logs/ and unix_socket_files/ (default: a new temp dir)")
+    p.add_argument("--warmup-timeout", type=float, default=120.0, help="seconds the warm-up question may take")
+    p.add_argument("--page", choices=("on", "off"), default="on",
+                   help="the try-it page at GET / of the REST address (default %(default)s)")
+    p.add_argument("--page-examples", type=Path,
+                   help="SQuAD v1.1 file whose first paragraphs the page offers as examples "
+                        "(default: three written for the page)")
+    args = p.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        p.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.threads is None:
+        args.threads = max(1, available_cpus() // len([x for x in args.device_ids.split(",") if x.strip()] or [0]))
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
+    if args.health_address != "off":
+        try:
+            health.parse_address(args.health_address)
+        except health.HealthError as e:
+            p.error(str(e))
+    if args.max_queued_requests < 1:
+        p.error("--max-queued-requests must be at least 1")
+    return args
