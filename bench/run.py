@@ -88,7 +88,7 @@ SERVED_AS = {"serving_int8_2w": ("serving_int8", ("--device-ids", "0,1")),
 OPENVINO_IR = {"openvino_fp32": "openvino_fp32_ir", "openvino_bf16": "serving_bf16", "openvino_int8": "serving_int8"}
 SERVED = tuple(name for name in EXPORTS if name in STACKS) + tuple(SERVED_AS)
 EXPORT_CODE = [REPO / "bert_squad" / "model" / "network.py", REPO / "bert_squad" / "model" / "checkpoint.py",
-               REPO / "export" / "exporter.py", REPO / "export" / "openvino_export.py",
+               REPO / "bert_squad" / "export" / "exporter.py", REPO / "bert_squad" / "export" / "openvino_export.py",
                REPO / "bert_squad" / "runtimes" / "openvino.py"]
 OURS = next(name for name, (runtime, _, precision) in EXPORTS.items()
             if runtime == EXPORT_RUNTIME and precision == "fp32")

@@ -96,7 +96,7 @@ class Metadata:
     precision: str = ""  # "" in files written before the field existed: read as fp16/fp32 from compute_dtype
     # int8: how many calibration windows, from which file, seed, seconds; None otherwise
     calibration: Optional[Dict[str, Any]] = None
-    # bf16 / int8: measured against the fp32 network at export (export/openvino_export.py); None otherwise
+    # bf16 / int8: measured against the fp32 network at export (bert_squad/export/openvino_export.py); None otherwise
     agreement: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:

@@ -149,7 +149,7 @@ def ensure_exported(args) -> None:
     from bert_squad.model.checkpoint import CheckpointError
     from bert_squad.model.config import ConfigError, read_config_file
     from bert_squad.metadata import EXPORT_RUNTIME, MetadataError
-    from bert_squad_export.exporter import ExportError, export_version
+    from bert_squad.export.exporter import ExportError, export_version
 
     log = lambda line: print(f"bert-squad-serve: {line}", flush=True)  # noqa: E731
     try:

@@ -30,8 +30,8 @@ from bert_squad.metadata import (EXPORT_RUNTIME, RUNTIME_PRECISIONS, RUNTIMES, M
 from bert_squad.runtimes.lite_lib import REPO_ROOT, RuntimeMissing
 from bert_squad.runtimes import openvino as ov_runtime
 from bert_squad.runtimes.cpu_features import PRECISIONS, PrecisionUnsupported, check_precision, read_flags
-from bert_squad_export.openvino_export import Calibration, CalibrationError, squad_windows
-from bert_squad_export.openvino_export import export_model as export_openvino_model
+from bert_squad.export.openvino_export import Calibration, CalibrationError, squad_windows
+from bert_squad.export.openvino_export import export_model as export_openvino_model
 from bert_squad.model.vocab import VocabError, uncased_vocab
 
 VOCAB_FILE = "vocab.txt"
