@@ -42,7 +42,7 @@ def oracle(tmp_path_factory):
     """The oracle checkpoint, its MindSpore network, and one export per precision (calibrated on SQuAD dev-head)."""
     from bert_squad.model.checkpoint import build_network, load_checkpoint
     from bert_squad.export.exporter import export_version
-    from bert_squad.export.openvino_export import Calibration
+    from bert_squad.export.calibration import Calibration
     from conftest import SQUAD_DEV_HEAD
     from harness import new_servable_dir
     from oracle import build_oracle_checkpoint, uncased_vocab_file

@@ -8,8 +8,8 @@ from typing import List, Optional, Tuple
 
 from bert_squad import settings
 from bert_squad.model.config import ConfigError, read_config_file
-from bert_squad.metadata import EXPORT_RUNTIME, RUNTIMES, MetadataError
-from bert_squad.runtimes.cpu_features import PRECISIONS
+from bert_squad.metadata import MetadataError
+from bert_squad.runtimes import NAMES, PRECISIONS, RUNTIMES
 
 
 def _buckets(text: str) -> Tuple[int, ...]:
@@ -42,7 +42,7 @@ def _calibration(args: argparse.Namespace):
     from pathlib import Path
 
     from .exporter import default_calibration_file
-    from .openvino_export import Calibration
+    from .calibration import Calibration
 
     return Calibration(Path(args.calibration_data) if args.calibration_data else default_calibration_file(),
                        args.calibration_windows)
@@ -86,11 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--runtime",
-        choices=RUNTIMES,
+        choices=NAMES,
         help="serving: one MindIR per bucket, run by MindSpore Serving; lite_direct: one MindIR that "
         "MindSpore Lite resizes to each window's exact length (needs the shim of scripts/setup.sh); openvino: one "
-        "OpenVINO IR run at each window's exact length (default: %s for fp32, serving for fp16, openvino for bf16 "
-        "and int8)" % EXPORT_RUNTIME,
+        "OpenVINO IR run at each window's exact length (default: %s)"
+        % ", ".join(f"{name} for {' and '.join(module.DEFAULT_FOR)}" for name, module in sorted(
+            RUNTIMES.items(), key=lambda item: PRECISIONS.index(item[1].DEFAULT_FOR[0]))),
     )
     parser.add_argument("--calibration-data", metavar="SQUAD_JSON",
                         help="int8: SQuAD v1.1 file whose questions and contexts (never answers) calibrate the int8 "

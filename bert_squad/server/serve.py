@@ -148,8 +148,9 @@ def ensure_exported(args) -> None:
         expected = args.hub_sha256
     from bert_squad.model.checkpoint import CheckpointError
     from bert_squad.model.config import ConfigError, read_config_file
-    from bert_squad.metadata import EXPORT_RUNTIME, MetadataError
     from bert_squad.export.exporter import ExportError, export_version
+    from bert_squad.metadata import MetadataError
+    from bert_squad.runtimes import export_runtime
 
     log = lambda line: print(f"bert-squad-serve: {line}", flush=True)  # noqa: E731
     try:
@@ -159,7 +160,7 @@ def ensure_exported(args) -> None:
             for note in notes:
                 log(note)
         export_version(checkpoint, args.servable_dir, name=args.name, vocab_file=vocab, config=config,
-                       expected_sha256=expected, runtime=EXPORT_RUNTIME if args.device == "cpu" else "serving",
+                       expected_sha256=expected, runtime=export_runtime(args.device),
                        log=log)
     except (ExportError, CheckpointError, ConfigError, MetadataError) as e:
         raise ServeError(f"cannot export {checkpoint}: {e}") from e
@@ -207,14 +208,16 @@ def check_version_folder(folder: Path, device: str):
     lite_direct or openvino export (CPU only) on a GPU/Ascend device, bf16 on a CPU without bf16.
     Returns the version's Metadata."""
     from bert_squad.metadata import MetadataError, check_model_files, read_metadata
+    from bert_squad.runtimes import default_runtime, get_runtime
 
     try:
         meta = read_metadata(folder)
     except MetadataError as e:
         raise ServeError(str(e)) from None
-    if meta.runtime in ("lite_direct", "openvino") and device != "cpu":
+    if get_runtime(meta.runtime).CPU_ONLY and device != "cpu":
         raise ServeError(f"{folder} was exported with --runtime {meta.runtime}, which runs on CPU only; for "
-                         f"--device {device} export a version with bert-squad-export --runtime serving --fp16")
+                         f"--device {device} export a version with bert-squad-export --runtime "
+                         f"{default_runtime('fp16')} --fp16")
     _check_cpu_precision(folder, meta)
     for name in meta.mindir_files:
         path = folder / name
@@ -230,9 +233,10 @@ def check_version_folder(folder: Path, device: str):
 
 def _check_cpu_precision(folder: Path, meta) -> None:
     """A bf16 export copied to a CPU without native bf16 is refused here, with what to export instead."""
+    from bert_squad.runtimes import get_runtime
     from bert_squad.runtimes.cpu_features import PrecisionUnsupported, check_precision, read_flags
 
-    if meta.runtime == "openvino":
+    if get_runtime(meta.runtime).CPU_ONLY:
         try:
             check_precision(meta.precision, read_flags())
         except PrecisionUnsupported as e:
