@@ -78,14 +78,30 @@ class _Job:
     """One export's checkpoint, staging folder and network, as a runtime's write_model_files sees them
     (bert_squad.runtimes.base.ExportJob)."""
 
-    def __init__(self, loaded: LoadedCheckpoint, net, staging: Path, precision: str, compute_dtype: str,
-                 batch_size: int, calibration: Calibration, vocab: Path, do_lower_case: bool,
+    def __init__(self, loaded: LoadedCheckpoint, net, model_dir: Path, version: Optional[int], precision: str,
+                 compute_dtype: str, batch_size: int, calibration: Calibration, vocab: Path, do_lower_case: bool,
                  log: Callable[[str], None]):
-        self.staging, self.config, self.weights = staging, loaded.config, loaded.weights
+        self.config, self.weights, self.model_dir, self.version = loaded.config, loaded.weights, model_dir, version
         self.precision, self.batch_size, self.calibration, self.log = precision, batch_size, calibration, log
         self.verify_lengths = sorted({*VERIFY_LENGTHS, loaded.config.num_attention_heads})
         self._loaded, self._net, self._compute_dtype = loaded, net, compute_dtype
         self._vocab, self._do_lower_case = vocab, do_lower_case
+        self._staging: Optional[Path] = None
+
+    @property
+    def staging(self) -> Path:
+        """The hidden folder the version is written into, made on first use: a runtime that first reads its
+        inputs (SQuAD windows) and fails leaves no folder behind."""
+        if self._staging is None:
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+            _ensure_servable_config(self.model_dir, self.log)
+            self.version = next_version(self.model_dir) if self.version is None else self.version
+            self._staging = Path(tempfile.mkdtemp(prefix=f".{self.version}.partial-", dir=self.model_dir))
+        return self._staging
+
+    def discard(self) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
 
     def inputs(self, batch_size: int, length: int, seed: int = 0):
         return tuple(t.asnumpy() for t in export_inputs(batch_size, length, self.config.vocab_size, seed))
@@ -171,17 +187,15 @@ def export_version(
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     net = build_network(loaded, compute_dtype)
     calibration = calibration or Calibration(default_calibration_file())
-    model_dir.mkdir(parents=True, exist_ok=True)
-    _ensure_servable_config(model_dir, log)
-    version = next_version(model_dir) if version is None else version
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
+    job = _Job(loaded, net, model_dir, version, precision, compute_dtype, batch_size, calibration, vocab,
+               do_lower_case, log)
     try:
         model_files = module.model_files(buckets)
-        job = _Job(loaded, net, staging, precision, compute_dtype, batch_size, calibration, vocab, do_lower_case, log)
         try:
             extra_fields = module.write_model_files(job, buckets)
         except ExportFailed as exc:
             raise ExportError(str(exc)) from None
+        staging, version = job.staging, job.version
         shutil.copyfile(vocab, staging / VOCAB_FILE)
         write_metadata(
             staging,
@@ -210,7 +224,7 @@ def export_version(
             shutil.rmtree(target)
         staging.rename(target)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        job.discard()
         raise
     log(f"exported version {version} to {target}")
     return target
@@ -272,11 +286,14 @@ def _buckets(module, precision: str, buckets: Optional[Sequence[int]]) -> Sequen
     if not module.ONE_MODEL:
         return settings.BUCKETS if buckets is None else buckets
     if buckets is not None and tuple(buckets) != (settings.MAX_SEQ_LENGTH,):
-        default = " (the default)" if module.NAME == default_runtime(precision) else ""
-        bucketed = [name for name, other in RUNTIMES.items() if not other.ONE_MODEL and precision in other.PRECISIONS]
-        instead = f"; for one model per bucket add --runtime {bucketed[0]}" if bucketed else ""
-        raise ExportError(f"--buckets does not apply to --runtime {module.NAME}{default}: its one model runs every "
-                          f"window at the window's own length{instead}")
+        refused = f"--buckets does not apply to --runtime {module.NAME}"
+        why = "its one model runs every window at the window's own length"
+        if module.NAME != default_runtime("fp32"):
+            raise ExportError(f"{refused}: {why}")
+        # the runtime of a plain `bert-squad-export CHECKPOINT`: say how to get buckets
+        bucketed = next(name for name, other in RUNTIMES.items()
+                        if not other.ONE_MODEL and precision in other.PRECISIONS)
+        raise ExportError(f"{refused} (the default): {why}; for one model per bucket add --runtime {bucketed}")
     return (settings.MAX_SEQ_LENGTH,)
 
 
