@@ -41,7 +41,8 @@ import numpy as np  # noqa: E402
 from bench import machine, questions as squad, report, serving, stacks, stats  # noqa: E402
 from bert_squad import settings  # noqa: E402
 from bert_squad.text.decode import decode  # noqa: E402
-from bert_squad.metadata import EXPORT_RUNTIME, read_metadata, sha256_file  # noqa: E402
+from bert_squad.metadata import read_metadata, sha256_file  # noqa: E402
+from bert_squad.runtimes import default_runtime, get_runtime  # noqa: E402
 from bert_squad.text.metric import evaluate  # noqa: E402
 from bert_squad.text.tokenizer import load_tokenizer  # noqa: E402
 from bert_squad.text.windows import build_features  # noqa: E402
@@ -88,10 +89,11 @@ SERVED_AS = {"serving_int8_2w": ("serving_int8", ("--device-ids", "0,1")),
 OPENVINO_IR = {"openvino_fp32": "openvino_fp32_ir", "openvino_bf16": "serving_bf16", "openvino_int8": "serving_int8"}
 SERVED = tuple(name for name in EXPORTS if name in STACKS) + tuple(SERVED_AS)
 EXPORT_CODE = [REPO / "bert_squad" / "model" / "network.py", REPO / "bert_squad" / "model" / "checkpoint.py",
-               REPO / "export" / "exporter.py", REPO / "export" / "openvino_export.py",
-               REPO / "bert_squad" / "runtimes" / "openvino.py"]
+               REPO / "bert_squad" / "export" / "exporter.py", REPO / "bert_squad" / "export" / "calibration.py",
+               REPO / "bert_squad" / "runtimes" / "openvino.py", REPO / "bert_squad" / "runtimes" / "lite_direct.py",
+               REPO / "bert_squad" / "runtimes" / "serving.py"]
 OURS = next(name for name, (runtime, _, precision) in EXPORTS.items()
-            if runtime == EXPORT_RUNTIME and precision == "fp32")
+            if runtime == default_runtime("fp32") and precision == "fp32")
 
 
 def log(message: str) -> None:
@@ -200,7 +202,7 @@ def export_servable(args, weights: Path, weights_sha: str, stack: str) -> Path:
         shutil.rmtree(servable_dir, ignore_errors=True)
         runtime, buckets, precision = EXPORTS[stack]
         log(f"exporting {stack} (runtime {runtime}, buckets {','.join(map(str, buckets))}, precision {precision})")
-        shape = ["--buckets", ",".join(map(str, buckets))] if runtime == "serving" else []
+        shape = [] if get_runtime(runtime).ONE_MODEL else ["--buckets", ",".join(map(str, buckets))]
         run_checked([PY39, "-m", "bert_squad_export", weights, "--servable-dir", servable_dir,
                      "--name", settings.SERVABLE_NAME, "--version", "1", "--runtime", runtime, *shape,
                      "--precision", precision, "--calibration-data", args.squad.resolve()],

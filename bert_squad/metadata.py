@@ -15,27 +15,15 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from bert_squad import settings
 from bert_squad.model.config import BertConfig, ConfigError
+from bert_squad.runtimes import get_runtime
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1  # bump when a reader of the old layout would misread the new one
 COMPUTE_DTYPES = ("float32", "float16")
-# How the servable runs the model files:
-#   "serving"      one MindIR per bucket, each a MindSpore Serving model (declare_model);
-#   "lite_direct"  one MindIR exported at MAX_SEQ_LENGTH that MindSpore Lite resizes to each window's exact
-#                  length (bert_squad/runtimes/lite_direct.py). It is also a valid "serving" export with the one bucket
-#                  MAX_SEQ_LENGTH, so a reader that predates the field still runs it correctly.
-#   "openvino"     one OpenVINO IR (bert.xml + its weights bert.bin) built from the checkpoint's weights, run at each
-#                  window's exact length in fp32, bf16 or int8 (bert_squad/runtimes/openvino.py).
-RUNTIMES = ("serving", "lite_direct", "openvino")
-# What the model computes in (bert-squad-export --precision): fp16 is the GPU/Ascend export (compute_dtype float16);
-# bf16 and int8 are CPU precisions that run in OpenVINO. The precisions each runtime runs:
-RUNTIME_PRECISIONS = {"serving": ("fp32", "fp16"), "lite_direct": ("fp32",), "openvino": ("fp32", "bf16", "int8")}
-# An OpenVINO IR's weights live in a file beside it that metadata names only through model_sha256.
-IR_WEIGHTS_SUFFIX = ".bin"
+# `runtime` names how the servable runs the model files: a key of the registry bert_squad.runtimes.RUNTIMES, whose
+# module says which precisions it runs and which files it has. A lite_direct version is also a valid "serving"
+# export with the one bucket MAX_SEQ_LENGTH, so a reader that predates the field still runs it correctly.
 DEFAULT_RUNTIME = "serving"  # of files written before the field existed
-# What bert-squad-export (and the serve command's export on first start, on CPU) writes: on CPU the exact-length
-# runtime answers SQuAD questions ~1.5x faster than buckets 128/256/384 with a third of the memory (README Performance).
-EXPORT_RUNTIME = "lite_direct"
 
 
 class MetadataError(ValueError):
@@ -96,7 +84,7 @@ class Metadata:
     precision: str = ""  # "" in files written before the field existed: read as fp16/fp32 from compute_dtype
     # int8: how many calibration windows, from which file, seed, seconds; None otherwise
     calibration: Optional[Dict[str, Any]] = None
-    # bf16 / int8: measured against the fp32 network at export (export/openvino_export.py); None otherwise
+    # bf16 / int8: measured against the fp32 network at export (bert_squad/runtimes/openvino.py); None otherwise
     agreement: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
@@ -111,14 +99,16 @@ class Metadata:
             )
         if self.scoring != self.config.scoring:
             raise MetadataError(f"scoring {self.scoring!r} contradicts config.scoring {self.config.scoring!r}")
-        if self.runtime not in RUNTIMES:
-            raise MetadataError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
-        if self.precision not in RUNTIME_PRECISIONS[self.runtime]:
-            raise MetadataError(f"runtime {self.runtime} runs precision {' or '.join(RUNTIME_PRECISIONS[self.runtime])}, "
+        try:
+            runtime = get_runtime(self.runtime)
+        except ValueError as exc:
+            raise MetadataError(str(exc)) from None
+        if self.precision not in runtime.PRECISIONS:
+            raise MetadataError(f"runtime {self.runtime} runs precision {' or '.join(runtime.PRECISIONS)}, "
                                 f"not {self.precision!r}")
         if (self.precision == "fp16") != (self.compute_dtype == "float16"):
             raise MetadataError(f"precision {self.precision!r} contradicts compute_dtype {self.compute_dtype!r}")
-        if self.runtime in ("lite_direct", "openvino") and self.buckets != (settings.MAX_SEQ_LENGTH,):
+        if runtime.ONE_MODEL and self.buckets != (settings.MAX_SEQ_LENGTH,):
             raise MetadataError(
                 f"a {self.runtime} version has one model, exported at {settings.MAX_SEQ_LENGTH} tokens and resized to "
                 f"each window's length; its buckets must be [{settings.MAX_SEQ_LENGTH}], got {list(self.buckets)}"
@@ -136,16 +126,13 @@ class Metadata:
 
     @property
     def all_model_files(self) -> Tuple[str, ...]:
-        """Every file of the model: model_files and, for an OpenVINO IR, its weights file."""
-        names = set(self.model_files.values())
-        if self.runtime == "openvino":
-            names |= {str(Path(name).with_suffix(IR_WEIGHTS_SUFFIX)) for name in names}
-        return tuple(sorted(names))
+        """Every file of the model: model_files and the files the runtime keeps beside them (an IR's weights)."""
+        return get_runtime(self.runtime).all_files(self.model_files.values())
 
     @property
     def mindir_files(self) -> Tuple[str, ...]:
-        """The model files that are MindIR protobufs (none for the openvino runtime)."""
-        return () if self.runtime == "openvino" else tuple(sorted(set(self.model_files.values())))
+        """The model files that are MindIR protobufs (none where the runtime's are not)."""
+        return tuple(sorted(set(self.model_files.values()))) if get_runtime(self.runtime).MINDIR else ()
 
     def to_dict(self) -> Dict[str, Any]:
         return {

@@ -65,13 +65,16 @@ def verify(folder: Path, device: str) -> Metadata:
     vocabulary (sha256 recorded at export), a missing, empty, truncated or changed model file, a
     lite_direct or openvino export (CPU only) on a GPU/Ascend device, bf16 on a CPU without bf16.
     Returns the version's Metadata."""
+    from bert_squad.runtimes import default_runtime, get_runtime
+
     try:
         meta = read_metadata(folder)
     except MetadataError as e:
         raise VersionError(str(e)) from None
-    if meta.runtime in ("lite_direct", "openvino") and device != "cpu":
+    if get_runtime(meta.runtime).CPU_ONLY and device != "cpu":
         raise VersionError(f"{folder} was exported with --runtime {meta.runtime}, which runs on CPU only; for "
-                           f"--device {device} export a version with bert-squad-export --runtime serving --fp16")
+                           f"--device {device} export a version with bert-squad-export --runtime "
+                           f"{default_runtime('fp16')} --fp16")
     _check_cpu_precision(folder, meta)
     for name in meta.mindir_files:
         path = folder / name
@@ -87,9 +90,10 @@ def verify(folder: Path, device: str) -> Metadata:
 
 def _check_cpu_precision(folder: Path, meta: Metadata) -> None:
     """A bf16 export copied to a CPU without native bf16 is refused here, with what to export instead."""
+    from bert_squad.runtimes import get_runtime
     from bert_squad.runtimes.cpu_features import PrecisionUnsupported, check_precision, read_flags
 
-    if meta.runtime == "openvino":
+    if get_runtime(meta.runtime).CPU_ONLY:
         try:
             check_precision(meta.precision, read_flags())
         except PrecisionUnsupported as e:

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from bert_squad.export.cli import main
 
 sys.exit(main())

@@ -184,7 +184,7 @@ def new_servable_dir(servable_dir: Path) -> Path:
 
 def export_servable(servable_dir: Path, checkpoint: Path, **export_args) -> Path:
     """new_servable_dir() with `checkpoint` exported into it as version 1 (export_version's arguments, quiet)."""
-    from bert_squad_export.exporter import export_version
+    from bert_squad.export.exporter import export_version
 
     new_servable_dir(servable_dir)
     export_version(checkpoint, servable_dir, log=lambda _: None, **export_args)

@@ -20,7 +20,7 @@ from bert_squad.model.checkpoint import build_network, load_checkpoint, weight_n
 from bert_squad.model.config import BertConfig
 from bert_squad.metadata import METADATA_FILE, MetadataError, read_metadata
 from bert_squad.model.network import BertForQuestionAnswering
-from bert_squad_export.cli import main
+from bert_squad.export.cli import main
 
 
 @pytest.fixture(scope="module")

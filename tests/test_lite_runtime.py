@@ -29,7 +29,7 @@ TOLERANCE = 5e-5
 def oracle(tmp_path_factory):
     """The oracle exported with runtime lite_direct (batch 1 and batch 2), and its MindSpore network."""
     from bert_squad.model.checkpoint import build_network, load_checkpoint
-    from bert_squad_export.exporter import export_version
+    from bert_squad.export.exporter import export_version
     from oracle import build_oracle_checkpoint, uncased_vocab_file
 
     root = tmp_path_factory.mktemp("lite")
@@ -232,7 +232,7 @@ def test_a_missing_shim_is_explained_and_no_library_path_is_needed(oracle, monke
     (["--fp16", "--runtime", "lite_direct"], "leave out --fp16, or add --runtime serving"),
 ])
 def test_export_refuses_options_that_do_not_apply_to_lite_direct(oracle, tmp_path, capsys, runtime, extra, message):
-    from bert_squad_export.cli import main
+    from bert_squad.export.cli import main
     from oracle import uncased_vocab_file
 
     oracle["config"].to_json_file(tmp_path / "config.json")
@@ -273,7 +273,7 @@ def test_lite_computes_the_gelu_form_the_checkpoint_was_trained_with(tmp_path, h
     from bert_squad.model.checkpoint import build_network, load_checkpoint, load_into_network, weight_names
     from bert_squad.model.config import BertConfig
     from bert_squad.model.network import BertForQuestionAnswering
-    from bert_squad_export.exporter import export_version
+    from bert_squad.export.exporter import export_version
 
     hf = {"model_type": "bert", "hidden_act": hf_act, "vocab_size": 30522, "hidden_size": 32,
           "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,

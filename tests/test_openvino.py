@@ -41,8 +41,8 @@ def window(length: int, seed: int, batch: int = 2):
 def oracle(tmp_path_factory):
     """The oracle checkpoint, its MindSpore network, and one export per precision (calibrated on SQuAD dev-head)."""
     from bert_squad.model.checkpoint import build_network, load_checkpoint
-    from bert_squad_export.exporter import export_version
-    from bert_squad_export.openvino_export import Calibration
+    from bert_squad.export.exporter import export_version
+    from bert_squad.export.calibration import Calibration
     from conftest import SQUAD_DEV_HEAD
     from harness import new_servable_dir
     from oracle import build_oracle_checkpoint, uncased_vocab_file
@@ -187,7 +187,7 @@ def test_changed_weights_file_is_refused(oracle, tmp_path):
 
 
 def export_cli(oracle, tmp_path, *extra):
-    from bert_squad_export.cli import main
+    from bert_squad.export.cli import main
     from oracle import uncased_vocab_file
 
     oracle["config"].to_json_file(tmp_path / "config.json")
@@ -211,7 +211,7 @@ def test_export_refuses_what_cannot_run(oracle, tmp_path, capsys, extra, message
 
 
 def test_bf16_refused_on_a_cpu_without_bf16(oracle, tmp_path, capsys, monkeypatch):
-    from bert_squad_export import exporter
+    from bert_squad.export import exporter
 
     monkeypatch.setattr(exporter, "read_flags", lambda: frozenset({"avx2", "avx512f", "avx512_vnni"}))
     assert export_cli(oracle, tmp_path, "--precision", "bf16") == 1

@@ -1,14 +1,17 @@
-"""servable_glue's model-stage timing log ($BERT_SQUAD_MODEL_TIMES), with a stand-in for Serving's model
-object (the glue calls only its .call); the served path is in test_e2e_answers.py."""
+"""servable_glue's model-stage timing log ($BERT_SQUAD_MODEL_TIMES), around the serving runtime's scorer with a
+stand-in for Serving's model object (the runtime calls only its .call); the served path is in test_e2e_answers.py."""
 from __future__ import annotations
 
 import json
 import os
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from bert_squad.runtimes import serving
 from bert_squad.server import servable_glue
 
 pytestmark = pytest.mark.pure
@@ -33,13 +36,19 @@ def instance(*lengths):
     return ids, ids, np.zeros_like(ids), np.array(lengths, np.int32)
 
 
+def run(models, instances):
+    """The model stage of a "serving" version whose buckets are those of `models`."""
+    score = serving.open_scorer(Path("unused"), SimpleNamespace(buckets=tuple(sorted(models))), {}, models)
+    return list(servable_glue.run_model(score, instances))
+
+
 def test_each_model_batch_appends_its_window_lengths_and_duration(tmp_path, monkeypatch):
     log = tmp_path / "times.jsonl"
     monkeypatch.setenv(servable_glue.MODEL_TIMES_ENV, str(log))
     models = {128: SlowModel(), 384: SlowModel()}
-    results = list(servable_glue.run_model(models, (128, 384), [instance(100, 300), instance(50)]))
+    results = run(models, [instance(100, 300), instance(50)])
     assert len(results) == 2 and models[128].calls == 1 and models[384].calls == 1
-    list(servable_glue.run_model(models, (128, 384), [instance(20)]))
+    run(models, [instance(20)])
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["lengths"] for line in lines] == [[100, 300, 50], [20]]
     assert lines[0]["seconds"] >= 2 * PAUSE_S and PAUSE_S <= lines[1]["seconds"] < 2 * PAUSE_S
@@ -49,13 +58,13 @@ def test_each_model_batch_appends_its_window_lengths_and_duration(tmp_path, monk
 def test_no_log_unless_asked(tmp_path, monkeypatch):
     monkeypatch.delenv(servable_glue.MODEL_TIMES_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
-    assert len(list(servable_glue.run_model({128: SlowModel()}, (128,), [instance(10)]))) == 1
+    assert len(run({128: SlowModel()}, [instance(10)])) == 1
     assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unwritable_log_warns_and_the_answers_still_come(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(servable_glue.MODEL_TIMES_ENV, str(tmp_path / "missing-dir" / "times.jsonl"))
-    results = list(servable_glue.run_model({128: SlowModel()}, (128,), [instance(10)]))
+    results = run({128: SlowModel()}, [instance(10)])
     assert len(results) == 1 and results[0][0].shape == (1, 384)
     assert f"cannot append to {servable_glue.MODEL_TIMES_ENV}" in capsys.readouterr().err
 

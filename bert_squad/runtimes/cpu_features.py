@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import FrozenSet, Iterable, Union
 
+from bert_squad.runtimes import CPU_PRECISIONS
+
 CPUINFO = Path("/proc/cpuinfo")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bert-squad-export --precision; fp16 is for GPU/Ascend only
-CPU_PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class PrecisionUnsupported(ValueError):

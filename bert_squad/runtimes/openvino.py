@@ -13,18 +13,25 @@ No MindSpore import here: the servable's worker imports this module.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
 from bert_squad import settings
 from bert_squad.model.config import BertConfig
+from bert_squad.runtimes.base import ExportFailed, Scorer, Scores
 from bert_squad.runtimes.batching import run_windows, zero_pad
 
+NAME = "openvino"
+DEFAULT_FOR = ("bf16", "int8")
+CPU_ONLY = True
+ONE_MODEL = True
+MINDIR = False
 MODEL_FILE = "bert.xml"  # OpenVINO IR; its weights are in bert.bin beside it
 WEIGHTS_FILE = "bert.bin"
 INPUT_NAMES = ("input_ids", "input_mask", "token_type_id")
@@ -35,6 +42,15 @@ SCORE_MASK_PENALTY = -1e9
 # OpenVINO's inference precision per export precision: int8 runs its FakeQuantize-marked matmuls in int8
 # and the rest in fp32.
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+PRECISIONS = tuple(INFERENCE_PRECISION)
+# fp32 OpenVINO vs the MindSpore network at export, per unit of the largest score (at least 1): measured ~1e-6 on the
+# oracle and on MiniLM (the same sums in another order); a wrong graph is off by far more.
+FP32_TOLERANCE = 1e-4
+# Reduced precision is refused when its scores correlate less than this with fp32's (median over the windows):
+# a broken quantization, not rounding. Measured: > 0.999 for bf16 and int8 on the real QA model. The share of
+# windows that keep their best start and end is recorded too, but on random weights (the benchmark's) its scores are
+# flat enough for rounding to move the maximum, so it is no test of a broken model.
+MIN_CORRELATION = 0.9
 
 Window = Tuple[np.ndarray, np.ndarray, np.ndarray]  # input_ids, input_mask, token_type_id, int32 [batch, length]
 
@@ -161,7 +177,7 @@ class OpenVinoModel:
                 self.predict(ids, ids, np.zeros_like(ids))
 
     def predict(self, input_ids: np.ndarray, input_mask: np.ndarray,
-                token_type_id: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+                token_type_id: np.ndarray) -> Scores:
         """(start, end) scores, float32 [batch, length], of int32 [batch, length] inputs."""
         arrays = [np.ascontiguousarray(a, np.int32) for a in (input_ids, input_mask, token_type_id)]
         if any(a.ndim != 2 or a.shape != arrays[0].shape for a in arrays) or arrays[0].size == 0:
@@ -180,3 +196,113 @@ def score_windows(model: OpenVinoModel, instances: Sequence[tuple]) -> list:
     distinct window length, all windows of one length in one call at exactly that length."""
     lengths = sorted({int(n) for *_, window_lengths in instances for n in np.asarray(window_lengths).reshape(-1)})
     return run_windows(list(instances), lambda length, *arrays: model.predict(*arrays), lengths)
+
+
+def model_files(buckets: Sequence[int]) -> Dict[int, str]:
+    return {bucket: MODEL_FILE for bucket in buckets}
+
+
+def all_files(model_files: Iterable[str]) -> Tuple[str, ...]:
+    """The IRs and the weights file beside each (metadata names it only through model_sha256)."""
+    names = set(model_files)
+    return tuple(sorted(names | {str(Path(name).with_suffix(Path(WEIGHTS_FILE).suffix)) for name in names}))
+
+
+def check_engine() -> None:
+    import openvino  # noqa: F401 - pip install openvino (setup.cfg [server])
+
+
+def declare_models(meta: Any, context: Mapping) -> Dict[int, Any]:
+    return {}  # the model is this runtime's own, not Serving's
+
+
+def open_scorer(folder: Path, meta: Any, context: Mapping, declared: Mapping[int, Any]) -> Scorer:
+    """score_windows over the version's IR, warmed up at every length step, on the worker's threads and cores."""
+    model = OpenVinoModel(folder / meta.model_files[settings.MAX_SEQ_LENGTH], meta.precision, context["thread_num"],
+                          context.get("thread_affinity_core_list", ()), step=settings.OPENVINO_LENGTH_STEP,
+                          warm_up=True)
+    return functools.partial(score_windows, model)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two score rows; 1 when both are constant (a one-token window)."""
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 1.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def write_model_files(job, buckets: Sequence[int]) -> Dict[str, Any]:
+    """The IR of job.precision built from the checkpoint's weights (int8: calibrated on real SQuAD windows), checked
+    against the MindSpore network; returns the metadata fields it adds (calibration, agreement). fp32 must compute
+    what the network computes (at several exact lengths); bf16 and int8 are expected to differ a little, so their
+    check measures how often the best start and end of real windows stay those of fp32 (`agreement`)."""
+    precision, calibration = job.precision, job.calibration
+    wanted = (calibration.windows if precision == "int8" else 0) + settings.AGREEMENT_WINDOWS
+    no_file = precision == "bf16" and not calibration.squad_file.is_file()  # bf16 then checks on synthetic windows
+    real = [] if precision == "fp32" or no_file else job.squad_windows(wanted)
+    split = calibration.windows if precision == "int8" else 0
+    synthetic = [job.inputs(max(job.batch_size, 2), n, seed=n) for n in job.verify_lengths]
+
+    def network(*arrays):
+        """The network's scores at the arrays' length, run padded to MAX_SEQ_LENGTH: padding is masked out, and
+        one shape is compiled once instead of once per window length."""
+        length = arrays[0].shape[1]
+        padded = (np.pad(a, ((0, 0), (0, settings.MAX_SEQ_LENGTH - length))) for a in arrays)
+        return [scores[:, :length] for scores in job.network(*padded)]
+
+    try:
+        extra = _write_and_check(job.weights, job.config, job.staging, precision, network, real[split:] or synthetic,
+                                 synthetic, real[:split], os.cpu_count() or 1, job.log)
+    except RuntimeError as exc:  # OpenVINO's and NNCF's errors too
+        raise ExportFailed(str(exc)) from None
+    if "calibration" in extra:
+        extra["calibration"].update(file=str(calibration.squad_file.resolve()), seed=calibration.seed)
+    return extra
+
+
+def _write_and_check(weights, config, folder: Path, precision: str, network: Callable, check_windows: Sequence[Window],
+                     synthetic_windows: Sequence[Window], calibration_windows: Sequence[Window],
+                     threads: int, log: Callable[[str], None] = print) -> dict:
+    """Write the IR of `precision` into `folder`, check it against `network` (the MindSpore network as a
+    function of numpy inputs) and return the metadata fields it adds (calibration, agreement)."""
+    model = build_model(weights, config)
+    extra: dict = {}
+    if precision == "int8":
+        model, seconds = quantize(model, calibration_windows, log)
+        extra["calibration"] = {"windows": len(calibration_windows), "seconds": round(seconds, 1)}
+    path = save_model(model, folder)
+    compiled = OpenVinoModel(path, precision, threads)
+    if precision == "fp32":
+        difference, largest = 0.0, 1.0
+        for window in synthetic_windows:
+            valid = window[1] == 1
+            for actual, expected in zip(compiled.predict(*window), network(*window)):
+                difference = max(difference, float(np.abs(actual - expected)[valid].max()))
+                largest = max(largest, float(np.abs(expected[valid]).max()))
+        if not difference <= FP32_TOLERANCE * largest:
+            raise RuntimeError(f"{path.name} computes scores in OpenVINO up to {difference:.3g} away from the network "
+                               f"(tolerance {FP32_TOLERANCE} x largest score {largest:.3g}); the export is broken, "
+                               "please report it")
+        log(f"OpenVINO fp32 at lengths {', '.join(str(w[0].shape[1]) for w in synthetic_windows)}: verified "
+            f"(max difference {difference:.2g})")
+        return extra
+    started = time.perf_counter()
+    same, differences, correlations = 0, [], []
+    for window in check_windows:
+        actual, expected = compiled.predict(*window), network(*window)
+        valid = window[1][0] == 1
+        same += all(int(a.argmax()) == int(e.argmax()) for a, e in zip(actual, expected))
+        differences.append(max(float(np.abs(a - e).max()) for a, e in zip(actual, expected)))
+        correlations.append(min(_correlation(a[0][valid], e[0][valid]) for a, e in zip(actual, expected)))
+    share, correlation = same / len(check_windows), float(np.median(correlations))
+    extra["agreement"] = {"windows": len(check_windows), "same_best_start_and_end": round(share, 4),
+                          "median_score_correlation": round(correlation, 5),
+                          "max_score_difference": round(max(differences), 4),
+                          "median_score_difference": round(float(np.median(differences)), 4)}
+    log(f"OpenVINO {precision} vs fp32 on {len(check_windows)} windows: best start and end unchanged in "
+        f"{100 * share:.1f} %, score correlation {correlation:.4f}, difference median {np.median(differences):.3g}, "
+        f"max {max(differences):.3g} ({time.perf_counter() - started:.1f} s)")
+    if not correlation >= MIN_CORRELATION:
+        raise RuntimeError(f"the {precision} model's scores correlate only {correlation:.3f} with fp32's (median over "
+                           f"{len(check_windows)} windows); the export is broken, please report it")
+    return extra

@@ -37,8 +37,9 @@ def ensure_exported(args) -> None:
         expected = args.hub_sha256
     from bert_squad.model.checkpoint import CheckpointError
     from bert_squad.model.config import ConfigError, read_config_file
-    from bert_squad.metadata import EXPORT_RUNTIME, MetadataError
-    from bert_squad_export.exporter import ExportError, export_version
+    from bert_squad.export.exporter import ExportError, export_version
+    from bert_squad.metadata import MetadataError
+    from bert_squad.runtimes import export_runtime
 
     log = lambda line: print(f"bert-squad-serve: {line}", flush=True)  # noqa: E731
     try:
@@ -48,7 +49,7 @@ def ensure_exported(args) -> None:
             for note in notes:
                 log(note)
         export_version(checkpoint, args.servable_dir, name=args.name, vocab_file=vocab, config=config,
-                       expected_sha256=expected, runtime=EXPORT_RUNTIME if args.device == "cpu" else "serving",
+                       expected_sha256=expected, runtime=export_runtime(args.device),
                        log=log)
     except (ExportError, CheckpointError, ConfigError, MetadataError) as e:
         raise ServeError(f"cannot export {checkpoint}: {e}") from e

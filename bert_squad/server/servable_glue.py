@@ -6,24 +6,23 @@ back into the tensors the methods declare.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
 from bert_squad import settings, versions
-from bert_squad.runtimes.batching import run_windows
 from bert_squad.model.config import BertConfig
 from bert_squad.text.decode import decode
 from bert_squad.errors import InputError
 from bert_squad.metadata import Metadata, read_metadata
+from bert_squad.runtimes import get_runtime
+from bert_squad.runtimes.base import Scorer
 from bert_squad.server.contract import PIN_ENV, THREADS_ENV
-from bert_squad.server.contract import VERSION_ENV  # noqa: F401 - servable_config.py reads it as glue.VERSION_ENV
 from bert_squad.text.tokenizer import BertTokenizer, load_tokenizer
 from bert_squad.text.windows import Features, build_features
 
@@ -64,15 +63,12 @@ def load_version(folder: Path) -> "tuple[Metadata, BertTokenizer]":
     return meta, load_tokenizer(str(folder / meta.vocab_file), meta.do_lower_case)
 
 
-def require_runtime(meta: Metadata) -> None:
-    """Load the version's native runtime now, when servable_config.py is imported: a worker that cannot load it
-    then fails at start, so start_servables raises, instead of failing every request later."""
-    if meta.runtime == "lite_direct":
-        from bert_squad.runtimes.lite_direct import load_shim
-
-        load_shim()
-    elif meta.runtime == "openvino":
-        import openvino  # noqa: F401 - the engine of the openvino runtime (pip install openvino, setup.cfg [server])
+def require_runtime(meta: Metadata):
+    """The version's runtime module, its engine loaded now, when servable_config.py is imported: a worker that
+    cannot load it then fails at start, so start_servables raises, instead of failing every request later."""
+    runtime = get_runtime(meta.runtime)
+    runtime.check_engine()
+    return runtime
 
 
 def keep_worker_alive_on_bad_text() -> None:
@@ -182,14 +178,9 @@ def check_tokens(config: BertConfig, input_ids, input_mask, token_type_id):
     return ids[None], mask[None], segment[None], np.array([length], np.int32)
 
 
-def run_model(models: Mapping[int, object], buckets: Sequence[int], instances):
-    """Batch stage: windows of all instances, one Serving model call per bucket."""
-
-    def call(bucket, ids, mask, segment):
-        outputs = models[bucket].call([[i, m, s] for i, m, s in zip(ids, mask, segment)])
-        return np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs])
-
-    yield from _timed(lambda batch: run_windows(batch, call, buckets), instances)
+def run_model(score: Scorer, instances):
+    """Batch stage: the windows of all instances scored by the runtime's scorer (scorer())."""
+    yield from _timed(score, instances)
 
 
 def _timed(score, instances) -> list:
@@ -222,49 +213,30 @@ def read_model_times(path: Path, offset: int = 0) -> "tuple[list, int]":
     return [json.loads(line) for line in complete.splitlines()], offset + len(complete)
 
 
-_direct_scorers: dict = {}  # model file -> this process's scorer (runtimes lite_direct and openvino)
+_scorers: dict = {}  # version folder -> this process's scorer
 
 
-def _direct_scorer(folder: Path, meta: Metadata, context: Mapping) -> Callable[[Sequence[tuple]], list]:
-    path = folder / meta.model_files[settings.MAX_SEQ_LENGTH]
-    if path not in _direct_scorers:
+def scorer(folder: Path, meta: Metadata, context: Mapping, declared: Mapping[int, object]) -> Scorer:
+    """This process's scorer of the version, opened by its runtime on first use (the module's open_scorer is where
+    a window is scored). `context` is the worker's model_context(), `declared` the runtime's declare_models()."""
+    if folder not in _scorers:
         started = time.perf_counter()
-        _direct_scorers[path] = open_direct_scorer(path, meta, context)
+        _scorers[folder] = get_runtime(meta.runtime).open_scorer(folder, meta, context, declared)
         # in the worker's Serving log (serving_logs/log_<servable>_device<id>_version<n>.log)
-        print(f"bert_squad: {meta.runtime} {meta.precision} model {path.name} loaded in "
+        files = ", ".join(sorted(set(meta.model_files.values())))
+        print(f"bert_squad: {meta.runtime} {meta.precision} model {files} loaded in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
-    return _direct_scorers[path]
+    return _scorers[folder]
 
 
-def load_at_start(folder: Path, meta: Metadata, context: Mapping, environ: Mapping[str, str]) -> None:
-    """A model worker (Serving sets WORKER_ENV in those only) of an exact-length runtime opens its model now.
-    The serve command's warm-up question reaches one worker: opened on first use, every other worker of
-    --device-ids 0,1,... loaded its model (seconds) inside its first real question, after the ready line.
-    Extra Python workers (--python-workers) still open it only if the model stage runs there."""
-    if meta.runtime != "serving" and WORKER_ENV in environ:
-        _direct_scorer(folder, meta, context)
-
-
-def run_model_direct(folder: Path, meta: Metadata, context: Mapping, instances):
-    """Batch stage of the exact-length runtimes (lite_direct, openvino): every window at its own length in one
-    model. `context` is this worker's model_context()."""
-    yield from _timed(_direct_scorer(folder, meta, context), instances)
-
-
-def open_direct_scorer(path: Path, meta: Metadata, context: Mapping) -> Callable[[Sequence[tuple]], list]:
-    """instances -> per instance (start, end) scores, by the runtime metadata.json names: its module's
-    score_windows is where a window is scored."""
-    threads, cores = context["thread_num"], context.get("thread_affinity_core_list", ())
-    if meta.runtime == "openvino":
-        from bert_squad.runtimes import openvino
-
-        model = openvino.OpenVinoModel(path, meta.precision, threads, cores, step=settings.OPENVINO_LENGTH_STEP,
-                                       warm_up=True)
-        return functools.partial(openvino.score_windows, model)
-    from bert_squad.runtimes import lite_direct
-
-    model = lite_direct.LiteModel(path, threads, lite_direct.min_length(meta.config), cores)
-    return functools.partial(lite_direct.score_windows, model)
+def load_at_start(folder: Path, meta: Metadata, context: Mapping, declared: Mapping[int, object],
+                  environ: Mapping[str, str]) -> None:
+    """A model worker (Serving sets WORKER_ENV in those only) opens its scorer now. The serve command's warm-up
+    question reaches one worker: opened on first use, every other worker of --device-ids 0,1,... loaded its model
+    (seconds) inside its first real question, after the ready line. Extra Python workers (--python-workers) still
+    open it only if the model stage runs there."""
+    if WORKER_ENV in environ:
+        scorer(folder, meta, context, declared)
 
 
 def postprocess(context, start, end, lengths, char_offsets, max_context, top_k=settings.DEFAULT_TOP_K,

@@ -405,7 +405,7 @@ def _run(args) -> int:
             return 0
         if args.export:
             from bert_squad.runtimes.lite_lib import REPO_ROOT
-            from bert_squad_export.exporter import ExportError, export_version
+            from bert_squad.export.exporter import ExportError, export_version
 
             try:
                 export_version(model, args.servable_dir or REPO_ROOT / "servable",

@@ -10,17 +10,17 @@ from pathlib import Path
 from mindspore_serving.server import register
 
 from bert_squad.server import servable_glue as glue
+from bert_squad.server.contract import VERSION_ENV
 
 glue.keep_worker_alive_on_bad_text()
-version_dir = glue.version_dir(Path(__file__).resolve().parent, os.environ.get(glue.VERSION_ENV))
+version_dir = glue.version_dir(Path(__file__).resolve().parent, os.environ.get(VERSION_ENV))
 meta, tokenizer = glue.load_version(version_dir)
-glue.require_runtime(meta)  # a runtime that cannot load fails the worker at start, not its first request
+runtime = glue.require_runtime(meta)  # a runtime that cannot load fails the worker at start, not its first request
 lite_context = glue.model_context(os.environ, os.sched_getaffinity(0))
-if meta.runtime == "serving":  # one Serving model per bucket; lite_direct and openvino run their one model themselves
-    models = {bucket: register.declare_model(model_file=name, model_format="MindIR",
-                                             context=register.Context(**lite_context))
-              for bucket, name in sorted(meta.model_files.items())}
-glue.load_at_start(version_dir, meta, lite_context, os.environ)  # every worker is ready when the server says so
+# Serving takes its own models (runtime "serving": one per bucket) only while it imports this file; the other
+# runtimes run their one model themselves and declare none.
+declared = runtime.declare_models(meta, lite_context)
+glue.load_at_start(version_dir, meta, lite_context, declared, os.environ)  # ready when the server says so
 
 
 def preprocess(question, context_text):
@@ -32,10 +32,7 @@ def check_tokens(input_ids, input_mask, token_type_id):
 
 
 def run_model(instances):
-    if meta.runtime == "serving":
-        yield from glue.run_model(models, meta.buckets, instances)
-    else:  # lite_direct and openvino: one model run at each window's exact length
-        yield from glue.run_model_direct(version_dir, meta, lite_context, instances)
+    yield from glue.run_model(glue.scorer(version_dir, meta, lite_context, declared), instances)
 
 
 def postprocess(context_text, start, end, lengths, char_offsets, max_context):
