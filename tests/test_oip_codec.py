@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -275,3 +276,24 @@ def test_status_codes(status, code):
     assert grpc_codec.status_code(OipError(status, "x")) == getattr(grpc.StatusCode, code)
     assert rest_codec.error_response(OipError(status, "x", retry_after=1)) == (
         status, b'{"error": "x"}', {"Content-Type": "application/json", "Retry-After": "1"})
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "oip.md"
+
+
+def test_docs_tensor_tables_are_the_models():
+    """docs/oip.md's two tables list each model's tensors with their datatypes and directions."""
+    rows = [line.split("|")[1:4] for line in DOCS.read_text().splitlines() if line.startswith("| `")]
+    documented = [(name.strip(" `"), kind.strip(), datatype.strip()) for name, kind, datatype in rows]
+    expected = [(t.name, "optional input" if t.optional else "input", t.datatype) if t in m.inputs
+                else (t.name, "output", t.datatype) for m in TABLE.values() for t in (*m.inputs, *m.outputs)]
+    assert documented == expected
+
+
+def test_docs_curl_request_is_one_the_codec_takes():
+    text = DOCS.read_text()
+    body = text[text.index("-d '", text.index("```shell\ncurl")) + 4:]
+    parsed = rest_codec.parse_infer(body[:body.index("'")].encode(), None, QA)
+    assert parsed.id == "1" and [n for n, _ in parsed.outputs] == ["answer", "start", "end", "top_answers"]
+    assert [(i["question"], int(i["top_k"])) for i in parsed.request.instances] == [("Who wrote it?", 2),
+                                                                                   ("When?", 2)]
