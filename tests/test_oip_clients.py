@@ -261,25 +261,29 @@ from tritonclient.utils import InferenceServerException
 client = g.InferenceServerClient(f"127.0.0.1:{{sys.argv[1]}}")
 seen = {{"live": client.is_server_live(), "ready": client.is_server_ready(),
         "model_ready": client.is_model_ready("bert_squad"),
-        "server": client.get_server_metadata(as_json=True), "metadata": client.get_model_metadata("bert_squad", as_json=True)}}
+        "server": client.get_server_metadata(as_json=True),
+        "metadata": client.get_model_metadata("bert_squad", as_json=True)}}
 
 def texts(name, values, shape=None):
     tensor = g.InferInput(name, shape or [len(values)], "BYTES")
-    tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=np.object_).reshape(shape or [len(values)]))
+    array = np.array([v.encode() for v in values], dtype=np.object_)
+    tensor.set_data_from_numpy(array.reshape(shape or [len(values)]))
     return tensor
 
 top_k = g.InferInput("top_k", [1], "INT32")
 top_k.set_data_from_numpy(np.array([2], np.int32))
-result = client.infer("bert_squad", [texts("question", ["Who wrote it?", "", "Wann?"]), texts("context", [{CONTEXT!r}] * 3), top_k])
+questions = texts("question", ["Who wrote it?", "", "Wann?"])
+result = client.infer("bert_squad", [questions, texts("context", [{CONTEXT!r}] * 3), top_k])
 seen["answers"] = {{name: result.as_numpy(name).tolist() for name in ("answer", "start", "top_answers", "error")}}
 for name in ("answer", "top_answers", "error"):
     seen["answers"][name] = np.vectorize(bytes.decode)(result.as_numpy(name)).tolist()
-result = client.infer("bert_squad", [texts("question", ["Who wrote it?"], [1, 1]), texts("context", [{CONTEXT!r}], [1, 1])],
-                      outputs=[g.InferRequestedOutput(n) for n in ("answer", "score", "end")])
-seen["one"] = {{"answer": [v.decode() for v in result.as_numpy("answer")], "score": result.as_numpy("score").tolist(),
-               "end": result.as_numpy("end").tolist()}}
+one = [texts("question", ["Who wrote it?"], [1, 1]), texts("context", [{CONTEXT!r}], [1, 1])]
+result = client.infer("bert_squad", one, outputs=[g.InferRequestedOutput(n) for n in ("answer", "score", "end")])
+seen["one"] = {{"answer": [v.decode() for v in result.as_numpy("answer")],
+               "score": result.as_numpy("score").tolist(), "end": result.as_numpy("end").tolist()}}
 tokens = []
-for name, value in (("input_ids", [[101, 7], [101, 9]]), ("input_mask", [[1, 1], [1, 0]]), ("token_type_id", [[0, 0], [0, 0]])):
+for name, value in (("input_ids", [[101, 7], [101, 9]]), ("input_mask", [[1, 1], [1, 0]]),
+                    ("token_type_id", [[0, 0], [0, 0]])):
     tokens.append(g.InferInput(name, [2, 2], "INT32"))
     tokens[-1].set_data_from_numpy(np.array(value, np.int32))
 result = client.infer("bert_squad_features", tokens)

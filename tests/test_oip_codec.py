@@ -118,7 +118,8 @@ def test_nesting_bomb_is_a_400_not_a_recursion_error(body):
 def binary_body(parts: list, sizes=None, extra: bytes = b"") -> tuple:
     """A binary-extension body: each part (name, datatype, shape, raw bytes) after the JSON header."""
     header = json.dumps({"inputs": [
-        {"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": len(b) if sizes is None else sizes[i]}}
+        {"name": n, "datatype": d, "shape": s,
+         "parameters": {"binary_data_size": len(b) if sizes is None else sizes[i]}}
         for i, (n, d, s, b) in enumerate(parts)]}).encode()
     return header + b"".join(b for *_, b in parts) + extra, str(len(header))
 

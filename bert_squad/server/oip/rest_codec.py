@@ -12,6 +12,8 @@ from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
+from bert_squad.server.rest import _INT32_RANGE as _INT32, _json_type as _kind  # as MindSpore Serving's REST API
+
 from . import raw
 from .models import NUMPY, Model, OipError, Parsed, check_count, datatype, find_model, to_request
 
@@ -19,7 +21,6 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?")
 EXAMPLE = ('{"inputs": [{"name": "question", "datatype": "BYTES", "shape": [1], "data": ["Who?"]}, '
            '{"name": "context", "datatype": "BYTES", "shape": [1], "data": ["..."]}]}')
-_INT32 = (-2**31, 2**31 - 1)
 
 
 def parse_path(path: str, table: Mapping[str, Model], served: str) -> Tuple[Model, str]:
@@ -53,8 +54,8 @@ def parse_infer(body: bytes, header_length: Optional[str], model: Model) -> Pars
     tensors, offset = {}, 0
     for index, entry in enumerate(inputs):
         if not isinstance(entry, dict):
-            raise OipError(400, f"inputs[{index}] is a JSON {_kind(entry)}; each input is an object such as "
-                                f"{{\"name\": \"question\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"Who?\"]}}")
+            raise OipError(400, f"inputs[{index}] is a JSON {_kind(entry)}; each input is an object of name, "
+                                f"datatype, shape and data, as in {EXAMPLE}")
         name = _field(entry, "name", str, f"inputs[{index}]")
         tensor = model.input(name)
         if name in tensors:
@@ -140,14 +141,6 @@ def _field(holder: dict, key: str, kind: type, where: str, default=_MISSING):
     return value
 
 
-def _kind(value) -> str:
-    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
-                       (dict, "object"), (type(None), "null")):
-        if isinstance(value, kind):
-            return name
-    return type(value).__name__
-
-
 def _json_tensor(data, kind: str, shape: list, name: str) -> np.ndarray:
     """`data` as given by the spec: flat, or nested as the shape (only as deep as the shape: no recursion past it)."""
     flat = _flatten(data, shape, name)
@@ -163,9 +156,10 @@ def _json_tensor(data, kind: str, shape: list, name: str) -> np.ndarray:
             raise OipError(400, f"input {name!r} holds a lone UTF-16 surrogate, which is not text; send UTF-8 "
                                 f"text") from None
         return array.reshape(shape)
-    if not all(type(v) is int and _INT32[0] <= v <= _INT32[1] for v in flat):
-        raise OipError(400, f"input {name!r} holds {next(v for v in flat if type(v) is not int or not _INT32[0] <= v <= _INT32[1])!r}; "
-                            f"INT32 data is JSON integers from {_INT32[0]} to {_INT32[1]}")
+    bad = [v for v in flat if type(v) is not int or not _INT32[0] <= v <= _INT32[1]]
+    if bad:
+        raise OipError(400, f"input {name!r} holds {bad[0]!r}; INT32 data is JSON integers from {_INT32[0]} to "
+                            f"{_INT32[1]}")
     return np.array(flat, NUMPY[kind]).reshape(shape)
 
 
