@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bert_squad import metadata
-from bert_squad.server import health, oip
+from bert_squad import metadata, settings
+from bert_squad.server import health
 from bert_squad.server.serve import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def test_runtime_speaks_both_protocols_on_the_ports_its_arguments_listen_on():
     assert spec["protocolVersions"] == ["v2", "grpc-v2"]
     args = arguments()
     assert [p["containerPort"] for p in runtime_container()["ports"]] == [
-        port(args["--rest-address"]), port(args["--oip-grpc-address"])] == [8080, port(oip.DEFAULT_GRPC_ADDRESS)]
+        port(args["--rest-address"]), port(args["--oip-grpc-address"])] == [8080, port(settings.DEFAULT_OIP_GRPC_ADDRESS)]
     assert all(address.startswith("0.0.0.0:") for option, address in args.items() if option.endswith("-address"))
     assert spec["annotations"]["prometheus.kserve.io/port"] == str(port(args["--rest-address"]))
     for probe in ("readinessProbe", "livenessProbe"):

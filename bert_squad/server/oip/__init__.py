@@ -4,6 +4,3 @@ Pure code, no web framework and no MindSpore: a request becomes the instances th
 their answers become a response. grpc_predict_v2.proto is the protocol's published file, vendored unchanged from
 github.com/kserve/kserve docs/predict-api/v2; its Python stubs are generated at set-up time (stubs.py).
 """
-
-# --oip-grpc-address of the serve command (gRPC port 8001 as in Triton and KServe; 'off' disables it).
-DEFAULT_GRPC_ADDRESS = "127.0.0.1:8001"
