@@ -203,6 +203,9 @@ def test_paths_and_metadata():
                     {"name": "top_ends", "datatype": "INT32", "shape": [-1, -1]},
                     {"name": "top_scores", "datatype": "FP32", "shape": [-1, -1]},
                     {"name": "error", "datatype": "BYTES", "shape": [-1]}]}
+    from bert_squad.server import servable_glue  # the servable's own output names: each has its tensor
+
+    assert set(servable_glue.ANSWER_OUTPUTS) <= {t.name for t in QA.outputs}
     grpc_metadata = grpc_codec.model_metadata(TABLE["bert_squad_features"], "1")
     assert [(t.name, t.datatype, list(t.shape)) for t in grpc_metadata.inputs] == [
         ("input_ids", "INT32", [-1, -1]), ("input_mask", "INT32", [-1, -1]), ("token_type_id", "INT32", [-1, -1])]
@@ -298,3 +301,18 @@ def test_docs_curl_request_is_one_the_codec_takes():
     assert parsed.id == "1" and [n for n, _ in parsed.outputs] == ["answer", "start", "end", "top_answers"]
     assert [(i["question"], int(i["top_k"])) for i in parsed.request.instances] == [("Who wrote it?", 2),
                                                                                    ("When?", 2)]
+
+
+def test_docs_python_examples_compile_and_use_the_documented_names():
+    """The examples need a server to run (the front door's tests run them); here: they parse, and every tensor
+    they name is one of the models'."""
+    import re
+
+    text = DOCS.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 3
+    names = {t.name for m in TABLE.values() for t in (*m.inputs, *m.outputs)}
+    for block in blocks:
+        compile(block, "docs/oip.md", "exec")
+        assert set(re.findall(r'Infer(?:Input|RequestedOutput)\("(\w+)"', block)) <= names
+        assert set(re.findall(r'as_numpy\("(\w+)"\)', block)) <= names

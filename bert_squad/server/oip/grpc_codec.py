@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 
 from . import raw
-from .models import NUMPY, Model, OipError, Parsed, check_count, datatype, find_model, to_request
+from .models import NUMPY, Model, OipError, Parsed, check_count, find_model, to_request
 from .stubs import pb
 
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
@@ -68,7 +68,7 @@ def response(parsed: Parsed, outputs: Mapping[str, np.ndarray], version: str):
     model = parsed.request.model
     message = pb.ModelInferResponse(model_name=model.name, model_version=version, id=parsed.id or "")
     for name, _ in parsed.sent(outputs):
-        kind = datatype(model, name)
+        kind = model.output_type(name)
         message.outputs.add(name=name, datatype=kind, shape=list(outputs[name].shape))
         message.raw_output_contents.append(raw.encode(kind, outputs[name]))
     return message

@@ -15,7 +15,7 @@ import numpy as np
 from bert_squad.server.rest import _INT32_RANGE as _INT32, _json_type as _kind  # as MindSpore Serving's REST API
 
 from . import raw
-from .models import NUMPY, Model, OipError, Parsed, check_count, datatype, find_model, to_request
+from .models import NUMPY, Model, OipError, Parsed, check_count, find_model, to_request
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?")
@@ -182,7 +182,7 @@ def response(parsed: Parsed, outputs: Mapping[str, np.ndarray], version: str) ->
     model = parsed.request.model
     entries, blobs = [], []
     for name, binary in parsed.sent(outputs):
-        array, kind = outputs[name], datatype(model, name)
+        array, kind = outputs[name], model.output_type(name)
         entry = {"name": name, "datatype": kind, "shape": list(array.shape)}
         if binary:
             blobs.append(raw.encode(kind, array))
