@@ -316,3 +316,65 @@ def test_docs_python_examples_compile_and_use_the_documented_names():
         compile(block, "docs/oip.md", "exec")
         assert set(re.findall(r'Infer(?:Input|RequestedOutput)\("(\w+)"', block)) <= names
         assert set(re.findall(r'as_numpy\("(\w+)"\)', block)) <= names
+
+
+def test_serving_request_is_the_one_the_mindspore_client_sends_for_the_same_questions():
+    from bert_squad.server.oip import serving
+    from bert_squad_client import protocol
+    from bert_squad_client.results import answer_request, logits_request
+
+    pairs = [("Who wrote it?", CONTEXT), ("When?", "In 1843.")]
+    for top_k, extra in ((1, []), (3, [("top_k", "INT32", [1], [3])])):
+        body = rest_body([("question", "BYTES", [2], [q for q, _ in pairs]),
+                          ("context", "BYTES", [2], [c for _, c in pairs]), *extra])
+        ours = serving.predict_request(rest_codec.parse_infer(body, None, QA).request, "bert_squad", 0)
+        asked = [answer_request(q, c, top_k, None) for q, c in pairs]
+        theirs = protocol.make_request("bert_squad", asked[0][0], 0, [inputs for _, inputs in asked])
+        assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)
+    ids = [[101, 7, 102], [101, 9, 102]]
+    tokens = [("input_ids", "INT32", [2, 3], sum(ids, [])), ("input_mask", "INT32", [2, 3], [1] * 6),
+              ("token_type_id", "INT32", [2, 3], [0] * 6)]
+    parsed = grpc_codec.parse_infer(grpc_request(tokens, "bert_squad_features"), TABLE, "1")
+    instances, _ = logits_request(np.array(ids), np.ones((2, 3), int), np.zeros((2, 3), int))
+    assert serving.predict_request(parsed.request, "bert_squad", 2).SerializeToString(deterministic=True) == protocol.make_request(
+        "bert_squad", "predict_features", 2, instances).SerializeToString(deterministic=True)
+
+
+def serving_reply(instances: list, errors: list = ()):
+    """A PredictReply: each instance a dict of outputs; errors (code, text) per instance or for the request."""
+    from bert_squad_client import protocol
+
+    reply = protocol.PredictReply()
+    for outputs in instances:
+        instance = reply.instances.add()
+        for name, value in outputs.items():
+            protocol.fill_tensor(instance.items[name], value)
+    for code, text in errors:
+        reply.error_msg.add(error_code=code, error_msg=text.encode())
+    return reply
+
+
+def test_serving_reply_outcomes_and_whole_request_failures():
+    from bert_squad.server.oip import serving
+
+    two = rest_codec.parse_infer(rest_body([("question", "BYTES", [2], ["Who wrote it?", ""]),
+                                            ("context", "BYTES", [2], [CONTEXT] * 2)]), None, QA).request
+    answered = answer("Ada", 0, [(0, 3, 0.75)])
+    got = serving.outcomes(serving_reply([answered, {}], [(0, ""), (3, "the question is empty")]), two)
+    assert got[0]["answer"] == "Ada" and got[1].server_message == "the question is empty"
+    outputs = models.to_outputs(two, got)
+    assert outputs["answer"].tolist() == [b"Ada", b""] and outputs["error"].tolist() == [b"", b"the question is empty"]
+    every = serving.outcomes(serving_reply([], [(3, "text too long")]), two)
+    with pytest.raises(OipError) as refused:
+        models.to_outputs(two, every)
+    assert (refused.value.status, refused.value.message) == (400, "question 0: text too long; question 1: text too "
+                                                                  "long")
+    for errors, status, retry in (([(1, "enqueued requests count exceeds the limit")], 429, 1),
+                                  ([(5, "servable is not available")], 503, 1),
+                                  ([(0, ""), (4, "worker is restarting")], 503, 1)):
+        with pytest.raises(OipError) as failed:
+            serving.outcomes(serving_reply([answered] * (len(errors) - 1 and 2), errors), two)
+        assert (failed.value.status, failed.value.retry_after) == (status, retry), failed.value.message
+    with pytest.raises(OipError) as short:
+        serving.outcomes(serving_reply([answered]), two)
+    assert short.value.status == 502
