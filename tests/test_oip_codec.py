@@ -345,11 +345,8 @@ def serving_reply(instances: list, errors: list = ()):
     """A PredictReply: each instance a dict of outputs; errors (code, text) per instance or for the request."""
     from bert_squad_client import protocol
 
-    reply = protocol.PredictReply()
-    for outputs in instances:
-        instance = reply.instances.add()
-        for name, value in outputs.items():
-            protocol.fill_tensor(instance.items[name], value)
+    reply = protocol.PredictReply()  # a reply's instances are of the request's Instance type
+    reply.instances.extend(protocol.make_request("bert_squad", "predict", 0, instances).instances)
     for code, text in errors:
         reply.error_msg.add(error_code=code, error_msg=text.encode())
     return reply
