@@ -66,6 +66,8 @@ FINETUNE_SAVE_STEPS = 200  # a resumable checkpoint every this many optimizer st
 SERVABLE_NAME = "bert_squad"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:5500"
 DEFAULT_REST_ADDRESS = "127.0.0.1:1500"
+# Open Inference Protocol gRPC (bert_squad/server/oip; 8001 as Triton and KServe use); 'off' disables it
+DEFAULT_OIP_GRPC_ADDRESS = "127.0.0.1:8001"
 MAX_MESSAGE_MB = 64  # gRPC and REST request size limit
 # Back-pressure: requests received and not yet answered; past it Serving refuses a request at once
 # ("enqueued requests count exceeds the limit"). Bounds queued request memory at this x MAX_MESSAGE_MB.
