@@ -123,40 +123,73 @@ class _Calls:
         self.retry = retry
         self._served = False  # the servable has answered this client: it exists
 
-    def _retryable(self, error: BertSquadError) -> BertSquadError:
-        """ServerUnavailable for an error worth retrying; _LostInFlight when the worker went away while
-        answering, for a servable this client knows exists (Serving then sends the text it sends for an unknown
-        servable); any other error is returned as it is, to be raised."""
+    def _attempts(self, timeout: float | None) -> "_Attempts":
+        return _Attempts(self, self.timeout if timeout is None else _check_timeout(timeout))
+
+
+class _Attempts:
+    """The retry policy of one call, decided here once for the blocking and the asyncio clients, which only do
+    the I/O it asks for: `left()` before each attempt, then `after()` says what comes next."""
+
+    def __init__(self, calls: _Calls, timeout: float):
+        self.calls = calls
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.count = 0
+
+    def left(self) -> float:
+        """Seconds the next attempt may take (the call's deadline bounds its retries too)."""
+        self.count += 1
+        return max(self.deadline - time.monotonic(), 0.001)
+
+    def after(self, outcomes: list | None, error: BertSquadError | None) -> "list | float | _LostInFlight":
+        """The outcomes to return; seconds to wait before the next attempt; or _LostInFlight: watch the server
+        for `probes()`, then ask `lost()`. Raises the error the caller should see."""
+        if error is None:
+            error = _busy(outcomes)
+            if error is None:
+                self.calls._served = True
+                return outcomes
         if isinstance(error, RequestError):
             busy = _busy([error])
             if busy is not None:
-                return busy
-            if self._served and error.instance is None and "servable is not available" in error.server_message:
+                error = busy
+            elif self.calls._served and error.instance is None and \
+                    "servable is not available" in error.server_message:
+                # the worker went away while answering, for a servable this client knows exists (Serving then
+                # sends the text it sends for an unknown servable): only the server's fate says if it may be resent
                 return _LostInFlight(error)
-        return error
+        return self._delay(error)
 
-    @staticmethod
-    def _worker_died(error: RequestError) -> RequestError:
-        return RequestError(f"{error.server_message} (the worker stopped while answering and the server stayed "
-                            f"up; not retried, as this request may be what stopped it)", code=error.code,
-                            method=error.method)
+    def probes(self) -> Iterator[float]:
+        """Timeouts of the probes that watch, for LOST_IN_FLIGHT_GRACE, whether the whole server goes away."""
+        end = min(time.monotonic() + LOST_IN_FLIGHT_GRACE, self.deadline)
+        while time.monotonic() < end:
+            yield max(end - time.monotonic(), 0.01)
 
-    def _deadline(self, timeout: float | None) -> float:
-        return time.monotonic() + (self.timeout if timeout is None else _check_timeout(timeout))
+    def lost(self, lost: "_LostInFlight", server_stays_up: bool) -> float:
+        """After a request lost in flight: raise when one worker died under it (it may be what killed the
+        worker), else the delay before resending it to the restarted server."""
+        if server_stays_up:
+            error = lost.error
+            raise RequestError(f"{error.server_message} (the worker stopped while answering and the server stayed "
+                               f"up; not retried, as this request may be what stopped it)", code=error.code,
+                               method=error.method) from None
+        return self._delay(ServerUnavailable("the server stopped while answering"))
 
-    def _next_delay(self, error: BertSquadError, attempt: int, started: float, deadline: float) -> float:
-        """Seconds to wait before retrying, or raise the error the caller should see."""
+    def _delay(self, error: BertSquadError) -> float:
+        calls = self.calls
         if not isinstance(error, ServerUnavailable):
             raise error
-        delay = self.retry.backoff(attempt) if self.retry else 0.0
+        delay = calls.retry.backoff(self.count) if calls.retry else 0.0
         now = time.monotonic()
-        if self.retry is None or now + delay >= deadline:
-            tls = "TLS settings (ca, client certificate), " if self.tls else "whether the server expects TLS, "
+        if calls.retry is None or now + delay >= self.deadline:
+            tls = "TLS settings (ca, client certificate), " if calls.tls else "whether the server expects TLS, "
             raise ServerUnavailable(
-                f"{self.transport} server {self.address} (servable {self.servable!r}) unavailable; "
-                f"tried {attempt} time(s) over {now - started:.1f} s: {error}. Check that the server is running "
-                f"and serves {self.servable!r} at this address, {tls}and firewalls; raise the timeout if it is "
-                f"still starting.") from None
+                f"{calls.transport} server {calls.address} (servable {calls.servable!r}) unavailable; "
+                f"tried {self.count} time(s) over {now - self.started:.1f} s: {error}. Check that the server is "
+                f"running and serves {calls.servable!r} at this address, {tls}and firewalls; raise the timeout if "
+                f"it is still starting.") from None
         return delay
 
 
@@ -181,7 +214,9 @@ def grpc_target(address: str) -> str:
     return address
 
 
-def _channel_options(tls: Tls | None) -> list:
+def channel_options(server_name: str | None = None) -> list:
+    """gRPC channel options of every channel to Serving: ours and the server's front door (the same restart
+    behaviour for both); `server_name` is the TLS name expected when it is not the target's host."""
     options = [("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
                # several servers behind one address list or DNS name: spread requests, skip the ones that are down
                ("grpc.lb_policy_name", "round_robin"),
@@ -194,8 +229,8 @@ def _channel_options(tls: Tls | None) -> list:
                ("grpc.keepalive_time_ms", KEEPALIVE_MS),
                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
                ("grpc.keepalive_permit_without_calls", 0)]
-    if tls is not None and tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
     return options
 
 
@@ -257,36 +292,29 @@ class BlockingCalls(_Calls):
         """Outputs (dict) or RequestError of each instance, for any method of the servable."""
         if not instances:
             raise ValueError("no instances to send")  # Serving never answers an empty request
-        started, deadline = time.monotonic(), self._deadline(timeout)
-        attempt = 0
+        attempts = self._attempts(timeout)
         while True:
             if self._closed.is_set():
                 raise BertSquadError("client is closed")
-            attempt += 1
+            outcomes = error = None
             try:
-                outcomes = self._attempt(method, instances, deadline - time.monotonic())
-                error = _busy(outcomes)
-                if error is None:
-                    self._served = True
-                    return outcomes
+                outcomes = self._attempt(method, instances, attempts.left())
             except (ServerUnavailable, RequestError) as raised:
                 error = raised
-            error = self._retryable(error)
-            if isinstance(error, _LostInFlight):
-                if self._server_stays_up(deadline):
-                    raise self._worker_died(error.error) from None
-                error = ServerUnavailable("the server stopped while answering")
-            delay = self._next_delay(error, attempt, started, deadline)
-            self._closed.wait(delay)
+            step = attempts.after(outcomes, error)
+            if isinstance(step, list):
+                return step
+            if isinstance(step, _LostInFlight):
+                step = attempts.lost(step, self._server_stays_up(attempts))
+            self._closed.wait(step)
 
     def _probe(self, timeout: float) -> bool:
         """Whether the server's front end answers at all."""
         raise NotImplementedError
 
-    def _server_stays_up(self, deadline: float) -> bool:
-        end = min(time.monotonic() + LOST_IN_FLIGHT_GRACE, deadline)
-        while time.monotonic() < end:
-            if not self._probe(max(end - time.monotonic(), 0.01)):
+    def _server_stays_up(self, attempts: _Attempts) -> bool:
+        for timeout in attempts.probes():
+            if not self._probe(timeout):
                 return False
             self._closed.wait(0.02)
         return True
@@ -369,7 +397,7 @@ class Client(BlockingCalls):
     def __init__(self, address: str = DEFAULT_GRPC_ADDRESS, servable: str = SERVABLE, *, version: int = 0,
                  timeout: float = DEFAULT_TIMEOUT, tls: Tls | None = None, retry: Retry | None = Retry()):
         super().__init__(address, servable, version, timeout, tls, retry)
-        options = _channel_options(tls)
+        options = channel_options(tls and tls.server_name)
         if tls is None:
             self._channel = grpc.insecure_channel(grpc_target(address), options=options)
         else:
@@ -443,7 +471,7 @@ class AsyncClient(_Calls):
 
     def _stub(self):
         if self._channel is None:  # created inside the running loop, which grpc.aio binds it to
-            options = _channel_options(self.tls)
+            options = channel_options(self.tls and self.tls.server_name)
             if self._credentials is None:
                 self._channel = grpc.aio.insecure_channel(grpc_target(self.address), options=options)
             else:
@@ -458,42 +486,41 @@ class AsyncClient(_Calls):
         """Outputs (dict) or RequestError of each instance, for any method of the servable."""
         if not instances:
             raise ValueError("no instances to send")
-        started, deadline = time.monotonic(), self._deadline(timeout)
-        request = protocol.make_request(self.servable, method, self.version, instances)
-        attempt = 0
+        attempts = self._attempts(timeout)
         while True:
             if self._closed:
                 raise BertSquadError("client is closed")
-            attempt += 1
+            outcomes = error = None
             try:
-                try:
-                    reply = await self._stub()(request, timeout=max(deadline - time.monotonic(), 0.001))
-                except grpc.RpcError as rpc_error:
-                    raise _rpc_error(rpc_error, method) from None
-                outcomes = protocol.read_reply(reply, len(instances), method)
-                error = _busy(outcomes)
-                if error is None:
-                    self._served = True
-                    return outcomes
+                outcomes = await self._attempt(method, instances, attempts.left())
             except (ServerUnavailable, RequestError) as raised:
                 error = raised
-            error = self._retryable(error)
-            if isinstance(error, _LostInFlight):
-                if await self._server_stays_up(deadline):
-                    raise self._worker_died(error.error) from None
-                error = ServerUnavailable("the server stopped while answering")
-            delay = self._next_delay(error, attempt, started, deadline)
-            await asyncio.sleep(delay)
+            step = attempts.after(outcomes, error)
+            if isinstance(step, list):
+                return step
+            if isinstance(step, _LostInFlight):
+                step = attempts.lost(step, await self._server_stays_up(attempts))
+            await asyncio.sleep(step)
 
-    async def _server_stays_up(self, deadline: float) -> bool:
-        probe = protocol.make_request(PROBE_SERVABLE, "probe", 0, [{}])
-        end = min(time.monotonic() + LOST_IN_FLIGHT_GRACE, deadline)
-        while time.monotonic() < end:
-            try:
-                await self._stub()(probe, timeout=max(end - time.monotonic(), 0.01))
-            except grpc.RpcError as error:
-                if error.code() == grpc.StatusCode.UNAVAILABLE:
-                    return False
+    async def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
+        request = protocol.make_request(self.servable, method, self.version, instances)
+        try:
+            reply = await self._stub()(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise _rpc_error(error, method) from None
+        return protocol.read_reply(reply, len(instances), method)
+
+    async def _probe(self, timeout: float) -> bool:
+        try:
+            await self._stub()(protocol.make_request(PROBE_SERVABLE, "probe", 0, [{}]), timeout=timeout)
+        except grpc.RpcError as error:
+            return error.code() != grpc.StatusCode.UNAVAILABLE
+        return True
+
+    async def _server_stays_up(self, attempts: _Attempts) -> bool:
+        for timeout in attempts.probes():
+            if not await self._probe(timeout):
+                return False
             await asyncio.sleep(0.02)
         return True
 

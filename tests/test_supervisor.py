@@ -13,7 +13,7 @@ import pytest
 
 import wire
 from bert_squad import settings
-from bert_squad_client import Client, DeadlineExceeded, RestClient
+from bert_squad_client import Client, DeadlineExceeded, RestClient, ServerUnavailable
 from conftest import SQUAD_DEV_HEAD
 from harness import Server, wait_for
 
@@ -119,9 +119,10 @@ def ask_as_the_master_dies(servers: list, rounds: int) -> list:
             kills[id(server)].append(killed)
             try:
                 result = client.answer(QUESTION["question"], QUESTION["context"])
-            except DeadlineExceeded:
-                pytest.fail(f"round {round_ + 1}: no answer within 30 s of the master's death "
-                            f"(earlier rounds answered after {sorted(seconds)[-3:]} s at most)")
+            except (DeadlineExceeded, ServerUnavailable) as error:
+                pytest.fail(f"round {round_ + 1}: no answer within 30 s of the master's death ({error}; earlier "
+                            f"rounds answered after {sorted(seconds)[-3:]} s at most); the server's log ends:\n"
+                            f"{server.output()[-3000:]}")
             assert result.text == ANSWER
             seconds.append(time.monotonic() - killed)
     return seconds

@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from bert_squad.server import health, metrics, rest
 from bert_squad_client import protocol
+from bert_squad_client.client import channel_options
 
 METHODS = ("predict", "predict_with_options", "predict_features")  # metric label values; others count as "other"
 RETRY_AFTER_S = 2  # while the master starts, restarts or stops
@@ -83,8 +84,7 @@ class FrontDoor:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app):
-        options = [("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
-                   ("grpc.max_receive_message_length", protocol.MAX_MESSAGE_BYTES)]
+        options = channel_options()  # the client's: a call left on a reset connection fails within seconds
         up = self.upstream
         if up.tls_ca:
             credentials = grpc.ssl_channel_credentials(up.tls_ca, up.tls_key, up.tls_cert)
