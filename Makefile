@@ -12,7 +12,7 @@ serve: setup
 test: setup
 	@bash scripts/test.sh $(ARGS)
 
-# The container image, built and run for real (README "Container and Kubernetes"): deploy/build-image.sh builds
+# The container image, built and run for real (docs/operations.md "Container and Kubernetes"): deploy/build-image.sh builds
 # deploy/Dockerfile (a Docker daemon and the debian:12 base of its own when needed), then runs its tests.
 test-container: setup
 	@bash deploy/build-image.sh -- $(PY39) -m pytest tests/test_container.py $(ARGS)

@@ -6,7 +6,7 @@
 #   .stack/py311  the machine's Python 3.11: client, text pipeline, Hugging Face / ONNX Runtime references
 # A second run with nothing changed returns in about a second (stamp files hold a hash of the inputs).
 #
-# Overrides (see README "Manual set-up"): BERT_SQUAD_PYTHON39=/path/to/python3.9,
+# Overrides (see docs/development.md "Manual set-up"): BERT_SQUAD_PYTHON39=/path/to/python3.9,
 # BERT_SQUAD_LITE_LIB=/path/to/mindspore_lite/lib, BERT_SQUAD_STACK=/path/to/.stack,
 # BERT_SQUAD_SKIP_PY311=1 (server only).
 set -euo pipefail
@@ -30,7 +30,7 @@ inputs_hash() { cat "$@" | sha256sum | cut -c1-16; }
 mkdir -p "$STACK" "$CACHE"
 
 [ "$(uname -m)" = "x86_64" ] || die "this set-up targets x86_64 (found $(uname -m)); MindSpore Serving 2.0.2 wheels on PyPI are x86_64 only" \
-    "see README 'Manual set-up' for other platforms"
+    "see docs/development.md 'Manual set-up (other platforms)'"
 
 # ---------------------------------------------------------------- Python 3.9
 runs39() { [ -n "$1" ] && "$1" -c 'import sys; assert sys.version_info[:2] == (3, 9)' >/dev/null 2>&1; }
@@ -88,7 +88,7 @@ PY39="$(find_python39 || true)"
 if [ -z "$PY39" ]; then
     install_python39_from_bullseye
     PY39=/usr/bin/python3.9
-    runs39 "$PY39" || die "python3.9 was installed but does not run" "see README troubleshooting 'Python 3.9'"
+    runs39 "$PY39" || die "python3.9 was installed but does not run" "see docs/development.md 'Troubleshooting set-up'"
 fi
 
 SERVER_HASH="$(inputs_hash "$ROOT/setup.cfg" "$ROOT/scripts/setup.sh")"
