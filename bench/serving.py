@@ -82,9 +82,9 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, o
     address = f"127.0.0.1:{free_port()}"
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
-    rest_address = f"127.0.0.1:{free_port()}"
+    rest_address, oip_grpc_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     cmd = [python, "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
-           "--rest-address", rest_address, "--health-address", "off", "--threads", str(threads),
+           "--rest-address", rest_address, "--oip-grpc-address", oip_grpc_address, "--health-address", "off", "--threads", str(threads),
            "--workdir", str(workdir), *options]
     model_times = workdir / "model-times.jsonl"
     model_times.unlink(missing_ok=True)

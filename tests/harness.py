@@ -52,10 +52,11 @@ class Server:
         self.grpc_address = f"127.0.0.1:{grpc_port or free_port()}"
         self.rest_address = f"127.0.0.1:{rest_port or free_port()}"
         self.health_address = f"127.0.0.1:{free_port()}"  # extra_args may name another
+        self.oip_grpc_address = f"127.0.0.1:{free_port()}"
         self.command = command or [
             str(PY39), "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir),
             "--grpc-address", self.grpc_address, "--rest-address", self.rest_address,
-            "--health-address", self.health_address,
+            "--health-address", self.health_address, "--oip-grpc-address", self.oip_grpc_address,
             "--workdir", str(self.workdir), "--threads", "1", *extra_args]
         self.env = {**os.environ, **(env or {})}
         self.log_path = self.workdir / "server.out"

@@ -118,7 +118,7 @@ def test_image_entrypoint_is_the_serve_command_of_the_venv_setup_builds():
 
 def test_image_options_are_valid_and_listen_on_all_interfaces_on_the_exposed_ports():
     args = parse_args(image_options())
-    addresses = [args.grpc_address, args.rest_address, args.health_address]
+    addresses = [args.grpc_address, args.rest_address, args.oip_grpc_address, args.health_address]
     assert all(a.startswith("0.0.0.0:") for a in addresses), addresses
     exposed = {int(p) for expose in instructions("EXPOSE") for p in expose.split()}
     assert exposed == {port_of(a) for a in addresses}
@@ -150,6 +150,7 @@ def test_container_ports_are_the_ones_the_arguments_listen_on():
     args = pod_options()
     ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
     assert ports == {"grpc": port_of(args.grpc_address), "rest": port_of(args.rest_address),
+                     "oip-grpc": port_of(args.oip_grpc_address),
                      "health": port_of(args.health_address)}
 
 

@@ -125,7 +125,8 @@ def copy_version(oracle_servable, tmp_path):
 def serve_refuses(servable, tmp_path, *extra, env=None):
     done = subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--servable-dir", str(servable),
                            "--workdir", str(tmp_path / "run"), "--grpc-address", "127.0.0.1:1",
-                           "--rest-address", "off", *extra], capture_output=True, text=True, timeout=300,
+                           "--rest-address", "off", "--oip-grpc-address", "off", *extra], capture_output=True,
+                          text=True, timeout=300,
                           env={**os.environ, **(env or {})})
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr

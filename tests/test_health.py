@@ -345,7 +345,7 @@ def test_health_address_is_checked_before_anything_starts(oracle_servable, tmp_p
                            "--health-address", "localhost"], capture_output=True, text=True, timeout=60,
                           cwd=tmp_path)
     assert done.returncode == 2
-    assert "health address 'localhost' is not host:port" in done.stderr
+    assert "--health-address: address 'localhost' is not host:port" in done.stderr
     assert "Traceback" not in done.stderr
 
 

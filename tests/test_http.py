@@ -127,6 +127,30 @@ def test_not_serving_is_503_with_retry_after_and_never_forwarded(serving):
         assert json.loads(data) == {"error_msg": "restarting"}
 
 
+OIP_BODY = {"inputs": [{"name": "question", "datatype": "BYTES", "shape": [1], "data": ["Which capital?"]},
+                       {"name": "context", "datatype": "BYTES", "shape": [1], "data": [PARIS]}]}
+
+
+def test_oip_while_restarting_is_503_with_retry_after_and_the_ready_probes_say_so(serving):
+    with FrontDoorThread(serving.grpc_address, phase=health.RESTARTING) as front:
+        status, headers, data = wire.rest_exchange(front.address, "/v2/models/bert_squad/infer", OIP_BODY, timeout=5)
+        assert (status, headers["retry-after"]) == (503, str(http.RETRY_AFTER_S))
+        assert json.loads(data) == {"error": "restarting"}
+        assert wire.rest_exchange(front.address, "/v2/health/live", b"", method="GET", timeout=5)[0] == 200
+        for path in ("/v2/health/ready", "/v2/models/bert_squad/ready"):
+            status, _, data = wire.rest_exchange(front.address, path, b"", method="GET", timeout=5)
+            assert status == 503 and json.loads(data)["ready"] is False, path
+
+
+def test_oip_to_a_master_that_is_down_is_503_with_retry_after_at_once():
+    with FrontDoorThread(f"127.0.0.1:{free_port()}") as front:  # nothing listens there
+        t0 = time.perf_counter()
+        status, headers, data = wire.rest_exchange(front.address, "/v2/models/bert_squad/infer", OIP_BODY, timeout=40)
+        assert status == 503 and headers["retry-after"] == str(http.RETRY_AFTER_S)
+        assert "Serving's gRPC endpoint is unavailable" in json.loads(data)["error"]
+        assert time.perf_counter() - t0 < 25
+
+
 def test_a_failure_inside_the_front_door_is_a_500_in_json_and_the_door_keeps_answering():
     def broken():
         raise RuntimeError("state file unreadable")

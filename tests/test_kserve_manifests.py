@@ -88,18 +88,12 @@ def test_model_is_mounted_read_only_where_the_image_serves_version_1():
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"  # two ports
 
 
-def test_runtime_arguments_other_than_the_oip_port_are_serve_options():
-    """Every argument but --oip-grpc-address, which the serve command gains when the OIP front door is wired
-    (then test_runtime_arguments_are_serve_options passes and its xfail mark goes)."""
-    args = [a for a in runtime_container()["args"] if not a.startswith("--oip-grpc-address=")]
-    options = parse_args(args)
-    assert (options.rest_address, options.health_address, options.threads) == ("0.0.0.0:8080", "0.0.0.0:8081", 4)
-
-
-@pytest.mark.xfail(strict=True, raises=SystemExit,
-                   reason="the serve command has no --oip-grpc-address until the OIP front door is wired")
 def test_runtime_arguments_are_serve_options():
-    parse_args(runtime_container()["args"])  # argparse exits on an option it does not know
+    options = parse_args(runtime_container()["args"])  # argparse exits on an option it does not know
+    assert (options.rest_address, options.oip_grpc_address, options.health_address, options.threads) == (
+        "0.0.0.0:8080", "0.0.0.0:8001", "0.0.0.0:8081", 4)
+    ports = {port["containerPort"] for port in runtime_container()["ports"]}
+    assert ports == {int(options.rest_address.rsplit(":", 1)[1]), int(options.oip_grpc_address.rsplit(":", 1)[1])}
 
 
 def pod_of_runtime() -> dict:

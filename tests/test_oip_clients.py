@@ -156,28 +156,25 @@ def need(module: str) -> None:
 @pytest.fixture(scope="module")
 def grpc_port():
     """Our GRPCInferenceService on a loopback port, asking the stand-in servable."""
-    import grpc
-
-    from bert_squad.server.oip.servicer import InferenceServicer
-    from bert_squad.server.oip.stubs import pb_grpc
+    from bert_squad.server import metrics
+    from bert_squad.server.oip.servicer import InferenceServicer, start_server
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
 
-    async def ask(method, instances):
-        return servable(method, instances)
+    async def ask(request):
+        return servable(request.method, request.instances)
 
-    async def yes():
+    async def live():
         return True
 
+    async def ready():
+        return True, {}
+
     async def start():
-        server = grpc.aio.server()
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(TABLE, "1", "0.1.0", ask, live=yes, ready=yes), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
+        servicer = InferenceServicer(TABLE, "1", "0.1.0", ask, live, ready, metrics.Meter("oip_grpc"))
+        return await start_server(servicer, "127.0.0.1:0", 4 << 20)
 
     server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
     yield port

@@ -299,8 +299,8 @@ def test_docs_curl_request_is_one_the_codec_takes():
     body = text[text.index("-d '", text.index("```shell\ncurl")) + 4:]
     parsed = rest_codec.parse_infer(body[:body.index("'")].encode(), None, QA)
     assert parsed.id == "1" and [n for n, _ in parsed.outputs] == ["answer", "start", "end", "top_answers"]
-    assert [(i["question"], int(i["top_k"])) for i in parsed.request.instances] == [("Who wrote it?", 2),
-                                                                                   ("When?", 2)]
+    assert [(i["question"], int(i["top_k"])) for i in parsed.request.instances] == [("Who wrote Hamlet?", 2),
+                                                                                   ("What is Paris the capital of?", 2)]
 
 
 def test_docs_python_examples_compile_and_use_the_documented_names():

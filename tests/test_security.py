@@ -99,7 +99,8 @@ def test_a_running_server_listens_on_loopback_only(oracle_server):
     pids = [oracle_server.process.pid, oracle_server.master_pid(), *oracle_server.worker_pids()]
     expected = {("127.0.0.1", int(a.rsplit(":", 1)[1])) for a in (oracle_server.grpc_address,
                                                                    oracle_server.rest_address,
-                                                                   oracle_server.health_address)}
+                                                                   oracle_server.health_address,
+                                                                   oracle_server.oip_grpc_address)}
     assert listening_tcp(pids) == expected  # master-worker traffic uses unix sockets in the work directory
 
 
@@ -142,14 +143,34 @@ def ask_rest(server, context, scheme="https"):
                              context=context)
 
 
+def ask_oip_grpc(server, credentials=None):
+    """The question over the Open Inference Protocol's gRPC service (our stubs): the answer."""
+    from bert_squad.server.oip.stubs import pb, pb_grpc
+
+    request = pb.ModelInferRequest(model_name="bert_squad", outputs=[
+        pb.ModelInferRequest.InferRequestedOutputTensor(name="answer")])
+    for name in ("question", "context"):
+        request.inputs.add(name=name, datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+            QUESTION[name].encode())
+    channel = (grpc.secure_channel(server.oip_grpc_address, credentials) if credentials
+               else grpc.insecure_channel(server.oip_grpc_address))
+    with channel:
+        reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=20)
+    return reply.raw_output_contents[0][4:].decode()  # one BYTES element: 4-byte length, then the text
+
+
 def test_tls_serves_grpc_and_rest_and_refuses_plain_text(oracle_servable, tmp_path, certificates):
     with tls_server(oracle_servable, tmp_path, certificates, mutual=False) as server:
         assert "warm-up=skipped" not in server.ready_line  # the serve command's own question went over TLS
         assert ask_grpc(server, grpc_credentials(certificates, False))[0]["answer"] == ANSWER
         assert ask_rest(server, https_context(certificates, False))[0]["answer"] == ANSWER
+        assert ask_oip_grpc(server, grpc_credentials(certificates, False)) == ANSWER
         with pytest.raises(grpc.RpcError) as plain:
             wire.grpc_predict(server.grpc_address, "predict", [QUESTION], timeout=10)
         assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as plain_oip:
+            ask_oip_grpc(server)
+        assert plain_oip.value.code() == grpc.StatusCode.UNAVAILABLE
         with pytest.raises((http.client.HTTPException, ConnectionError)):
             ask_rest(server, None, scheme="http")
         with pytest.raises(ssl.SSLCertVerificationError):
@@ -161,9 +182,13 @@ def test_mutual_tls_answers_a_client_certificate_and_rejects_a_client_without_on
     with tls_server(oracle_servable, tmp_path, certificates, mutual=True) as server:
         assert ask_grpc(server, grpc_credentials(certificates, True))[0]["answer"] == ANSWER
         assert ask_rest(server, https_context(certificates, True))[0]["answer"] == ANSWER
+        assert ask_oip_grpc(server, grpc_credentials(certificates, True)) == ANSWER
         with pytest.raises(grpc.RpcError) as anonymous:
             ask_grpc(server, grpc_credentials(certificates, False))
         assert anonymous.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as anonymous_oip:
+            ask_oip_grpc(server, grpc_credentials(certificates, False))
+        assert anonymous_oip.value.code() == grpc.StatusCode.UNAVAILABLE
         with pytest.raises((ssl.SSLError, ConnectionError)):
             ask_rest(server, https_context(certificates, False))
 

@@ -61,8 +61,8 @@ def parse_address(address: str) -> Tuple[str, int]:
     """'host:port' or '[ipv6]:port' -> (host, port)."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise HealthError(f"health address {address!r} is not host:port (for example 127.0.0.1:8080), "
-                          f"nor 'off' to disable the health endpoints")
+        raise HealthError(f"address {address!r} is not host:port (for example 127.0.0.1:8080), nor 'off' to "
+                          f"disable that listener")
     return host.strip("[]"), int(port)
 
 

@@ -1,13 +1,16 @@
-"""The HTTP front door: MindSpore Serving's REST API, /livez, /readyz, /metrics and /openapi.json on one port,
-and the same machinery serving /livez and /readyz alone on --health-address (health_app).
+"""The HTTP front door: MindSpore Serving's REST API, the Open Inference Protocol's REST API (/v2), /livez, /readyz,
+/metrics and /openapi.json on one port, and the same machinery serving /livez and /readyz alone on --health-address
+(health_app). The front door also owns the one gRPC channel to Serving and `ask`, which the OIP gRPC service
+(oip/servicer.py, started by serve.py on the same event loop) shares with /v2 REST.
 
 Built on Starlette served by uvicorn (ASGI): both are small, well kept, have Python 3.9 wheels, and uvicorn
 does HTTP/1.1 parsing (httptools), TLS and mutual TLS (the standard ssl module) and graceful shutdown.
-REST predict requests are translated (rest.py) and forwarded to Serving's gRPC endpoint with asyncio gRPC;
-Serving's own REST server is not started. `POST /model/...` is answered in plain ASGI before Starlette's
-routing and middleware, which cost ~0.2 ms of the front door's ~1 ms per request; everything else is Starlette.
-Whole-request failures get real status codes (400, 404, 405, 413, 429 and 503 with Retry-After, 500, 502, 504)
-with {"error_msg": reason}; per-instance errors stay in a 200.
+REST predict requests are translated (rest.py, oip/rest_codec.py) and forwarded to Serving's gRPC endpoint with
+asyncio gRPC; Serving's own REST server is not started. `POST /model/...` and `POST /v2/models/.../infer` are
+answered in plain ASGI before Starlette's routing and middleware, which cost ~0.2 ms of the front door's ~1 ms per
+request; everything else is Starlette. Whole-request failures get real status codes (400, 404, 405, 413, 429 and
+503 with Retry-After, 500, 502, 504): {"error_msg": reason} on MindSpore Serving's routes, {"error": reason} on
+/v2 as the protocol says; per-question errors stay in a 200.
 """
 from __future__ import annotations
 
@@ -28,14 +31,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bert_squad.server import health, metrics, rest
+from bert_squad.server.oip import models as oip_models
+from bert_squad.server.oip import rest_codec as oip_rest
+from bert_squad.server.oip import serving as oip_serving
+from bert_squad.server.oip.models import OipError
 from bert_squad_client import protocol
 from bert_squad_client.client import channel_options
 
-METHODS = ("predict", "predict_with_options", "predict_features")  # metric label values; others count as "other"
 RETRY_AFTER_S = 2  # while the master starts, restarts or stops
 OFFLOAD_BYTES = 256 * 1024  # bodies this large are parsed in a thread, so the event loop keeps answering
 Availability = Callable[[], Optional[str]]  # None while Serving answers, else why not (starting, restarting, ...)
 JSON_HEADERS = [(b"content-type", b"application/json")]
+OIP_LARGE = 64  # questions past which an OIP request's outputs are built in a thread
 log = logging.getLogger("bert_squad.http")
 
 
@@ -61,15 +68,21 @@ class FrontDoor:
     """The ASGI app and the gRPC channel it forwards over (made on the server's event loop at start-up)."""
 
     def __init__(self, upstream: Upstream, state: health.HealthState, availability: Availability,
-                 openapi: Callable[[], dict], extra_routes: Sequence[Route] = ()):
+                 openapi: Callable[[], dict], extra_routes: Sequence[Route] = (), package_version: str = "unknown"):
         self.upstream, self.state, self.availability, self.openapi = upstream, state, availability, openapi
+        self.package_version = package_version
+        self.oip_models = oip_models.models(upstream.servable)  # the OIP's model names -> their tensors
+        self.served = str(upstream.version)  # the OIP's model_version
         self._channel: Optional[grpc.aio.Channel] = None
         self._predict = None
-        self._in_flight = metrics.IN_FLIGHT.labels("rest")
-        self._latency = {method: metrics.LATENCY.labels("rest", method) for method in (*METHODS, "other")}
+        self._rest_meter, self._oip_meter = metrics.Meter("rest"), metrics.Meter("oip_rest")
         self._starlette = Starlette(routes=[
             Route("/model/{tail:path}", self._not_post, methods=["POST"]),  # GET and others: 405 from Starlette
             *health_routes(state),
+            Route("/v2", self.oip_server, methods=["GET"]),
+            Route("/v2/health/live", self.oip_live, methods=["GET", "HEAD"]),
+            Route("/v2/health/ready", self.oip_ready, methods=["GET", "HEAD"]),
+            Route("/v2/models/{tail:path}", self.oip_model, methods=["GET"]),  # POST .../infer: app()
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/openapi.json", self.openapi_json, methods=["GET"]),
             *extra_routes,  # the try-it page (page.py), unless --page off
@@ -77,31 +90,50 @@ class FrontDoor:
 
     async def app(self, scope, receive, send) -> None:
         """The ASGI entry: REST predict here, the rest (and the lifespan) through Starlette."""
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/model/"):
-            await self.predict(scope, receive, send)
-        else:
-            await self._starlette(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path.startswith("/model/"):
+                return await self.predict(scope, receive, send)
+            if path.startswith("/v2/models/") and path.endswith("/infer"):
+                return await self.oip_infer(scope, receive, send)
+        await self._starlette(scope, receive, send)
+
+    def _call(self):
+        """Serving's Predict over the front door's channel, made on first use on the serving event loop (REST
+        and OIP gRPC share it; serve.py closes it once both stopped)."""
+        if self._predict is None:
+            options = channel_options()  # the client's: a call left on a reset connection fails within seconds
+            up = self.upstream
+            if up.tls_ca:
+                credentials = grpc.ssl_channel_credentials(up.tls_ca, up.tls_key, up.tls_cert)
+                self._channel = grpc.aio.secure_channel(up.target, credentials, options)
+            else:
+                self._channel = grpc.aio.insecure_channel(up.target, options)
+            self._predict = self._channel.unary_unary(protocol.PREDICT_PATH,
+                                                      request_serializer=protocol.PredictRequest.SerializeToString,
+                                                      response_deserializer=protocol.PredictReply.FromString)
+        return self._predict
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel, self._predict = self._channel, None, None
+            await channel.close()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app):
-        options = channel_options()  # the client's: a call left on a reset connection fails within seconds
-        up = self.upstream
-        if up.tls_ca:
-            credentials = grpc.ssl_channel_credentials(up.tls_ca, up.tls_key, up.tls_cert)
-            self._channel = grpc.aio.secure_channel(up.target, credentials, options)
-        else:
-            self._channel = grpc.aio.insecure_channel(up.target, options)
-        self._predict = self._channel.unary_unary(protocol.PREDICT_PATH,
-                                                  request_serializer=protocol.PredictRequest.SerializeToString,
-                                                  response_deserializer=protocol.PredictReply.FromString)
         try:
             yield
         finally:
-            await self._channel.close()
+            await self.close()
 
     async def _http_error(self, request: Request, error: HTTPException) -> Response:
-        reason = {404: f"no {request.url.path} here; see GET /openapi.json",
-                  405: f"{request.method} is not allowed on {request.url.path}"}.get(error.status_code, error.detail)
+        path = request.url.path
+        reason = {404: f"no {path} here; see GET /openapi.json",
+                  405: f"{request.method} is not allowed on {path}"}.get(error.status_code, error.detail)
+        if path == "/v2" or path.startswith("/v2/"):  # the protocol's error form
+            if error.status_code == 405 and path.endswith("/infer"):
+                reason = f"{request.method} is not allowed on {path}: send the inference request with POST"
+            return JSONResponse({"error": reason}, error.status_code, headers=error.headers)
         return JSONResponse({"error_msg": reason}, error.status_code, headers=error.headers)
 
     async def _not_post(self, request: Request) -> Response:  # app() answers every POST /model/... itself
@@ -110,28 +142,23 @@ class FrontDoor:
     # ------------------------------------------------------------ REST predict
 
     async def predict(self, scope, receive, send) -> None:
-        started = time.perf_counter()
+        started = self._rest_meter.begin()
         method, headers = "other", JSON_HEADERS
-        self._in_flight.inc()
         try:
-            servable, version, method_name = rest.parse_path(scope["path"])
-            method = method_name if method_name in METHODS else "other"
-            body, status = await self._answer(scope, receive, servable, version, method_name), 200
+            servable, version, method = rest.parse_path(scope["path"])
+            body, status = await self._answer(scope, receive, servable, version, method), 200
             outcome = "instance_error" if b'"error_msg"' in body else "ok"
         except rest.RestError as e:
-            outcome, status, body = OUTCOMES.get(e.status, "error"), e.status, e.body()
+            outcome, status, body = e.status, e.status, e.body()
             if e.retry_after:
                 headers = [*JSON_HEADERS, (b"retry-after", str(e.retry_after).encode())]
         except ClientGone:
-            return
+            return self._rest_meter.end(started, method, "client_gone")
         except Exception as e:  # a bug of ours: say so in JSON, keep the trace in the server's log
             log.exception("REST predict %s failed", scope["path"])
             outcome, status = "error", 500
             body = rest.dumps({"error_msg": f"the front door failed: {type(e).__name__}: {e}; see the server log"})
-        finally:
-            self._in_flight.dec()
-        metrics.REQUESTS.labels("rest", method, outcome).inc()
-        self._latency[method].observe(time.perf_counter() - started)
+        self._rest_meter.end(started, method, outcome)
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -151,17 +178,17 @@ class FrontDoor:
         else:
             message, count = rest.parse_body(body, servable, version, method)
         try:
-            reply = await self._predict(message, timeout=up.timeout_s)
+            reply = await self._call()(message, timeout=up.timeout_s)
         except grpc.aio.AioRpcError as e:
             raise _rpc_error(e, up.timeout_s) from None
         if count > 64:
             return await run_in_threadpool(rest.reply_body, reply, count)
         return rest.reply_body(reply, count)
 
-    async def _read_body(self, scope, receive) -> bytes:
+    async def _read_body(self, scope, receive, unit: str = "instances") -> bytes:
         limit = self.upstream.max_body_bytes
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
-        too_large = f"is larger than the limit of {limit} bytes (--max-message-mb); send fewer or shorter instances"
+        too_large = f"is larger than the limit of {limit} bytes (--max-message-mb); send fewer or shorter {unit}"
         if declared.isdigit() and int(declared) > limit:
             raise rest.RestError(413, f"the request body ({declared.decode()} bytes) {too_large}")
         chunks, size = [], 0
@@ -177,6 +204,90 @@ class FrontDoor:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
+    # ------------------------------------------------------------ Open Inference Protocol
+
+    async def ask(self, request: oip_models.Request) -> list:
+        """One Serving request of the OIP request's N instances; their outcomes (oip/serving.py)."""
+        unavailable = self.availability()
+        if unavailable:
+            raise OipError(503, unavailable, retry_after=RETRY_AFTER_S)
+        up = self.upstream
+        try:
+            reply = await self._call()(oip_serving.predict_request(request, up.servable, up.version),
+                                       timeout=up.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            error = _rpc_error(e, up.timeout_s)
+            raise OipError(error.status, error.message, error.retry_after) from None
+        return oip_serving.outcomes(reply, request)
+
+    async def is_live(self) -> bool:
+        return self.state.live()[0]
+
+    async def is_ready(self) -> Tuple[bool, dict]:
+        return await run_in_threadpool(self.state.ready)
+
+    async def oip_infer(self, scope, receive, send) -> None:
+        started = self._oip_meter.begin()
+        method, status = "other", 200
+        try:
+            model, action = oip_rest.parse_path(scope["path"], self.oip_models, self.served)
+            if action != "infer":  # /v2/models/<m>/ready/infer and the like
+                raise OipError(404, f"no {scope['path']}: the inference path is /v2/models/{model.name}/infer")
+            try:
+                body = await self._read_body(scope, receive, "questions")
+            except rest.RestError as e:
+                raise OipError(e.status, e.message) from None
+            header = next((value.decode("latin-1") for name, value in scope["headers"]
+                           if name == b"inference-header-content-length"), None)
+            large = len(body) > OFFLOAD_BYTES
+            parsed = await (run_in_threadpool if large else _now)(oip_rest.parse_infer, body, header, model)
+            method = parsed.request.method
+            outcomes = await self.ask(parsed.request)
+            large = large or len(parsed.request) > OIP_LARGE
+            outputs = await (run_in_threadpool if large else _now)(oip_models.to_outputs, parsed.request, outcomes)
+            body, headers = await (run_in_threadpool if large else _now)(oip_rest.response, parsed, outputs,
+                                                                         self.served)
+            outcome = "instance_error" if any(outputs[oip_models.ERROR_OUTPUT]) else "ok"
+        except OipError as e:
+            status, body, headers = oip_rest.error_response(e)
+            outcome = status
+        except ClientGone:
+            return self._oip_meter.end(started, method, "client_gone")
+        except Exception as e:  # a bug of ours: say so in JSON, keep the trace in the server's log
+            log.exception("OIP infer %s failed", scope["path"])
+            status, headers, outcome = 500, {"Content-Type": "application/json"}, "error"
+            body = rest.dumps({"error": f"the front door failed: {type(e).__name__}: {e}; see the server log"})
+        self._oip_meter.end(started, method, outcome)
+        raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*raw_headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def oip_server(self, _request: Request) -> Response:
+        return JSONResponse(oip_models.server_metadata(self.package_version))
+
+    async def oip_live(self, request: Request) -> Response:
+        live = await self.is_live()
+        return _oip_health({"live": live}, live, request)
+
+    async def oip_ready(self, request: Request) -> Response:
+        ready, detail = await self.is_ready()
+        return _oip_health({"ready": ready, **({} if ready else {"reason": detail.get("reason", "")})}, ready,
+                           request)
+
+    async def oip_model(self, request: Request) -> Response:
+        try:
+            model, action = oip_rest.parse_path(request.url.path, self.oip_models, self.served)
+        except OipError as e:
+            status, body, headers = oip_rest.error_response(e)
+            return Response(body, status, headers=headers)
+        if action == "metadata":
+            return JSONResponse(model.metadata(self.served))
+        if action == "ready":
+            ready, _ = await self.is_ready()
+            return _oip_health({"name": model.name, "ready": ready}, ready, request)
+        raise HTTPException(405)  # GET .../infer
+
     # ------------------------------------------------------------ operators
 
     async def metrics(self, _request: Request) -> Response:
@@ -186,8 +297,15 @@ class FrontDoor:
         return JSONResponse(self.openapi())
 
 
-OUTCOMES = {400: "bad_request", 404: "not_found", 413: "too_large", 429: "busy", 503: "unavailable",
-            504: "timeout"}
+async def _now(function, *args):
+    """`function(*args)` on the event loop: the small-request twin of run_in_threadpool."""
+    return function(*args)
+
+
+def _oip_health(body: dict, ok: bool, request: Request) -> Response:
+    """An OIP health answer: 200 when true, 503 when false (as KServe answers; the protocol allows any 4xx/5xx)."""
+    return Response(rest.dumps(body) if request.method != "HEAD" else b"", 200 if ok else 503,
+                    media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
 def health_routes(state: health.HealthState) -> "list[Route]":

@@ -1,7 +1,7 @@
 """Prometheus metrics of the serve command, its master process and Serving's workers (prometheus_client).
 
-Three kinds of process record them: the serve process (the HTTP front door: REST requests, master
-restarts), the master process (worker restarts) and the workers (the servable's stages, for gRPC and REST
+Three kinds of process record them: the serve process (the front door: REST and Open Inference Protocol
+requests, labelled protocol="rest", "oip_rest" or "oip_grpc"; master restarts), the master process (worker restarts) and the workers (the servable's stages, for gRPC and REST
 alike, since gRPC goes straight to Serving). They share one directory in prometheus_client's multiprocess
 mode ($PROMETHEUS_MULTIPROC_DIR, which the serve command sets before any of them imports prometheus_client);
 GET /metrics sums the files. Without that variable (a unit test, a script) each process counts for itself.
@@ -12,6 +12,7 @@ questions and windows, not who sent them); `bert_squad_questions_total` counts b
 from __future__ import annotations
 
 import os
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the /metrics endpoint)
@@ -21,11 +22,17 @@ from bert_squad.server.contract import MULTIPROC_ENV
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-REQUESTS = Counter("bert_squad_requests", "REST predict requests answered by the front door",
+# The servable's methods as metric label values; a request for any other counts as "other".
+METHODS = ("predict", "predict_with_options", "predict_features")
+# A refused request's HTTP status (gRPC codes are mapped to these first) as its outcome label.
+OUTCOMES = {400: "bad_request", 404: "not_found", 413: "too_large", 429: "busy", 503: "unavailable",
+            504: "timeout"}
+
+REQUESTS = Counter("bert_squad_requests", "Predict / infer requests answered by the front door",
                    ["protocol", "method", "outcome"])
-LATENCY = Histogram("bert_squad_request_duration_seconds", "REST predict request time, body read to reply",
+LATENCY = Histogram("bert_squad_request_duration_seconds", "Predict / infer request time, received to answered",
                     ["protocol", "method"], buckets=LATENCY_BUCKETS)
-IN_FLIGHT = Gauge("bert_squad_requests_in_flight", "REST predict requests received and not yet answered",
+IN_FLIGHT = Gauge("bert_squad_requests_in_flight", "Predict / infer requests received and not yet answered",
                   ["protocol"], multiprocess_mode="livesum")
 MASTER_RESTARTS = Counter("bert_squad_master_restarts", "Times Serving's master process died and was started again",
                           ["cause"])
@@ -39,6 +46,29 @@ WINDOWS = Histogram("bert_squad_windows_per_question", "Windows one question's c
                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256))
 TOKENS = Histogram("bert_squad_tokens_per_window", "Real (unpadded) tokens in one window",
                    buckets=(16, 32, 64, 96, 128, 192, 256, 320, 384))
+
+
+class Meter:
+    """The request metrics of one protocol: `begin()` when a request arrives, `end()` with its method and outcome
+    (or status) once answered."""
+
+    def __init__(self, protocol: str):
+        self.protocol = protocol
+        self._in_flight = IN_FLIGHT.labels(protocol)
+        self._latency = {method: LATENCY.labels(protocol, method) for method in (*METHODS, "other")}
+
+    def begin(self) -> float:
+        self._in_flight.inc()
+        return time.perf_counter()
+
+    def end(self, started: float, method: str, outcome) -> None:
+        """`outcome`: a label, or the HTTP status of a refusal."""
+        self._in_flight.dec()
+        method = method if method in METHODS else "other"
+        if isinstance(outcome, int):
+            outcome = OUTCOMES.get(outcome, "error")
+        REQUESTS.labels(self.protocol, method, outcome).inc()
+        self._latency[method].observe(time.perf_counter() - started)
 
 
 def exposition() -> bytes:

@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="host:port for gRPC (default %(default)s; use 0.0.0.0:PORT to expose it)")
     p.add_argument("--rest-address", default=settings.DEFAULT_REST_ADDRESS,
                    help="host:port for REST, or 'off' (default %(default)s)")
+    p.add_argument("--oip-grpc-address", default=settings.DEFAULT_OIP_GRPC_ADDRESS,
+                   help="host:port for the Open Inference Protocol (KServe v2) over gRPC, or 'off' "
+                        "(default %(default)s); OIP over REST is on --rest-address under /v2")
     p.add_argument("--device", choices=("cpu", "gpu", "ascend"), default="cpu",
                    help="cpu runs through MindSpore Lite; gpu/ascend through MindSpore (untested here)")
     p.add_argument("--device-ids", default="0",
@@ -56,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-queued-requests", type=int, default=settings.MAX_QUEUED_REQUESTS,
                    help="requests received and not yet answered, past which Serving refuses new ones at once "
                         "('enqueued requests count exceeds the limit'; clients retry later) (default %(default)s)")
-    p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and REST over TLS")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC, OIP gRPC and REST over TLS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
     p.add_argument("--workdir", type=Path,
@@ -76,11 +79,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.threads = max(1, available_cpus() // len([x for x in args.device_ids.split(",") if x.strip()] or [0]))
     if args.threads < 1:
         p.error("--threads must be at least 1")
-    if args.health_address != "off":
-        try:
-            health.parse_address(args.health_address)
-        except health.HealthError as e:
-            p.error(str(e))
+    for flag, address in (("--health-address", args.health_address), ("--oip-grpc-address", args.oip_grpc_address)):
+        if address != "off":
+            try:
+                health.parse_address(address)
+            except health.HealthError as e:
+                p.error(f"{flag}: {e}")
     if args.max_queued_requests < 1:
         p.error("--max-queued-requests must be at least 1")
     return args

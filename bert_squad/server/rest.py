@@ -38,7 +38,7 @@ _CODE = {  # Serving's REST type names -> data type codes of ms_service.proto
     "fp64": _BY_DTYPE[np.dtype("float64")], "str": protocol.MS_STRING, "bytes": protocol.MS_BYTES}
 _INT32, _FLOAT32 = _CODE["int32"], _CODE["float32"]
 _BOOL, _FLOAT16 = _CODE["bool"], _CODE["float16"]
-_INT32_RANGE = (-2**31, 2**31 - 1)
+INT32_RANGE = (-2**31, 2**31 - 1)
 STAGE_FAILED = 3  # Serving's error code when a stage raised for an instance ("Call Function ... Failed")
 BUSY = "enqueued requests count exceeds the limit"  # Serving's text for --max-queued-requests
 NOT_AVAILABLE = "servable is not available"  # Serving's text while no worker serves the servable
@@ -89,17 +89,20 @@ def parse_body(body: bytes, servable: str, version: int, method: str):
         raise RestError(400, f"the request body is not valid UTF-8 (byte {e.start}); send JSON in UTF-8") from None
     try:
         message = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise RestError(400, f"the request body nests JSON too deeply to read; a request nests a few levels, such "
+                             f"as {EXAMPLE}") from None
     except ValueError as e:
         raise RestError(400, f"the request body is not valid JSON ({e}); send JSON such as {EXAMPLE}") from None
     if not isinstance(message, dict):
-        raise RestError(400, f"the request body is a JSON {_json_type(message)}, not an object; send {EXAMPLE}")
+        raise RestError(400, f"the request body is a JSON {json_type(message)}, not an object; send {EXAMPLE}")
     if "instances" not in message:
         raise RestError(400, f"the request has no 'instances' key; send {EXAMPLE}")
     instances = message["instances"]
     if isinstance(instances, dict):
         instances = [instances]
     if not isinstance(instances, list):
-        raise RestError(400, f"'instances' is a JSON {_json_type(instances)}; it must be a list of objects, "
+        raise RestError(400, f"'instances' is a JSON {json_type(instances)}; it must be a list of objects, "
                              f"one per instance: {EXAMPLE}")
     if not instances:
         raise RestError(400, "'instances' is an empty list; send at least one instance")
@@ -109,7 +112,7 @@ def parse_body(body: bytes, servable: str, version: int, method: str):
     for index, inputs in enumerate(instances):
         where = f"instance {index}"
         if not isinstance(inputs, dict) or not inputs:
-            what = "an empty object" if isinstance(inputs, dict) else f"a JSON {_json_type(inputs)}"
+            what = "an empty object" if isinstance(inputs, dict) else f"a JSON {json_type(inputs)}"
             raise RestError(400, f"{where} is {what}; each instance is an object of named inputs")
         instance = request.instances.add()
         for name, value in inputs.items():
@@ -124,7 +127,7 @@ def parse_body(body: bytes, servable: str, version: int, method: str):
     return request, len(instances)
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
     for kind, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
                        (dict, "object"), (type(None), "null")):
         if isinstance(value, kind):
@@ -160,7 +163,7 @@ def _fill(tensor, value, where: str) -> None:
 
 
 def _int32(values: list, where: str) -> np.ndarray:
-    low, high = _INT32_RANGE
+    low, high = INT32_RANGE
     if any(v < low or v > high for v in values):
         raise RestError(400, f"{where} holds an integer outside int32 [{low}, {high}]; JSON integers are sent "
                              f"as int32 (use {{\"b64\": ..., \"type\": \"int64\"}} for wider values)")
@@ -200,7 +203,7 @@ def _fill_object(tensor, value: dict, where: str) -> None:
 
 def _b64(text, where: str) -> bytes:
     if not isinstance(text, str):
-        raise RestError(400, f"{where}: b64 is a JSON {_json_type(text)}; it must be a base64 string")
+        raise RestError(400, f"{where}: b64 is a JSON {json_type(text)}; it must be a base64 string")
     if not text.isascii():
         bad = next(c for c in text if not c.isascii())
         raise RestError(400, f"{where}: b64 holds {bad!a}, which is not a base64 character (A-Z a-z 0-9 + / =)")

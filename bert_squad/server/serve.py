@@ -2,9 +2,11 @@
 
 It resolves the model version (versions.py; exporting one first when there is none, first_export.py) and
 starts Serving's master and workers (MindSpore Lite on CPU) in a child process it supervises
-(master.py, supervisor.py: started again when it dies). gRPC goes straight to Serving; REST, /livez, /readyz,
-/metrics and /openapi.json are this process's HTTP front door (http.py), all on the REST address (127.0.0.1
-unless told otherwise), and /livez and /readyz alone on --health-address. Once the model answered one warm-up
+(master.py, supervisor.py: started again when it dies). gRPC goes straight to Serving; REST (MindSpore Serving's
+and the Open Inference Protocol's /v2), /livez, /readyz, /metrics and /openapi.json are this process's HTTP front
+door (http.py), all on the REST address (127.0.0.1 unless told otherwise), /livez and /readyz alone on
+--health-address, and the Open Inference Protocol's gRPC service (oip/servicer.py) on --oip-grpc-address, all on
+one event loop. Once the model answered one warm-up
 question it prints a `bert-squad-serve: ready` line; SIGINT / SIGTERM drain and stop it. MindSpore Serving
 writes its logs and sockets into the current directory, so the command runs in a working directory of its own.
 The options are in options.py, what the processes hand each other in contract.py.
@@ -41,12 +43,14 @@ def _check_addresses(args) -> None:
     """Refuse taken HTTP ports before anything starts (Serving's master binds gRPC itself and says so)."""
     from bert_squad.server.http import bind_error
 
-    for flag, address in (("--rest-address", args.rest_address), ("--health-address", args.health_address)):
+    what = {"--rest-address": "the REST, health and metrics endpoints", "--health-address": "the health endpoints",
+            "--oip-grpc-address": "the Open Inference Protocol's gRPC service"}
+    for flag, address in (("--rest-address", args.rest_address), ("--health-address", args.health_address),
+                          ("--oip-grpc-address", args.oip_grpc_address)):
         if address != "off":
             free, reason = bind_error(address)
             if not free:
-                what = "the REST, health and metrics endpoints" if flag == "--rest-address" else "the health endpoints"
-                raise ServeError(f"cannot listen on {address} for {what}: {reason}; pick a free port with "
+                raise ServeError(f"cannot listen on {address} for {what[flag]}: {reason}; pick a free port with "
                                  f"{flag} HOST:PORT, or 'off'")
 
 
@@ -129,18 +133,37 @@ def serve(args) -> int:
         except page.ExamplesError as e:
             raise ServeError(str(e)) from None
     door = FrontDoor(_upstream(args, version), state, state.unavailable,
-                     lambda: openapi.document(args, meta, _package_version()), page_routes)
+                     lambda: openapi.document(args, meta, _package_version()), page_routes, _package_version())
     http_server = None
     if args.rest_address != "off":
         http_server = HttpServer(door.app, args.rest_address, args.tls_cert, args.tls_key, args.tls_client_ca,
                                  drain_s=settings.DRAIN_S)
     import asyncio
 
-    return asyncio.run(_run(args, supervisor, state, health_server, http_server, version, meta, pin, device_ids,
+    return asyncio.run(_run(args, supervisor, state, door, health_server, http_server, version, meta, pin, device_ids,
                             workdir, t0))
 
 
-async def _run(args, supervisor, state, health_server, http_server, version, meta, pin, device_ids, workdir,
+async def _start_oip_grpc(args, door):
+    """The OIP gRPC service on --oip-grpc-address, asking through the front door; None when off."""
+    if args.oip_grpc_address == "off":
+        return None
+    from bert_squad.server import metrics
+    from bert_squad.server.oip.servicer import InferenceServicer, start_server
+
+    read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+    servicer = InferenceServicer(door.oip_models, door.served, door.package_version, door.ask, door.is_live,
+                                 door.is_ready, metrics.Meter("oip_grpc"))
+    try:
+        server, _ = await start_server(servicer, args.oip_grpc_address, args.max_message_mb << 20,
+                                       read(args.tls_cert), read(args.tls_key), read(args.tls_client_ca))
+    except OSError as e:
+        raise ServeError(f"{e} for the Open Inference Protocol's gRPC service; pick a free port with "
+                         f"--oip-grpc-address HOST:PORT, or 'off'") from None
+    return server
+
+
+async def _run(args, supervisor, state, door, health_server, http_server, version, meta, pin, device_ids, workdir,
                t0) -> int:
     """Serve until SIGINT / SIGTERM or a crash loop: HTTP on this event loop, the master supervised in a thread."""
     import asyncio
@@ -153,17 +176,22 @@ async def _run(args, supervisor, state, health_server, http_server, version, met
         loop.add_signal_handler(number, asked.set)
     # REST first: on the way out it drains while the health listener still says "not ready"
     listeners = [(server, asyncio.ensure_future(server.serve())) for server in (http_server, health_server) if server]
+    try:
+        oip_grpc = await _start_oip_grpc(args, door)
+    except ServeError:
+        await _stop_listeners(listeners, None, door)
+        raise
     supervisor.start()  # /livez answers during start-up
     try:
         warm = await loop.run_in_executor(None, supervisor.wait_first_start)
     except StartFailed as e:
-        await _stop_http(listeners)
+        await _stop_listeners(listeners, oip_grpc, door)
         supervisor.stop()
         raise ServeError(str(e)) from None
     state.set_phase(health.SERVING)
     rest = "off" if args.rest_address == "off" else args.rest_address
     # One write, starting on a fresh line: Serving's C++ threads print to the same stdout.
-    print(f"\n{health.READY_MARKER} grpc={args.grpc_address} rest={rest} servable={args.name} version={version} "
+    print(f"\n{health.READY_MARKER} grpc={args.grpc_address} rest={rest} oip-grpc={args.oip_grpc_address} servable={args.name} version={version} "
           f"precision={meta.precision} runtime={meta.runtime} device={args.device} workers={len(device_ids)} "
           f"threads={args.threads} pinned={'yes' if pin else 'no'} "
           f"health={health_server.address if health_server else 'off'} "
@@ -171,8 +199,8 @@ async def _run(args, supervisor, state, health_server, http_server, version, met
           f"master={supervisor.process.pid} logs={workdir / 'serving_logs'}", flush=True)
     finished = loop.run_in_executor(None, supervisor.finished.wait)
     await asyncio.wait([asyncio.ensure_future(asked.wait()), finished], return_when=asyncio.FIRST_COMPLETED)
-    state.set_phase(health.STOPPING)  # /readyz 503 and new REST requests 503 at once, so balancers drain us
-    await _stop_http(listeners)  # in-flight REST requests finish first
+    state.set_phase(health.STOPPING)  # /readyz 503 and new requests 503 at once, so balancers drain us
+    await _stop_listeners(listeners, oip_grpc, door)  # in-flight REST and OIP gRPC requests finish first
     await loop.run_in_executor(None, supervisor.stop)
     if supervisor.fatal:
         print(f"bert-squad-serve: error: {supervisor.fatal} (see {workdir / 'serving_logs'}); exiting with "
@@ -183,10 +211,16 @@ async def _run(args, supervisor, state, health_server, http_server, version, met
     return 0
 
 
-async def _stop_http(listeners) -> None:
+async def _stop_listeners(listeners, oip_grpc, door) -> None:
+    """Stop taking requests, let those in flight finish (up to the drain time), then close the channel to Serving."""
+    import asyncio
+
+    stopping = [asyncio.ensure_future(oip_grpc.stop(settings.DRAIN_S))] if oip_grpc else []
     for server, task in listeners:
         server.stop()
         await task
+    await asyncio.gather(*stopping)
+    await door.close()
 
 
 def _fresh_metrics_dir(directory: Path) -> Path:

@@ -1,34 +1,41 @@
 """inference.GRPCInferenceService for grpc.aio, around injected callables: the front door passes how it asks the
-servable (one Serving request of N instances per ModelInfer) and how it knows liveness and readiness."""
+servable (one Serving request of N instances per ModelInfer), how it knows liveness and readiness, and the
+metrics a request is counted in; `start_server` listens on an address, over TLS when told."""
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Mapping, Sequence
+import logging
+from typing import Awaitable, Callable, Mapping, Optional, Sequence, Tuple
+
+import grpc
 
 from . import grpc_codec, models
-from .models import Model, OipError
+from .models import Model, OipError, Request
 from .stubs import pb, pb_grpc
 
-# ask(method, instances) -> one outcome per instance: a dict of outputs, or an exception for a refused instance;
+# ask(request) -> one outcome per instance: a dict of outputs, or an exception for a refused instance;
 # a whole-request failure raises OipError (429 / 503 with Retry-After, 504, ...).
-Ask = Callable[[str, list], Awaitable[Sequence]]
-Check = Callable[[], Awaitable[bool]]
+Ask = Callable[[Request], Awaitable[Sequence]]
+Live = Callable[[], Awaitable[bool]]
+Ready = Callable[[], Awaitable[Tuple[bool, dict]]]  # (ready, details): the front door's is_ready
+log = logging.getLogger("bert_squad.oip")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, table: Mapping[str, Model], served: str, package_version: str, ask: Ask, live: Check,
-                 ready: Check):
+    def __init__(self, table: Mapping[str, Model], served: str, package_version: str, ask: Ask, live: Live,
+                 ready: Ready, meter):
+        """`meter`: the request metrics (bert_squad.server.metrics.Meter("oip_grpc") in the server)."""
         self._table, self._served, self._package_version = table, served, package_version
-        self._ask, self._live, self._ready = ask, live, ready
+        self._ask, self._live, self._ready, self._meter = ask, live, ready, meter
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=await self._live())
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=await self._ready())
+        return pb.ServerReadyResponse(ready=(await self._ready())[0])
 
     async def ModelReady(self, request, context):
         await self._model(request, context)
-        return pb.ModelReadyResponse(ready=await self._ready())
+        return pb.ModelReadyResponse(ready=(await self._ready())[0])
 
     async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(**models.server_metadata(self._package_version))
@@ -37,13 +44,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return grpc_codec.model_metadata(await self._model(request, context), self._served)
 
     async def ModelInfer(self, request, context):
+        started, method = self._meter.begin(), "other"
         try:
             parsed = grpc_codec.parse_infer(request, self._table, self._served)
-            outcomes = await self._ask(parsed.request.method, parsed.request.instances)
-            outputs = models.to_outputs(parsed.request, outcomes)
+            method = parsed.request.method
+            outputs = models.to_outputs(parsed.request, await self._ask(parsed.request))
+            response = grpc_codec.response(parsed, outputs, self._served)
         except OipError as error:
+            self._meter.end(started, method, error.status)
             await self._abort(context, error)
-        return grpc_codec.response(parsed, outputs, self._served)
+        except Exception as error:  # a bug of ours: say so, keep the trace in the server's log
+            log.exception("OIP ModelInfer failed")
+            self._meter.end(started, method, "error")
+            await context.abort(grpc.StatusCode.INTERNAL, f"the front door failed: {type(error).__name__}: {error}; "
+                                                          f"see the server log")
+        self._meter.end(started, method, "instance_error" if any(outputs[models.ERROR_OUTPUT]) else "ok")
+        return response
 
     async def _model(self, request, context) -> Model:
         try:
@@ -56,3 +72,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if error.retry_after is not None:  # gRPC has no Retry-After: the same hint as trailing metadata
             context.set_trailing_metadata((("retry-after", str(error.retry_after)),))
         await context.abort(grpc_codec.status_code(error), error.message)
+
+
+async def start_server(servicer: InferenceServicer, address: str, max_message_bytes: int,
+                       tls_cert: Optional[bytes] = None, tls_key: Optional[bytes] = None,
+                       tls_client_ca: Optional[bytes] = None) -> Tuple[grpc.aio.Server, int]:
+    """The service listening on `address` (TLS with a certificate; mutual TLS with a client CA); (server, port).
+    Raises OSError when the address cannot be listened on."""
+    limits = [("grpc.max_receive_message_length", max_message_bytes),
+              ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0)]
+    server = grpc.aio.server(options=limits)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    try:
+        if tls_cert:
+            credentials = grpc.ssl_server_credentials([(tls_key, tls_cert)], root_certificates=tls_client_ca,
+                                                      require_client_auth=bool(tls_client_ca))
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # newer grpcio raises where 1.47 answers 0
+        port = 0
+    if not port:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    return server, port
