@@ -3,6 +3,7 @@ limits and errors), built from the served version's settings so that its limits 
 from __future__ import annotations
 
 from bert_squad import settings
+from bert_squad.server.oip import models as oip_models
 
 INT = {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1,
        "description": "a JSON integer is sent as int32; {\"b64\": ..., \"type\": ..., \"shape\": [...]} sends any "
@@ -81,9 +82,9 @@ def _health(description: str) -> dict:
         "200": {"description": "yes", "content": content}, "503": {"description": "no", "content": content}}}}
 
 
-def document(args, meta, version: str) -> dict:
-    """The OpenAPI 3.1 document of a server started with `args`, serving a version with metadata `meta`;
-    `version` is the package's."""
+def document(args, meta, served: int, version: str) -> dict:
+    """The OpenAPI 3.1 document of a server started with `args`, serving version folder `served` with metadata
+    `meta`; `version` is the package's."""
     max_body = args.max_message_mb << 20
     paths = {}
     for method in METHODS:
@@ -92,12 +93,14 @@ def document(args, meta, version: str) -> dict:
     paths["/readyz"] = _health("whether the model answers a question now")
     paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {
         "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
+    paths.update(oip_paths(oip_models.models(args.name), str(served), max_body))
     if args.page == "on":
         paths.update(page_paths(args.name))
     return {"openapi": "3.1.0",
             "info": {"title": "bert_squad", "version": version,
                      "description": f"Extractive question answering ({meta.runtime}, {meta.precision}); the REST "
-                                    f"API of MindSpore Serving, plus health and metrics."},
+                                    f"API of MindSpore Serving, the Open Inference Protocol's REST API (/v2), "
+                                    f"health and metrics."},
             "paths": paths}
 
 
@@ -118,3 +121,118 @@ def page_paths(servable: str) -> dict:
                                        {"type": "array", "items": example}),
             f"/model/{servable}": get("the served model: version, runtime, precision, model sha256",
                                       "application/json", facts)}
+
+
+# ---------------------------------------------------------------- the Open Inference Protocol's REST API (/v2)
+
+OIP_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+_JSON_VALUE = {"BYTES": {"type": "string"}, "INT32": {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1},
+               "FP32": {"type": ["number", "null"]}}
+OUTPUT_TENSOR = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+    "name": {"type": "string"}, "datatype": {"type": "string"},
+    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+    "data": {"type": "array", "description": "row-major; absent when the output is sent as binary data"},
+    "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}}}
+TENSOR_METADATA = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+    "name": {"type": "string"}, "datatype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}}}}
+
+
+def _oip_error(description: str, retry: bool = False) -> dict:
+    response = {"description": description, "content": {"application/json": {"schema": OIP_ERROR}}}
+    if retry:
+        response["headers"] = RETRY_AFTER
+    return response
+
+
+def _input_schema(tensor) -> dict:
+    """One input as JSON: the shapes it takes are in the description (JSON Schema cannot tie shape to data)."""
+    forms = " or ".join(f"[{', '.join(form)}]" for form in tensor.shapes)
+    return {"type": "object", "required": ["name", "datatype", "shape", "data"], "properties": {
+        "name": {"const": tensor.name}, "datatype": {"const": tensor.datatype},
+        "shape": {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "integer", "minimum": 1}},
+        "data": {"type": "array", "minItems": 1, "items": _JSON_VALUE[tensor.datatype]},
+        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}},
+        "description": f"shape {forms}{' (optional input)' if tensor.optional else ''}; data row-major, "
+                       f"as many elements as the shape holds"}
+
+
+def _infer(model, max_body: int) -> dict:
+    required = [t.name for t in model.inputs if not t.optional]
+    body = {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+        "inputs": {"type": "array", "minItems": len(required), "maxItems": len(model.inputs),
+                   "items": {"oneOf": [_input_schema(t) for t in model.inputs]}},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"enum": [t.name for t in model.outputs]},
+            "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}}}}
+    reply = {"type": "object", "required": ["model_name", "outputs"], "properties": {
+        "model_name": {"const": model.name}, "model_version": {"type": "string"}, "id": {"type": "string"},
+        "outputs": {"type": "array", "items": OUTPUT_TENSOR}}}
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"post": {
+        "operationId": f"infer_{model.name}", "summary": f"Infer with model {model.name!r}",
+        "description": f"The Open Inference Protocol's inference request (docs/oip.md). Inputs "
+                       f"{', '.join(t.name for t in model.inputs)} (required: {', '.join(required)}); all inputs "
+                       f"of one request hold the same number N of questions or windows. The binary tensor data "
+                       f"extension: a JSON header of Inference-Header-Content-Length bytes, then the tensors' raw "
+                       f"bytes. Bodies up to {max_body} bytes. A question or window the model refuses gets its "
+                       f"reason in the 'error' output of a 200; a request whose every question is refused is a 400.",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body},
+                                                      "application/octet-stream": binary}},
+        "responses": {
+            "200": {"description": "the outputs asked for (all by default), each [N] or [N, K]",
+                    "content": {"application/json": {"schema": reply}, "application/octet-stream": binary}},
+            "400": _oip_error("malformed JSON, datatype, shape, missing input, N mismatch, binary sizes that do not "
+                              "add up, or every question refused; the reason says which"),
+            "404": _oip_error("no such model or version"),
+            "413": _oip_error(f"body larger than {max_body} bytes"),
+            "429": _oip_error("too many requests queued (--max-queued-requests)", retry=True),
+            "503": _oip_error("starting, restarting or stopping", retry=True),
+            "504": _oip_error(f"no answer within {settings.REST_TIMEOUT_S:g} s"),
+        }}}
+
+
+def _oip_get(summary: str, schema: dict, when_not: str = "") -> dict:
+    responses = {"200": {"description": summary, "content": {"application/json": {"schema": schema}}}}
+    if when_not:
+        responses["503"] = {"description": when_not, "content": {"application/json": {"schema": schema}}}
+    return {"get": {"summary": summary, "responses": responses}}
+
+
+def oip_paths(table, served: str, max_body: int) -> dict:
+    """The /v2 routes for the models in `table` (oip/models.py), each also under /versions/{version}."""
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}, "example": served,
+               "description": "the served version folder's number; any other is a 404"}
+    not_found = {"404": _oip_error("no such model or version")}
+    paths = {
+        "/v2": _oip_get("server metadata", {"type": "object", "required": ["name", "version", "extensions"],
+                                            "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                                           "extensions": {"type": "array",
+                                                                          "items": {"type": "string"}}}}),
+        "/v2/health/live": _oip_get("whether the server is live (as /livez)", {
+            "type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}}, "not live"),
+        "/v2/health/ready": _oip_get("whether the model answers now (as /readyz)", {
+            "type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"},
+                                                                     "reason": {"type": "string"}}}, "not ready"),
+    }
+    for model in table.values():
+        metadata = _oip_get(f"metadata of model {model.name!r}", {
+            "type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"], "properties": {
+                "name": {"const": model.name}, "versions": {"type": "array", "items": {"type": "string"}},
+                "platform": {"type": "string"}, "inputs": {"type": "array", "items": TENSOR_METADATA},
+                "outputs": {"type": "array", "items": TENSOR_METADATA}}})
+        ready = _oip_get(f"whether model {model.name!r} answers now", {
+            "type": "object", "required": ["name", "ready"], "properties": {
+                "name": {"const": model.name}, "ready": {"type": "boolean"}}}, "not ready")
+        for base, parameters in ((f"/v2/models/{model.name}", []),
+                                 (f"/v2/models/{model.name}/versions/{{version}}", [version])):
+            for suffix, operation in (("", metadata), ("/ready", ready), ("/infer", _infer(model, max_body))):
+                verb, spec = next(iter(operation.items()))
+                spec = {**spec, "responses": {**spec["responses"], **not_found}}
+                if parameters:
+                    spec = {**spec, "parameters": parameters}
+                    if "operationId" in spec:
+                        spec["operationId"] += "_version"
+                paths[base + suffix] = {verb: spec}
+    return paths

@@ -133,7 +133,7 @@ def serve(args) -> int:
         except page.ExamplesError as e:
             raise ServeError(str(e)) from None
     door = FrontDoor(_upstream(args, version), state, state.unavailable,
-                     lambda: openapi.document(args, meta, _package_version()), page_routes, _package_version())
+                     lambda: openapi.document(args, meta, version, _package_version()), page_routes, _package_version())
     http_server = None
     if args.rest_address != "off":
         http_server = HttpServer(door.app, args.rest_address, args.tls_cert, args.tls_key, args.tls_client_ca,
