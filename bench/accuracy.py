@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO.parent / "shared" / "models" / "minilm-squad-b"
 SQUAD_DEV = REPO.parent / "shared" / "data" / "squad-v1.1-dev.json"
 REFERENCE = "lite_direct-fp32"
+PY311 = REPO / ".stack" / "py311" / "bin" / "python"  # tritonclient's venv, for --oip
+OIP_BATCH = 8  # questions per OIP request (issue 25)
 # name -> bert-squad-export arguments
 STACKS: Dict[str, Tuple[str, ...]] = {
     REFERENCE: ("--precision", "fp32", "--runtime", "lite_direct"),
@@ -71,8 +73,10 @@ def export(name: str, model_dir: Path, servable: Path, calibration: Path, python
     return time.perf_counter() - started
 
 
-def predict(servable: Path, questions: Path, workdir: Path, threads: int, python: str = sys.executable) -> dict:
-    """Serve `servable`, answer every question of `questions` with bert-squad-predict over gRPC."""
+def predict(servable: Path, questions: Path, workdir: Path, threads: int, python: str = sys.executable,
+            oip: bool = False) -> dict:
+    """Serve `servable`, answer every question of `questions` with bert-squad-predict over gRPC and, with `oip`,
+    again over the Open Inference Protocol's gRPC (tritonclient.grpc, bench/oip_predict.py)."""
     server = start_server(python, servable, threads, workdir)
     try:
         output = workdir / "predictions.json"
@@ -83,16 +87,36 @@ def predict(servable: Path, questions: Path, workdir: Path, threads: int, python
         seconds = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"bert-squad-predict failed:\n{done.stderr[-3000:]}")
-        return {"predictions": json.loads(output.read_text()), "seconds": seconds, "ready": server.ready_line}
+        run = {"predictions": json.loads(output.read_text()), "seconds": seconds, "ready": server.ready_line}
+        if oip:
+            oip_output = workdir / "predictions-oip-grpc.json"
+            command = [str(PY311), str(REPO / "bench" / "oip_predict.py"), server.oip_grpc_address, str(questions),
+                       str(oip_output), str(OIP_BATCH)]
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+            if done.returncode != 0:
+                raise RuntimeError(f"the OIP gRPC run failed:\n{done.stderr[-3000:]}")
+            run["oip_grpc"] = {"predictions": json.loads(oip_output.read_text()),
+                               "seconds": time.perf_counter() - started}
+        return run
     finally:
         stop_server(server)
 
 
 def compare(dataset: dict, runs: Dict[str, dict], reference_stack: str = REFERENCE) -> List[dict]:
-    """Per stack: EM, F1, and the share of answers identical to reference_stack's."""
+    """Per stack: EM, F1, and the share of answers identical to reference_stack's; a stack also asked over OIP
+    gRPC gets a row of its own ("<stack> oip-grpc") whose answers are compared with that stack's."""
     reference = runs[reference_stack]["predictions"]
     rows = []
     for name, run in runs.items():
+        if "oip_grpc" in run:
+            oip = run["oip_grpc"]
+            same = sum(oip["predictions"].get(qid) == answer for qid, answer in run["predictions"].items())
+            scores = evaluate(dataset, oip["predictions"])
+            rows.append({"stack": f"{name} oip-grpc", "questions": len(oip["predictions"]),
+                         "exact_match": round(scores["exact_match"], 2), "f1": round(scores["f1"], 2),
+                         f"identical_to_{name}": round(100 * same / len(run["predictions"]), 2),
+                         "predict_seconds": round(oip["seconds"], 1)})
         predictions = run["predictions"]
         scores = evaluate(dataset, predictions)
         same = sum(predictions.get(qid) == answer for qid, answer in reference.items()) / len(reference)
@@ -103,7 +127,7 @@ def compare(dataset: dict, runs: Dict[str, dict], reference_stack: str = REFEREN
 
 
 def run(out: Path, questions: Optional[int], stacks: Sequence[str] = tuple(STACKS), threads: int = 2,
-        model_dir: Path = MODEL, dataset: Path = SQUAD_DEV, log=print) -> List[dict]:
+        model_dir: Path = MODEL, dataset: Path = SQUAD_DEV, log=print, oip: bool = False) -> List[dict]:
     """Export, serve and ask every stack; answers are compared with the first stack's."""
     eval_file, calibration = split_dataset(model_dir, dataset, out / "data", questions)
     runs = {}
@@ -111,7 +135,7 @@ def run(out: Path, questions: Optional[int], stacks: Sequence[str] = tuple(STACK
         servable = out / "servables" / name
         seconds = export(name, model_dir, servable, calibration)
         log(f"{name}: exported in {seconds:.0f} s")
-        runs[name] = predict(servable, eval_file, out / "runs" / name, threads)
+        runs[name] = predict(servable, eval_file, out / "runs" / name, threads, oip=oip)
         log(f"{name}: {len(runs[name]['predictions'])} answers in {runs[name]['seconds']:.0f} s")
     rows = compare(json.loads(eval_file.read_text()), runs, stacks[0])
     (out / "accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -123,6 +147,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--questions", type=int, help="evaluation questions (default: all 5,609)")
     parser.add_argument("--out", type=Path, default=Path("bench-accuracy"), help="work and result folder")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--oip", action="store_true",
+                        help=f"also ask every question over OIP gRPC (tritonclient.grpc, requests of {OIP_BATCH})")
     parser.add_argument("--stacks", default=",".join(STACKS),
                         help=f"comma-separated, the first is the reference (default: {','.join(STACKS)})")
     args = parser.parse_args(argv)
@@ -130,7 +156,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = sorted(set(stacks) - set(STACKS))
     if unknown or not stacks:
         parser.error(f"--stacks takes names from {', '.join(STACKS)}, got {unknown or 'none'}")
-    for row in run(args.out, args.questions, stacks, threads=args.threads):
+    for row in run(args.out, args.questions, stacks, threads=args.threads, oip=args.oip):
         print(json.dumps(row))
     return 0
 

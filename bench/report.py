@@ -141,6 +141,30 @@ def render(results: Mapping, plot_name: str) -> str:
                       f"{_ms(s['breakdown']['queue_at_top'])} (c={s['breakdown']['top_concurrency']})"]
                    for s in stacks.values()])
 
+    with_transport = [s for s in stacks.values() if "transport" in s]
+    if with_transport:
+        out += ["", "## Protocols (p50 per question, concurrency 1, ms)", "",
+                "Each question asked over every protocol in turn (the first rotating): Serving's gRPC straight to "
+                "Serving (the baseline), its REST API and the Open Inference Protocol's gRPC and REST through the "
+                "front door. Paired: the median of each question's difference from gRPC; refused: the same for a "
+                "request the first stage refuses (no model time). OIP batches: requests of N questions one at a "
+                "time vs single questions from N threads, over OIP gRPC (best of two runs).", ""]
+        rows = []
+        for s in with_transport:
+            tr = s["transport"]
+            for name in [k for k in ("grpc", "rest", "oip_grpc", "oip_rest") if k in tr]:
+                paired = [stats.median([r - g for g, r in zip(tr[p + "grpc"], tr[p + name])])
+                          for p in ("", "null_")]
+                rows.append([s["label"], name, _ms(stats.median(tr[name])),
+                             "—" if name == "grpc" else f"{paired[0] * 1000:+.2f}",
+                             "—" if name == "grpc" else f"{paired[1] * 1000:+.2f}"])
+        out += _table(["stack", "protocol", "p50", "paired − gRPC", "refused − gRPC"], rows)
+        batches = [(s["label"], s["oip_batch"]) for s in with_transport if "oip_batch" in s]
+        if batches:
+            out += [""] + _table(["stack", "questions", "N", "q/s, requests of N", "q/s, N single at once"],
+                                 [[label, b["questions"], b["n"], f"{b['qps']['batched']:.2f}",
+                                   f"{b['qps']['concurrent']:.2f}"] for label, b in batches])
+
     out += ["", "## Memory and cold start", "",
             "Serving: the worker processes (start_worker.py) under the serve command, summed, /proc VmRSS when ready and "
             "after the run, VmHWM = peak. Reference stacks: their runner process (Python, tokenizer and model). "

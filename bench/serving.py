@@ -74,7 +74,8 @@ class Server:
     ready_line: str
     workers: List[int]
     model_times: ModelTimes
-    rest_address: str  # the serve command's HTTP front door (REST forwarded to Serving over gRPC)
+    rest_address: str  # the serve command's HTTP front door (REST and OIP REST, forwarded to Serving over gRPC)
+    oip_grpc_address: str  # the front door's Open Inference Protocol gRPC service
 
 
 def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, options: Sequence[str] = ()) -> Server:
@@ -84,8 +85,8 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, o
     log = workdir / "serve.log"
     rest_address, oip_grpc_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     cmd = [python, "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
-           "--rest-address", rest_address, "--oip-grpc-address", oip_grpc_address, "--health-address", "off", "--threads", str(threads),
-           "--workdir", str(workdir), *options]
+           "--rest-address", rest_address, "--oip-grpc-address", oip_grpc_address, "--health-address", "off",
+           "--threads", str(threads), "--workdir", str(workdir), *options]
     model_times = workdir / "model-times.jsonl"
     model_times.unlink(missing_ok=True)
     lines: "queue.Queue[Optional[str]]" = queue.Queue()
@@ -123,7 +124,8 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, o
     if not workers:
         stop_server_proc(proc)
         raise BenchError(f"no {WORKER_SCRIPT} process under the server (pid {proc.pid}); log: {log}")
-    return Server(proc, address, log, cold, ready.strip(), workers, ModelTimes(model_times), rest_address)
+    return Server(proc, address, log, cold, ready.strip(), workers, ModelTimes(model_times), rest_address,
+                  oip_grpc_address)
 
 
 def stop_server_proc(proc: subprocess.Popen, extra_pids: Sequence[int] = ()) -> None:
@@ -303,33 +305,78 @@ def paired_pass(client_kind: str, server: Server, questions: Sequence[dict]) -> 
     return {"ids": [q["id"] for q in questions], "e2e": e2e, "model": model}
 
 
+TRANSPORTS = ("grpc", "rest", "oip_grpc", "oip_rest")  # the transport pass's protocols; grpc is the baseline
+
+
 def transport_pass(server: Server, questions: Sequence[dict], rounds: int) -> dict:
-    """`rounds` times per question, one request at a time: the `predict` round trip over gRPC (straight to
-    Serving) and over REST (through the front door), in turn, the first protocol alternating, so that drift
-    weighs on both alike. Then as many pairs of a request the first stage refuses (blank question): the
-    transport alone, without the model time whose spread (+-2 ms a question) blurs the real pairs."""
+    """`rounds` times per question, one request at a time: the `predict` round trip over Serving's gRPC (straight
+    to Serving), its REST API, and the Open Inference Protocol's gRPC and REST (through the front door), in turn,
+    the first protocol rotating, so that drift weighs on all alike. Then as many requests the first stage refuses
+    (blank question): the transport alone, without the model time whose spread (+-2 ms a question) blurs the real
+    pairs."""
     from bert_squad_client import Client, RequestError, RestClient
 
+    from bench import oip
+
     clients = {"grpc": Client(server.address, timeout=REQUEST_TIMEOUT_S, retry=None),
-               "rest": RestClient(server.rest_address, timeout=REQUEST_TIMEOUT_S, retry=None)}
+               "rest": RestClient(server.rest_address, timeout=REQUEST_TIMEOUT_S, retry=None),
+               "oip_grpc": oip.OipGrpc(server.oip_grpc_address, REQUEST_TIMEOUT_S),
+               "oip_rest": oip.OipRest(server.rest_address, REQUEST_TIMEOUT_S)}
+    refusals = {"grpc": RequestError, "rest": RequestError, "oip_grpc": oip.Refused, "oip_rest": oip.Refused}
     asked = [q for _ in range(rounds) for q in questions]
 
     def in_turn(ask) -> Dict[str, List[float]]:
-        """ask(client) timed for every asked question, over both protocols, the first one alternating."""
-        times = {"grpc": [], "rest": []}
+        """ask(name, client) timed for every asked question, over every protocol, the first one rotating."""
+        times: Dict[str, List[float]] = {name: [] for name in TRANSPORTS}
         for i, q in enumerate(asked):
-            for name in ("grpc", "rest") if i % 2 == 0 else ("rest", "grpc"):
+            for name in TRANSPORTS[i % 4:] + TRANSPORTS[:i % 4]:
                 t = time.perf_counter()
-                ask(clients[name], q)
+                ask(name, clients[name], q)
                 times[name].append(time.perf_counter() - t)
         return times
 
-    times = in_turn(lambda client, q: client.answer(q["question"], q["context"]))
-    refused = in_turn(lambda client, _: ask_refused(client, RequestError))
+    times = in_turn(lambda _, client, q: client.answer(q["question"], q["context"]))
+    refused = in_turn(lambda name, client, _: ask_refused(client, refusals[name]))
     times.update({"null_" + name: t for name, t in refused.items()})
     for client in clients.values():
         client.close()
     return {"ids": [q["id"] for q in asked], **times}
+
+
+def batch_pass(server: Server, questions: Sequence[dict], n: int) -> dict:
+    """Questions per second over OIP gRPC two ways: requests of `n` questions sent one at a time, and single
+    questions from `n` threads at once (each with a channel of its own). Same questions, each way twice, in turn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench import oip
+
+    pairs = [(q["question"], q["context"]) for q in questions]
+    batches = [pairs[i:i + n] for i in range(0, len(pairs), n)]
+    clients = [oip.OipGrpc(server.oip_grpc_address, REQUEST_TIMEOUT_S) for _ in range(n)]
+
+    def batched() -> list:
+        return [answer for batch in batches for answer in clients[0].ask(batch)]
+
+    def concurrent() -> list:
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(lambda k: [clients[k].answer(*pair) for pair in pairs[k::n]], range(n)))
+
+    seconds: Dict[str, List[float]] = {"batched": [], "concurrent": []}
+    answers = {}
+    for _ in range(2):
+        for name, run in (("batched", batched), ("concurrent", concurrent)):
+            t = time.perf_counter()
+            answers[name] = run()
+            seconds[name].append(time.perf_counter() - t)
+    for client in clients:
+        client.close()
+    by_thread = answers["concurrent"]
+    unstriped = [by_thread[i % n][i // n] for i in range(len(pairs))]
+    if unstriped != answers["batched"]:
+        raise BenchError("OIP gRPC answered a question differently in a request of "
+                         f"{n} than alone; the batch pass must see the same answers")
+    return {"n": n, "questions": len(pairs), "seconds": seconds,
+            "qps": {name: len(pairs) / min(s) for name, s in seconds.items()}}
 
 
 def ask_refused(client, refusal: type) -> None:

@@ -49,6 +49,9 @@ class ServingStack:
     def transport_pass(self, questions, rounds: int) -> dict:
         return serving.transport_pass(self.server, questions, rounds)
 
+    def batch_pass(self, questions, n: int) -> dict:
+        return serving.batch_pass(self.server, questions, n)
+
     def memory(self) -> Dict[str, int]:
         return serving.workers_memory(self.server)
 

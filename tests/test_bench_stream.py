@@ -48,3 +48,25 @@ def test_aio_stream_reports_a_server_that_refuses_as_errors_not_answers(oracle_l
     level = serving.sweep("official", oracle_lite_server.grpc_address, bad, 2, "aio")
     assert level["errors"] == 1 and "question is empty" in level["error_examples"][0]
     assert list(level["answers"]) == ["q0"]
+
+
+def test_the_oip_clients_and_protocol_passes_answer_as_the_oracle(oracle_lite_server):
+    from types import SimpleNamespace
+
+    from bench import oip
+
+    server = SimpleNamespace(address=oracle_lite_server.grpc_address, rest_address=oracle_lite_server.rest_address,
+                             oip_grpc_address=oracle_lite_server.oip_grpc_address)
+    spans = [q["context"][q["context"].index("Paris"):q["context"].index("France") + len("France")]
+             for q in QUESTIONS]
+    pairs = [(q["question"], q["context"]) for q in QUESTIONS]
+    for client in (oip.OipGrpc(server.oip_grpc_address, 30), oip.OipRest(server.rest_address, 30)):
+        assert client.ask(pairs) == spans and client.answer(*pairs[0]) == spans[0]
+        with pytest.raises(oip.Refused):
+            client.answer(" ", "x")
+        client.close()
+    passed = serving.transport_pass(server, QUESTIONS[:2], rounds=2)
+    assert passed["ids"] == ["q0", "q1"] * 2
+    assert {name: len(passed[name]) for name in serving.TRANSPORTS} == dict.fromkeys(serving.TRANSPORTS, 4)
+    batch = serving.batch_pass(server, QUESTIONS, 3)  # raises when a batched answer differs from the single one
+    assert batch["questions"] == 9 and min(batch["qps"].values()) > 0
