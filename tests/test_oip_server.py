@@ -25,7 +25,8 @@ import pytest
 from bert_squad_client import Client
 
 pytestmark = pytest.mark.pure
-triton_http = pytest.importorskip("tritonclient.http", reason="tritonclient is in setup.cfg [reference] (Python 3.11 venv)")
+triton_http = pytest.importorskip("tritonclient.http",
+                                  reason="tritonclient is in setup.cfg [reference] (Python 3.11 venv)")
 
 QUESTION = "Which capital?"
 CONTEXTS = [
@@ -73,7 +74,8 @@ def texts(module, name: str, values: list, binary: bool = True, shape=None):
 def test_tritonclient_http_answers_as_the_mindspore_serving_api(oracle, reference, binary_inputs, binary_outputs, n):
     client = triton_http.InferenceServerClient(oracle.rest_address)
     contexts = CONTEXTS[:n]
-    inputs = [texts(triton_http, "question", [QUESTION] * n, binary_inputs), texts(triton_http, "context", contexts, binary_inputs)]
+    inputs = [texts(triton_http, "question", [QUESTION] * n, binary_inputs),
+              texts(triton_http, "context", contexts, binary_inputs)]
     outputs = [triton_http.InferRequestedOutput(name, binary_data=binary_outputs) for name in ("answer", "start", "end",
                                                                                          "score")]
     result = client.infer("bert_squad", inputs, outputs=outputs, request_id="r-1")
@@ -322,7 +324,8 @@ def test_500_bad_oip_requests_at_once_leave_the_server_answering(oracle, referen
                                  range(500)))
     assert statuses == [400] * 500
     client = triton_http.InferenceServerClient(oracle.rest_address)
-    result = client.infer("bert_squad", [texts(triton_http, "question", [QUESTION]), texts(triton_http, "context", CONTEXTS[:1])])
+    result = client.infer("bert_squad", [texts(triton_http, "question", [QUESTION]),
+                                         texts(triton_http, "context", CONTEXTS[:1])])
     assert answers(result) == expected(reference, CONTEXTS[:1])
 
 
@@ -410,7 +413,8 @@ def test_requests_are_counted_by_protocol(oracle):
     before = counts()
     client = triton_http.InferenceServerClient(oracle.rest_address)
     for _ in range(2):
-        client.infer("bert_squad", [texts(triton_http, "question", [QUESTION]), texts(triton_http, "context", CONTEXTS[:1])])
+        client.infer("bert_squad", [texts(triton_http, "question", [QUESTION]),
+                                    texts(triton_http, "context", CONTEXTS[:1])])
     exchange(oracle.rest_address, INFER, body(tensor("question", [1], "INT32")))
     grpc_infer(oracle.oip_grpc_address, grpc_request(**GRPC_GOOD))
     after = counts()

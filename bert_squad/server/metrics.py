@@ -1,8 +1,9 @@
 """Prometheus metrics of the serve command, its master process and Serving's workers (prometheus_client).
 
 Three kinds of process record them: the serve process (the front door: REST and Open Inference Protocol
-requests, labelled protocol="rest", "oip_rest" or "oip_grpc"; master restarts), the master process (worker restarts) and the workers (the servable's stages, for gRPC and REST
-alike, since gRPC goes straight to Serving). They share one directory in prometheus_client's multiprocess
+requests, labelled protocol="rest", "oip_rest" or "oip_grpc"; master restarts), the master process (worker
+restarts) and the workers (the servable's stages, for every protocol alike, since gRPC goes straight to Serving).
+They share one directory in prometheus_client's multiprocess
 mode ($PROMETHEUS_MULTIPROC_DIR, which the serve command sets before any of them imports prometheus_client);
 GET /metrics sums the files. Without that variable (a unit test, a script) each process counts for itself.
 

@@ -134,7 +134,8 @@ OUTPUT_TENSOR = {"type": "object", "required": ["name", "datatype", "shape"], "p
     "data": {"type": "array", "description": "row-major; absent when the output is sent as binary data"},
     "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}}}
 TENSOR_METADATA = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
-    "name": {"type": "string"}, "datatype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}}}}
+    "name": {"type": "string"}, "datatype": {"type": "string"},
+    "shape": {"type": "array", "items": {"type": "integer"}}}}
 
 
 def _oip_error(description: str, retry: bool = False) -> dict:

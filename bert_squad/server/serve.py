@@ -6,9 +6,9 @@ starts Serving's master and workers (MindSpore Lite on CPU) in a child process i
 and the Open Inference Protocol's /v2), /livez, /readyz, /metrics and /openapi.json are this process's HTTP front
 door (http.py), all on the REST address (127.0.0.1 unless told otherwise), /livez and /readyz alone on
 --health-address, and the Open Inference Protocol's gRPC service (oip/servicer.py) on --oip-grpc-address, all on
-one event loop. Once the model answered one warm-up
-question it prints a `bert-squad-serve: ready` line; SIGINT / SIGTERM drain and stop it. MindSpore Serving
-writes its logs and sockets into the current directory, so the command runs in a working directory of its own.
+one event loop. Once the model answered one warm-up question it prints a `bert-squad-serve: ready` line; SIGINT /
+SIGTERM drain and stop it. MindSpore Serving writes its logs and sockets into the current directory, so the
+command runs in a working directory of its own.
 The options are in options.py, what the processes hand each other in contract.py.
 """
 from __future__ import annotations
@@ -133,15 +133,16 @@ def serve(args) -> int:
         except page.ExamplesError as e:
             raise ServeError(str(e)) from None
     door = FrontDoor(_upstream(args, version), state, state.unavailable,
-                     lambda: openapi.document(args, meta, version, _package_version()), page_routes, _package_version())
+                     lambda: openapi.document(args, meta, version, _package_version()), page_routes,
+                     _package_version())
     http_server = None
     if args.rest_address != "off":
         http_server = HttpServer(door.app, args.rest_address, args.tls_cert, args.tls_key, args.tls_client_ca,
                                  drain_s=settings.DRAIN_S)
     import asyncio
 
-    return asyncio.run(_run(args, supervisor, state, door, health_server, http_server, version, meta, pin, device_ids,
-                            workdir, t0))
+    return asyncio.run(_run(args, supervisor, state, door, health_server, http_server, version, meta, pin,
+                            device_ids, workdir, t0))
 
 
 async def _start_oip_grpc(args, door):
@@ -191,8 +192,8 @@ async def _run(args, supervisor, state, door, health_server, http_server, versio
     state.set_phase(health.SERVING)
     rest = "off" if args.rest_address == "off" else args.rest_address
     # One write, starting on a fresh line: Serving's C++ threads print to the same stdout.
-    print(f"\n{health.READY_MARKER} grpc={args.grpc_address} rest={rest} oip-grpc={args.oip_grpc_address} servable={args.name} version={version} "
-          f"precision={meta.precision} runtime={meta.runtime} device={args.device} workers={len(device_ids)} "
+    print(f"\n{health.READY_MARKER} grpc={args.grpc_address} rest={rest} oip-grpc={args.oip_grpc_address} "
+          f"servable={args.name} version={version} precision={meta.precision} runtime={meta.runtime} device={args.device} workers={len(device_ids)} "
           f"threads={args.threads} pinned={'yes' if pin else 'no'} "
           f"health={health_server.address if health_server else 'off'} "
           f"max-queued={args.max_queued_requests} start={time.perf_counter() - t0:.1f} s warm-up={warm} "
