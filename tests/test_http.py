@@ -68,7 +68,7 @@ class FrontDoorThread:
     """The front door on a free loopback port, served by uvicorn on an event loop of its own."""
 
     def __init__(self, grpc_address: str, phase: str = health.SERVING, max_body: int = 64 << 20,
-                 availability=None):
+                 availability=None, cors=()):
         state = health.HealthState(lambda: None, 1.0, alive=lambda: True)
         state.phase = phase
         upstream = http.Upstream(grpc_address, "bert_squad", 1, max_body, 30.0)
@@ -76,7 +76,7 @@ class FrontDoorThread:
                               availability or (lambda: None if state.phase == health.SERVING else "restarting"),
                               lambda: {"openapi": "3.1.0"})
         self.address = f"127.0.0.1:{free_port()}"
-        self.server = http.HttpServer(door.app, self.address)
+        self.server = http.HttpServer(http.with_cors(door.app, cors), self.address)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
 
     def __enter__(self):
@@ -214,3 +214,40 @@ def test_replies_are_written_as_nlohmann_json_writes_them():
     assert body == ('{"instances":[{"big":[1e+16,2e+15,-2.5e-07,3.0,-17.011734008789063],"flag":[true,false],'
                     '"ids":[[0,1,2],[3,4,5]],"odd":[null,null,1.0],"score":0.10000000149011612,'
                     '"text":["a\\"b\\\\c\\n\\u0001é😀"]},{"error_msg":"bad instance"}]}').encode()
+
+
+# ---------------------------------------------------------------- CORS (--cors-allow-origin)
+
+ALLOWED, OTHER = "https://qa.example.com", "https://elsewhere.example.org"
+PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+
+
+@pytest.mark.parametrize("path, body", [("/model/bert_squad:predict", {"instances": [QUESTION]}),
+                                        ("/v2/models/bert_squad/infer", OIP_BODY)])
+def test_cors_lets_an_allowed_origin_call_every_protocol_and_no_other(serving, path, body):
+    with FrontDoorThread(serving.grpc_address, cors=[ALLOWED]) as front:
+        status, headers, _ = wire.rest_exchange(front.address, path, b"", method="OPTIONS",
+                                                headers={"Origin": ALLOWED, **PREFLIGHT}, timeout=10)
+        assert status == 200 and headers["access-control-allow-origin"] == ALLOWED
+        assert "POST" in headers["access-control-allow-methods"]
+        assert "access-control-allow-credentials" not in headers
+        status, headers, _ = wire.rest_exchange(front.address, path, b"", method="OPTIONS",
+                                                headers={"Origin": OTHER, **PREFLIGHT}, timeout=10)
+        assert status == 400 and "access-control-allow-origin" not in headers
+        status, headers, data = wire.rest_exchange(front.address, path, body, headers={"Origin": ALLOWED}, timeout=30)
+        assert status == 200 and headers["access-control-allow-origin"] == ALLOWED and json.loads(data)
+        status, headers, _ = wire.rest_exchange(front.address, path, body, headers={"Origin": OTHER}, timeout=30)
+        assert status == 200 and "access-control-allow-origin" not in headers  # the browser keeps it from the page
+        status, headers, _ = wire.rest_exchange(front.address, "/readyz", b"", method="GET",
+                                                headers={"Origin": ALLOWED}, timeout=10)
+        assert headers["access-control-allow-origin"] == ALLOWED
+
+
+def test_without_cors_origins_no_cors_header_is_sent_and_preflight_is_not_answered(door):
+    for path, body in (("/model/bert_squad:predict", {"instances": [QUESTION]}),
+                       ("/v2/models/bert_squad/infer", OIP_BODY)):
+        status, headers, _ = wire.rest_exchange(door.address, path, body, headers={"Origin": ALLOWED}, timeout=30)
+        assert status == 200 and not [h for h in headers if h.startswith("access-control-")]
+        status, headers, _ = wire.rest_exchange(door.address, path, b"", method="OPTIONS",
+                                                headers={"Origin": ALLOWED, **PREFLIGHT}, timeout=10)
+        assert status == 405 and not [h for h in headers if h.startswith("access-control-")]

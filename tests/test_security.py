@@ -68,6 +68,24 @@ def test_the_serve_command_binds_loopback_unless_told_otherwise():
     assert (args.grpc_address, args.rest_address) == (settings.DEFAULT_GRPC_ADDRESS, settings.DEFAULT_REST_ADDRESS)
 
 
+@pytest.mark.parametrize("origins, refused", [
+    (["https://qa.example.com", "http://127.0.0.1:8000", "*"], None),
+    (["https://qa.example.com/page"], "'https://qa.example.com/page' is not an origin"),
+    (["qa.example.com"], "'qa.example.com' is not an origin"),
+])
+def test_cors_origins_are_checked_at_start_and_off_by_default(origins, refused, capsys):
+    from bert_squad.server.options import parse_args
+
+    assert parse_args([]).cors_allow_origin == []
+    argv = [arg for origin in origins for arg in ("--cors-allow-origin", origin)]
+    if refused is None:
+        assert parse_args(argv).cors_allow_origin == origins
+        return
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == 2 and refused in capsys.readouterr().err
+
+
 def listening_tcp(pids) -> set:
     """(ip, port) of the TCP sockets the processes listen on, from /proc (IPv4 and IPv6; an IPv4-mapped
     IPv6 address is given as IPv4)."""

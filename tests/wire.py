@@ -103,14 +103,15 @@ def rest_post(address: str, path: str, body: Union[dict, bytes], timeout: float 
 
 
 def rest_exchange(address: str, path: str, body: Union[dict, bytes], timeout: float = 120.0, scheme: str = "http",
-                  context: Optional[ssl.SSLContext] = None, method: str = "POST") -> "tuple[int, dict, bytes]":
+                  context: Optional[ssl.SSLContext] = None, method: str = "POST",
+                  headers: Optional[dict] = None) -> "tuple[int, dict, bytes]":
     """One HTTP request; (status, headers with lower-case names, raw body) of the reply."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     host, port = address.rsplit(":", 1)
     connection = (http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context) if scheme == "https"
                   else http.client.HTTPConnection(host, int(port), timeout=timeout))
     try:
-        connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        connection.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
         response = connection.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:

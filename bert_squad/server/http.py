@@ -27,6 +27,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -43,6 +44,9 @@ OFFLOAD_BYTES = 256 * 1024  # bodies this large are parsed in a thread, so the e
 Availability = Callable[[], Optional[str]]  # None while Serving answers, else why not (starting, restarting, ...)
 JSON_HEADERS = [(b"content-type", b"application/json")]
 OIP_LARGE = 64  # questions past which an OIP request's outputs are built in a thread
+# CORS (--cors-allow-origin): what a page on another origin may send and read.
+CORS_HEADERS = ["Content-Type", "Inference-Header-Content-Length", "Authorization", "X-Request-ID"]
+CORS_EXPOSED = ["Retry-After", "Inference-Header-Content-Length"]
 log = logging.getLogger("bert_squad.http")
 
 
@@ -359,6 +363,16 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):
         yield
+
+
+def with_cors(app, origins: Sequence[str]):
+    """`app` answering browsers' cross-origin calls from `origins` (preflight included, credentials off), around
+    every route, the plain-ASGI POSTs too; without origins `app` itself, which sends no CORS headers."""
+    if not origins:
+        return app
+    return CORSMiddleware(app, allow_origins=list(origins), allow_methods=["GET", "HEAD", "POST"],
+                          allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, allow_credentials=False,
+                          max_age=600)
 
 
 class HttpServer:

@@ -6,6 +6,7 @@ and again by the master process it starts (master.py gets the same command line)
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from bert_squad import settings
@@ -16,6 +17,9 @@ from bert_squad.server.processes import available_cpus
 
 class ServeError(Exception):
     """The server cannot start; the message says why and what to do."""
+
+
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")  # a browser's Origin header: scheme, host, optional port
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--page-examples", type=Path,
                    help="SQuAD v1.1 file whose first paragraphs the page offers as examples "
                         "(default: three written for the page)")
+    p.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages served from ORIGIN (scheme://host[:port], or * for any) call the REST "
+                        "address from a browser; repeatable (default: no CORS headers)")
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
@@ -87,4 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 p.error(f"{flag}: {e}")
     if args.max_queued_requests < 1:
         p.error("--max-queued-requests must be at least 1")
+    for origin in args.cors_allow_origin:
+        if origin != "*" and not ORIGIN.fullmatch(origin):
+            p.error(f"--cors-allow-origin: {origin!r} is not an origin; give scheme://host[:port] with no path "
+                    f"(for example https://qa.example.com), or * for any")
     return args

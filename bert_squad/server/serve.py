@@ -99,7 +99,7 @@ def serve(args) -> int:
     os.environ[GRPC_FORK_ENV] = "0"  # this process forks only to exec the master: no gRPC fork handlers (and warnings)
 
     from bert_squad.server import metrics, openapi
-    from bert_squad.server.http import FrontDoor, HttpServer, health_app
+    from bert_squad.server.http import FrontDoor, HttpServer, health_app, with_cors
     from bert_squad.server.supervisor import Supervisor
 
     _check_addresses(args)
@@ -137,8 +137,8 @@ def serve(args) -> int:
                      _package_version())
     http_server = None
     if args.rest_address != "off":
-        http_server = HttpServer(door.app, args.rest_address, args.tls_cert, args.tls_key, args.tls_client_ca,
-                                 drain_s=settings.DRAIN_S)
+        http_server = HttpServer(with_cors(door.app, args.cors_allow_origin), args.rest_address, args.tls_cert,
+                                 args.tls_key, args.tls_client_ca, drain_s=settings.DRAIN_S)
     import asyncio
 
     return asyncio.run(_run(args, supervisor, state, door, health_server, http_server, version, meta, pin,
