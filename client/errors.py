@@ -18,22 +18,27 @@ class RequestError(BertSquadError, ValueError):
     """The server refused or failed a request; retrying the same request will fail again.
 
     `server_message` is the server's own error text, `instance` the position of the failing question (or window)
-    in the caller's input, None when the whole request failed, `code` the server's status code when it sent one.
+    in the caller's input, None when the whole request failed, `code` the server's status code when it sent one,
+    `request_id` the ID the server gave the request (its X-Request-ID; None where the protocol has none), which
+    finds it in the server's access log.
     """
 
     def __init__(self, server_message: str, *, instance: int | None = None, code: int | str | None = None,
-                 method: str | None = None):
+                 method: str | None = None, request_id: str | None = None):
         self.server_message = server_message
         self.instance = instance
         self.code = code
         self.method = method
+        self.request_id = request_id
         where = "the request" if instance is None else f"instance {instance}"
         via = f" (method {method!r})" if method else ""
-        super().__init__(f"server rejected {where}{via}: {server_message}")
+        found = f" [request id {request_id}]" if request_id else ""
+        super().__init__(f"server rejected {where}{via}: {server_message}{found}")
 
     def at_instance(self, instance: int) -> RequestError:
         """The same error, numbered by its position in the caller's input rather than in one request."""
-        return RequestError(self.server_message, instance=instance, code=self.code, method=self.method)
+        return RequestError(self.server_message, instance=instance, code=self.code, method=self.method,
+                            request_id=self.request_id)
 
 
 class InvalidResponse(BertSquadError):

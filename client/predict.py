@@ -270,6 +270,7 @@ def run(args) -> int:
     todo = [q for q in questions if q.id not in journal.answers]
     resumed = len(questions) - len(todo)
     failed: dict[str, str] = {}
+    failed_ids: dict[str, str] = {}  # question id -> the server's request id, where the protocol has one
     progress = tqdm(total=len(questions), initial=resumed, unit="q", disable=args.quiet,
                     desc="questions", dynamic_ncols=True)
     client = _client(args)
@@ -282,6 +283,8 @@ def run(args) -> int:
                                                          max_in_flight=args.concurrency):
             if isinstance(outcome, RequestError):
                 failed[todo[index].id] = outcome.server_message
+                if outcome.request_id:
+                    failed_ids[todo[index].id] = outcome.request_id
             else:
                 with interrupts.deferred():  # an answer is on disk and counted, or neither
                     journal.add(_record(todo[index].id, outcome))
@@ -312,8 +315,9 @@ def run(args) -> int:
         errors_path = args.output.with_name(args.output.name + ".errors.json")
         write_atomically(errors_path, json.dumps(failed, ensure_ascii=False, indent=1).encode("utf-8"))
         first = next(iter(failed.items()))
+        found = f", request id {failed_ids[first[0]]}" if first[0] in failed_ids else ""
         print(f"bert-squad-predict: the server refused {len(failed)} of {len(questions)} questions (first: "
-              f"{first[0]}: {first[1]}); all refusals are in {errors_path}. {len(predictions)} answers are in "
+              f"{first[0]}: {first[1]}{found}); all refusals are in {errors_path}. {len(predictions)} answers are in "
               f"{args.output}; re-running asks only the refused questions again", file=sys.stderr)
         return EXIT_SOME_FAILED
     os.unlink(journal.path)

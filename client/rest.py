@@ -81,7 +81,8 @@ class RestClient(BlockingCalls):
             return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         return _VerifiedHttps(self._host, self._port, self._tls.server_name or self._host, self._ssl_context, timeout)
 
-    def _exchange(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+    def _exchange(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes, str | None]:
+        """(status, body, the server's X-Request-ID) of one POST, on a kept connection when one is idle."""
         """POST on a kept connection (or a new one); the connection goes back for reuse after a whole reply."""
         with self._idle_lock:
             connection = self._idle.pop() if self._idle else None
@@ -94,7 +95,7 @@ class RestClient(BlockingCalls):
         try:
             connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
             response = connection.getresponse()
-            status, data = response.status, response.read()
+            status, data, request_id = response.status, response.read(), response.getheader("x-request-id")
         except _STALE:
             connection.close()
             if not reused:
@@ -109,12 +110,12 @@ class RestClient(BlockingCalls):
                 self._idle.append(connection)
         if not keep:
             connection.close()
-        return status, data
+        return status, data, request_id
 
     def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
         body = json.dumps({"instances": [{k: _json_value(v) for k, v in inputs.items()} for inputs in instances]})
         try:
-            status, data = self._exchange(self._path + method, body.encode("utf-8"), max(timeout, 0.001))
+            status, data, request_id = self._exchange(self._path + method, body.encode("utf-8"), max(timeout, 0.001))
         except socket.timeout:
             raise DeadlineExceeded(f"no reply to {method!r} within the timeout") from None
         except ssl.SSLError as error:
@@ -125,8 +126,9 @@ class RestClient(BlockingCalls):
         if status in _RETRYABLE_HTTP:
             raise ServerUnavailable(f"HTTP {status}")
         if status != 200:
-            raise RequestError(data.decode("utf-8", errors="replace") or f"HTTP {status}", code=status, method=method)
-        return self._read(data, len(instances), method)
+            raise RequestError(_error_text(data) or f"HTTP {status}", code=status, method=method,
+                               request_id=request_id)
+        return self._read(data, len(instances), method, request_id)
 
     def _probe(self, timeout: float) -> bool:
         connection = self._connection(timeout)
@@ -151,7 +153,7 @@ class RestClient(BlockingCalls):
             connection.close()
 
     @staticmethod
-    def _read(data: bytes, count: int, method: str) -> list:
+    def _read(data: bytes, count: int, method: str, request_id: str | None = None) -> list:
         try:
             reply = json.loads(data)
         except ValueError:
@@ -159,7 +161,7 @@ class RestClient(BlockingCalls):
         if not isinstance(reply, dict):
             raise InvalidResponse(f"reply to {method!r} is not a JSON object: {data[:200]!r}")
         if "error_msg" in reply:
-            raise RequestError(str(reply["error_msg"]), method=method)
+            raise RequestError(str(reply["error_msg"]), method=method, request_id=request_id)
         instances = reply.get("instances")
         if not isinstance(instances, list) or len(instances) != count:
             raise InvalidResponse(f"reply to {method!r} does not have {count} instances: {data[:200]!r}")
@@ -169,7 +171,17 @@ class RestClient(BlockingCalls):
                 raise InvalidResponse(f"instance {index} of the reply is not a JSON object")
             error = outputs.get("error_msg", outputs.get("error"))
             if error is not None:
-                outcomes.append(RequestError(str(error), instance=index, method=method))
+                outcomes.append(RequestError(str(error), instance=index, method=method, request_id=request_id))
             else:
                 outcomes.append({k: v if isinstance(v, str) else np.asarray(v) for k, v in outputs.items()})
         return outcomes
+
+
+def _error_text(data: bytes) -> str:
+    """The message of a refusal's body: its error_msg when it is the server's JSON, else the body as text."""
+    text = data.decode("utf-8", errors="replace")
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        return text
+    return str(reply["error_msg"]) if isinstance(reply, dict) and "error_msg" in reply else text

@@ -422,8 +422,9 @@ def test_a_rest_body_that_is_not_a_request_is_400_with_the_reason(server, body, 
 
 def test_rest_paths_methods_and_sizes_get_their_status_codes(server):
     address = server.rest_address
-    status, _, data = wire.rest_exchange(address, "/model/bert_squad:predict", b"", method="GET")
-    assert (status, json.loads(data)) == (405, {"error_msg": "GET is not allowed on /model/bert_squad:predict"})
+    status, headers, data = wire.rest_exchange(address, "/model/bert_squad:predict", b"", method="GET")
+    assert (status, json.loads(data)) == (405, {"error_msg": "GET is not allowed on /model/bert_squad:predict",
+                                                "request_id": headers["x-request-id"]})
     status, _, data = wire.rest_exchange(address, "/model/bert_squad", {"instances": [GOOD]})
     assert status == 404 and "predict paths are POST /model/<servable>[/version/<n>]:<method>" in data.decode()
     status, _, data = wire.rest_exchange(address, "/model/bert_squad/version/x:predict", {"instances": [GOOD]})

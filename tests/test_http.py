@@ -124,7 +124,7 @@ def test_not_serving_is_503_with_retry_after_and_never_forwarded(serving):
         status, headers, data = wire.rest_exchange(front.address, "/model/bert_squad:predict",
                                                    {"instances": [QUESTION]}, timeout=5)
         assert (status, headers["retry-after"]) == (503, str(http.RETRY_AFTER_S))
-        assert json.loads(data) == {"error_msg": "restarting"}
+        assert json.loads(data) == {"error_msg": "restarting", "request_id": headers["x-request-id"]}
 
 
 OIP_BODY = {"inputs": [{"name": "question", "datatype": "BYTES", "shape": [1], "data": ["Which capital?"]},
@@ -135,7 +135,7 @@ def test_oip_while_restarting_is_503_with_retry_after_and_the_ready_probes_say_s
     with FrontDoorThread(serving.grpc_address, phase=health.RESTARTING) as front:
         status, headers, data = wire.rest_exchange(front.address, "/v2/models/bert_squad/infer", OIP_BODY, timeout=5)
         assert (status, headers["retry-after"]) == (503, str(http.RETRY_AFTER_S))
-        assert json.loads(data) == {"error": "restarting"}
+        assert json.loads(data) == {"error": "restarting", "request_id": headers["x-request-id"]}
         assert wire.rest_exchange(front.address, "/v2/health/live", b"", method="GET", timeout=5)[0] == 200
         for path in ("/v2/health/ready", "/v2/models/bert_squad/ready"):
             status, _, data = wire.rest_exchange(front.address, path, b"", method="GET", timeout=5)
@@ -161,7 +161,7 @@ def test_a_failure_inside_the_front_door_is_a_500_in_json_and_the_door_keeps_ans
                                                        {"instances": [QUESTION]}, timeout=10)
             assert (status, headers["content-type"]) == (500, "application/json")
             assert json.loads(data) == {"error_msg": "the front door failed: RuntimeError: state file unreadable; "
-                                                     "see the server log"}
+                                                     "see the server log", "request_id": headers["x-request-id"]}
         assert wire.rest_exchange(front.address, "/livez", b"", method="GET", timeout=10)[0] == 200
 
 

@@ -31,7 +31,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bert_squad.server import health, metrics, rest
+from bert_squad.server import access, health, metrics, rest
 from bert_squad.server.oip import models as oip_models
 from bert_squad.server.oip import rest_codec as oip_rest
 from bert_squad.server.oip import serving as oip_serving
@@ -43,6 +43,7 @@ RETRY_AFTER_S = 2  # while the master starts, restarts or stops
 OFFLOAD_BYTES = 256 * 1024  # bodies this large are parsed in a thread, so the event loop keeps answering
 Availability = Callable[[], Optional[str]]  # None while Serving answers, else why not (starting, restarting, ...)
 JSON_HEADERS = [(b"content-type", b"application/json")]
+REQUEST_ID_KEY = "bert_squad.request_id"  # where app() leaves a request's ID in its ASGI scope
 OIP_LARGE = 64  # questions past which an OIP request's outputs are built in a thread
 # CORS (--cors-allow-origin): what a page on another origin may send and read.
 CORS_HEADERS = ["Content-Type", "Inference-Header-Content-Length", "Authorization", "X-Request-ID"]
@@ -93,14 +94,26 @@ class FrontDoor:
         ], exception_handlers={HTTPException: self._http_error}, lifespan=self._lifespan)
 
     async def app(self, scope, receive, send) -> None:
-        """The ASGI entry: REST predict here, the rest (and the lifespan) through Starlette."""
-        if scope["type"] == "http" and scope["method"] == "POST":
+        """The ASGI entry: every HTTP request gets its ID (access.py), sent back as X-Request-ID; REST predict and
+        OIP infer are answered here, the rest (and the lifespan) through Starlette."""
+        if scope["type"] != "http":
+            return await self._starlette(scope, receive, send)
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        request_id = scope[REQUEST_ID_KEY] = access.request_id(given)
+        id_header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+            await send(message)
+
+        if scope["method"] == "POST":
             path = scope["path"]
             if path.startswith("/model/"):
-                return await self.predict(scope, receive, send)
+                return await self.predict(scope, receive, send_with_id)
             if path.startswith("/v2/models/") and path.endswith("/infer"):
-                return await self.oip_infer(scope, receive, send)
-        await self._starlette(scope, receive, send)
+                return await self.oip_infer(scope, receive, send_with_id)
+        await self._starlette(scope, receive, send_with_id)
 
     def _call(self):
         """Serving's Predict over the front door's channel, made on first use on the serving event loop (REST
@@ -134,11 +147,12 @@ class FrontDoor:
         path = request.url.path
         reason = {404: f"no {path} here; see GET /openapi.json",
                   405: f"{request.method} is not allowed on {path}"}.get(error.status_code, error.detail)
+        request_id = {"request_id": request.scope[REQUEST_ID_KEY]} if REQUEST_ID_KEY in request.scope else {}
         if path == "/v2" or path.startswith("/v2/"):  # the protocol's error form
             if error.status_code == 405 and path.endswith("/infer"):
                 reason = f"{request.method} is not allowed on {path}: send the inference request with POST"
-            return JSONResponse({"error": reason}, error.status_code, headers=error.headers)
-        return JSONResponse({"error_msg": reason}, error.status_code, headers=error.headers)
+            return JSONResponse({"error": reason, **request_id}, error.status_code, headers=error.headers)
+        return JSONResponse({"error_msg": reason, **request_id}, error.status_code, headers=error.headers)
 
     async def _not_post(self, request: Request) -> Response:  # app() answers every POST /model/... itself
         raise HTTPException(405)
@@ -147,27 +161,35 @@ class FrontDoor:
 
     async def predict(self, scope, receive, send) -> None:
         started = self._rest_meter.begin()
-        method, headers = "other", JSON_HEADERS
+        request_id, seen = scope[REQUEST_ID_KEY], {"questions": None}
+        method, headers, servable, version, error = "other", JSON_HEADERS, None, None, None
         try:
             servable, version, method = rest.parse_path(scope["path"])
-            body, status = await self._answer(scope, receive, servable, version, method), 200
+            body, status = await self._answer(scope, receive, servable, version, method, seen), 200
             outcome = "instance_error" if b'"error_msg"' in body else "ok"
         except rest.RestError as e:
-            outcome, status, body = e.status, e.status, e.body()
+            outcome, status, body, error = e.status, e.status, e.body(request_id), e.message
             if e.retry_after:
                 headers = [*JSON_HEADERS, (b"retry-after", str(e.retry_after).encode())]
         except ClientGone:
-            return self._rest_meter.end(started, method, "client_gone")
+            self._rest_meter.end(started, method, "client_gone")
+            return access.log_request(started, request_id=request_id, protocol="rest", method=method,
+                                      status="client_gone", client=_client(scope))
         except Exception as e:  # a bug of ours: say so in JSON, keep the trace in the server's log
-            log.exception("REST predict %s failed", scope["path"])
+            log.exception("REST predict %s failed (request %s)", scope["path"], request_id)
             outcome, status = "error", 500
-            body = rest.dumps({"error_msg": f"the front door failed: {type(e).__name__}: {e}; see the server log"})
+            error = f"the front door failed: {type(e).__name__}: {e}; see the server log"
+            body = rest.dumps({"error_msg": error, "request_id": request_id})
         self._rest_meter.end(started, method, outcome)
+        access.log_request(started, request_id=request_id, protocol="rest", model=servable,
+                           version=None if version is None else str(version or self.upstream.version), method=method,
+                           status=status, questions=seen["questions"], client=_client(scope), error=error)
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    async def _answer(self, scope, receive, servable: str, version: int, method: str) -> bytes:
+    async def _answer(self, scope, receive, servable: str, version: int, method: str, seen: dict) -> bytes:
+        """The reply body of a predict request; its number of instances goes into `seen`."""
         up = self.upstream
         if servable != up.servable or version not in (0, up.version):  # Serving's own words, then ours
             asked = f"servable({servable}) method({method}) " + (f" version({version}) " if version else "")
@@ -181,6 +203,7 @@ class FrontDoor:
             message, count = await run_in_threadpool(rest.parse_body, body, servable, version, method)
         else:
             message, count = rest.parse_body(body, servable, version, method)
+        seen["questions"] = count
         try:
             reply = await self._call()(message, timeout=up.timeout_s)
         except grpc.aio.AioRpcError as e:
@@ -232,7 +255,7 @@ class FrontDoor:
 
     async def oip_infer(self, scope, receive, send) -> None:
         started = self._oip_meter.begin()
-        method, status = "other", 200
+        request_id, method, status, model, parsed, error = scope[REQUEST_ID_KEY], "other", 200, None, None, None
         try:
             model, action = oip_rest.parse_path(scope["path"], self.oip_models, self.served)
             if action != "infer":  # /v2/models/<m>/ready/infer and the like
@@ -253,15 +276,21 @@ class FrontDoor:
                                                                          self.served)
             outcome = "instance_error" if any(outputs[oip_models.ERROR_OUTPUT]) else "ok"
         except OipError as e:
-            status, body, headers = oip_rest.error_response(e)
-            outcome = status
+            status, body, headers = oip_rest.error_response(e, request_id)
+            outcome, error = status, e.message
         except ClientGone:
-            return self._oip_meter.end(started, method, "client_gone")
+            self._oip_meter.end(started, method, "client_gone")
+            return access.log_request(started, request_id=request_id, protocol="oip_rest", method=method,
+                                      status="client_gone", client=_client(scope))
         except Exception as e:  # a bug of ours: say so in JSON, keep the trace in the server's log
-            log.exception("OIP infer %s failed", scope["path"])
+            log.exception("OIP infer %s failed (request %s)", scope["path"], request_id)
             status, headers, outcome = 500, {"Content-Type": "application/json"}, "error"
-            body = rest.dumps({"error": f"the front door failed: {type(e).__name__}: {e}; see the server log"})
+            error = f"the front door failed: {type(e).__name__}: {e}; see the server log"
+            body = rest.dumps({"error": error, "request_id": request_id})
         self._oip_meter.end(started, method, outcome)
+        access.log_request(started, request_id=request_id, protocol="oip_rest", model=model and model.name,
+                           version=self.served if model else None, method=method, status=status,
+                           questions=len(parsed.request) if parsed else None, client=_client(scope), error=error)
         raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status,
                     "headers": [*raw_headers, (b"content-length", str(len(body)).encode())]})
@@ -283,7 +312,7 @@ class FrontDoor:
         try:
             model, action = oip_rest.parse_path(request.url.path, self.oip_models, self.served)
         except OipError as e:
-            status, body, headers = oip_rest.error_response(e)
+            status, body, headers = oip_rest.error_response(e, request.scope.get(REQUEST_ID_KEY))
             return Response(body, status, headers=headers)
         if action == "metadata":
             return JSONResponse(model.metadata(self.served))
@@ -299,6 +328,12 @@ class FrontDoor:
 
     async def openapi_json(self, _request: Request) -> Response:
         return JSONResponse(self.openapi())
+
+
+def _client(scope) -> Optional[str]:
+    """host:port of the caller, for the access log."""
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else None
 
 
 async def _now(function, *args):

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from bert_squad.server import access
+from bert_squad.server.access import say
 from bert_squad.server.contract import EXIT_SERVING_DIED, EXIT_START_FAILED, READY_FD_ENV
 from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import worker_pids
@@ -89,14 +91,14 @@ def _watch_workers(args) -> bool:
         current = worker_pids()
         for pid in sorted(workers - current):
             metrics.WORKER_RESTARTS.inc()
-            print(f"bert-squad-serve: worker {pid} exited; the requests it held failed", flush=True)
+            say(f"bert-squad-serve: worker {pid} exited; the requests it held failed")
         for pid in sorted(current - workers):
             t0 = time.perf_counter()
             if args.tls_client_ca:
-                print(f"bert-squad-serve: worker {pid} started (not warmed up under mutual TLS)", flush=True)
+                say(f"bert-squad-serve: worker {pid} started (not warmed up under mutual TLS)")
             elif _answers_again(args, stopping):
-                print(f"bert-squad-serve: worker {pid} answers again ({time.perf_counter() - t0:.1f} s after it "
-                      f"started)", flush=True)
+                say(f"bert-squad-serve: worker {pid} answers again ({time.perf_counter() - t0:.1f} s after it "
+                    f"started)")
         workers = current
     return bool(signals)
 
@@ -127,14 +129,15 @@ def run(args, report) -> int:
     asked_to_stop = _watch_workers(args)
     server.stop()
     if not asked_to_stop:
-        print("bert-squad-serve: MindSpore Serving stopped on its own: its worker exited and it would not "
-              "restart it", file=sys.stderr, flush=True)
+        say("bert-squad-serve: MindSpore Serving stopped on its own: its worker exited and it would not "
+            "restart it", error=True)
         return EXIT_SERVING_DIED
     return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    access.configure(args.log_format)
     pipe = os.fdopen(int(os.environ.pop(READY_FD_ENV)), "w", buffering=1)
 
     def report(line: str) -> None:

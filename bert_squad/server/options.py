@@ -12,6 +12,7 @@ from pathlib import Path
 from bert_squad import settings
 from bert_squad.runtimes.lite_lib import REPO_ROOT
 from bert_squad.server import health
+from bert_squad.server.access import LOG_FORMATS
 from bert_squad.server.processes import available_cpus
 
 
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--page-examples", type=Path,
                    help="SQuAD v1.1 file whose first paragraphs the page offers as examples "
                         "(default: three written for the page)")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="the serve command's lines and one access line per request on stdout: text, or one JSON "
+                        "object per line (default %(default)s)")
     p.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages served from ORIGIN (scheme://host[:port], or * for any) call the REST "
                         "address from a browser; repeatable (default: no CORS headers)")

@@ -53,8 +53,9 @@ class RestError(Exception):
         super().__init__(message)
         self.status, self.message, self.retry_after = status, message, retry_after
 
-    def body(self) -> bytes:
-        return dumps({"error_msg": self.message})
+    def body(self, request_id: Optional[str] = None) -> bytes:
+        """MindSpore Serving's error body, with the front door's request ID beside it when given."""
+        return dumps({"error_msg": self.message, **({"request_id": request_id} if request_id else {})})
 
 
 def dumps(value: Any) -> bytes:

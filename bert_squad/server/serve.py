@@ -22,7 +22,8 @@ from pathlib import Path
 
 from bert_squad import settings, versions
 from bert_squad.runtimes.lite_lib import RuntimeMissing, with_lite_on_library_path
-from bert_squad.server import health
+from bert_squad.server import access, health
+from bert_squad.server.access import say
 from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MULTIPROC_ENV, PIN_ENV, THREADS_ENV,
                                         VERSION_ENV)
 from bert_squad.server.first_export import ensure_exported
@@ -111,12 +112,12 @@ def serve(args) -> int:
 
     def on_ready(warm: str) -> None:
         if state.phase == health.RESTARTING:
-            print(f"bert-squad-serve: Serving's master answers again (warm-up {warm})", flush=True)
+            say(f"bert-squad-serve: Serving's master answers again (warm-up {warm})")
             state.set_phase(health.SERVING)
 
     def on_down(reason: str) -> None:
         state.set_phase(health.RESTARTING, reason)  # first: once the log says so, /readyz says so too
-        print(f"bert-squad-serve: {reason}", file=sys.stderr, flush=True)
+        say(f"bert-squad-serve: {reason}", error=True)
 
     supervisor = Supervisor(_master_command(args, version, workdir), env, on_ready, on_down)
     health_server = None
@@ -192,23 +193,23 @@ async def _run(args, supervisor, state, door, health_server, http_server, versio
     state.set_phase(health.SERVING)
     rest = "off" if args.rest_address == "off" else args.rest_address
     # One write, starting on a fresh line: Serving's C++ threads print to the same stdout.
-    print(f"\n{health.READY_MARKER} grpc={args.grpc_address} rest={rest} oip-grpc={args.oip_grpc_address} "
-          f"servable={args.name} version={version} precision={meta.precision} runtime={meta.runtime} device={args.device} workers={len(device_ids)} "
-          f"threads={args.threads} pinned={'yes' if pin else 'no'} "
-          f"health={health_server.address if health_server else 'off'} "
-          f"max-queued={args.max_queued_requests} start={time.perf_counter() - t0:.1f} s warm-up={warm} "
-          f"master={supervisor.process.pid} logs={workdir / 'serving_logs'}", flush=True)
+    say(f"{health.READY_MARKER} grpc={args.grpc_address} rest={rest} oip-grpc={args.oip_grpc_address} "
+        f"servable={args.name} version={version} precision={meta.precision} runtime={meta.runtime} "
+        f"device={args.device} workers={len(device_ids)} threads={args.threads} pinned={'yes' if pin else 'no'} "
+        f"health={health_server.address if health_server else 'off'} "
+        f"max-queued={args.max_queued_requests} start={time.perf_counter() - t0:.1f} s warm-up={warm} "
+        f"master={supervisor.process.pid} logs={workdir / 'serving_logs'}", fresh_line=True)
     finished = loop.run_in_executor(None, supervisor.finished.wait)
     await asyncio.wait([asyncio.ensure_future(asked.wait()), finished], return_when=asyncio.FIRST_COMPLETED)
     state.set_phase(health.STOPPING)  # /readyz 503 and new requests 503 at once, so balancers drain us
     await _stop_listeners(listeners, oip_grpc, door)  # in-flight REST and OIP gRPC requests finish first
     await loop.run_in_executor(None, supervisor.stop)
     if supervisor.fatal:
-        print(f"bert-squad-serve: error: {supervisor.fatal} (see {workdir / 'serving_logs'}); exiting with "
-              f"{EXIT_SERVING_DIED} so that a supervisor (systemd Restart=on-failure, a container restart policy) "
-              f"starts the server again", file=sys.stderr, flush=True)
+        say(f"bert-squad-serve: error: {supervisor.fatal} (see {workdir / 'serving_logs'}); exiting with "
+            f"{EXIT_SERVING_DIED} so that a supervisor (systemd Restart=on-failure, a container restart policy) "
+            f"starts the server again", error=True)
         return EXIT_SERVING_DIED
-    print("bert-squad-serve: stopped", flush=True)
+    say("bert-squad-serve: stopped")
     return 0
 
 
@@ -243,6 +244,7 @@ def _package_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # handed on to the master process
+    access.configure(args.log_format)
     try:
         return serve(args)
     except (ServeError, versions.VersionError, RuntimeMissing) as e:

@@ -201,9 +201,10 @@ def response(parsed: Parsed, outputs: Mapping[str, np.ndarray], version: str) ->
     return head + b"".join(blobs), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
 
 
-def error_response(error: OipError) -> Tuple[int, bytes, dict]:
-    """(status, body, headers) of a refused request."""
+def error_response(error: OipError, request_id: Optional[str] = None) -> Tuple[int, bytes, dict]:
+    """(status, body, headers) of a refused request; the request's ID in the body when given."""
     headers = {"Content-Type": "application/json"}
     if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
-    return error.status, json.dumps({"error": error.message}, ensure_ascii=False).encode("utf-8"), headers
+    body = {"error": error.message, **({"request_id": request_id} if request_id else {})}
+    return error.status, json.dumps(body, ensure_ascii=False).encode("utf-8"), headers

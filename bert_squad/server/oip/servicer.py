@@ -8,6 +8,8 @@ from typing import Awaitable, Callable, Mapping, Optional, Sequence, Tuple
 
 import grpc
 
+from bert_squad.server import access
+
 from . import grpc_codec, models
 from .models import Model, OipError, Request
 from .stubs import pb, pb_grpc
@@ -44,7 +46,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return grpc_codec.model_metadata(await self._model(request, context), self._served)
 
     async def ModelInfer(self, request, context):
-        started, method = self._meter.begin(), "other"
+        started, method, parsed = self._meter.begin(), "other", None
+        given = next((v for k, v in context.invocation_metadata() or () if k == access.REQUEST_ID_HEADER), None)
+        request_id = access.request_id(given if isinstance(given, str) else None)
+        trailing = [(access.REQUEST_ID_HEADER, request_id)]
+
+        def logged(status: str, error: Optional[str] = None) -> None:
+            access.log_request(started, request_id=request_id, protocol="oip_grpc", model=request.model_name,
+                               version=self._served if parsed else None, method=method, status=status,
+                               questions=len(parsed.request) if parsed else None, client=context.peer(), error=error)
+
         try:
             parsed = grpc_codec.parse_infer(request, self._table, self._served)
             method = parsed.request.method
@@ -52,13 +63,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = grpc_codec.response(parsed, outputs, self._served)
         except OipError as error:
             self._meter.end(started, method, error.status)
-            await self._abort(context, error)
+            logged(grpc_codec.status_code(error).name, error.message)
+            await self._abort(context, error, trailing)
         except Exception as error:  # a bug of ours: say so, keep the trace in the server's log
-            log.exception("OIP ModelInfer failed")
+            log.exception("OIP ModelInfer failed (request %s)", request_id)
             self._meter.end(started, method, "error")
-            await context.abort(grpc.StatusCode.INTERNAL, f"the front door failed: {type(error).__name__}: {error}; "
-                                                          f"see the server log")
+            message = f"the front door failed: {type(error).__name__}: {error}; see the server log"
+            logged("INTERNAL", message)
+            context.set_trailing_metadata(trailing)
+            await context.abort(grpc.StatusCode.INTERNAL, message)
         self._meter.end(started, method, "instance_error" if any(outputs[models.ERROR_OUTPUT]) else "ok")
+        logged("OK")
+        context.set_trailing_metadata(trailing)
         return response
 
     async def _model(self, request, context) -> Model:
@@ -68,9 +84,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._abort(context, error)
 
     @staticmethod
-    async def _abort(context, error: OipError):
+    async def _abort(context, error: OipError, trailing=()):
+        """Fail the call with `error`'s code and message; `trailing` metadata (the request ID) goes with it."""
         if error.retry_after is not None:  # gRPC has no Retry-After: the same hint as trailing metadata
-            context.set_trailing_metadata((("retry-after", str(error.retry_after)),))
+            trailing = [*trailing, ("retry-after", str(error.retry_after))]
+        if trailing:
+            context.set_trailing_metadata(tuple(trailing))
         await context.abort(grpc_codec.status_code(error), error.message)
 
 

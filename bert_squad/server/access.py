@@ -1,0 +1,85 @@
+"""Request IDs and the serve process's logs: one home for an ID's form, the header that carries it, the fields of
+an access line, and the two log formats (--log-format).
+
+Every request the front door answers (MindSpore Serving's REST API, the Open Inference Protocol over REST and
+gRPC) gets an ID: the caller's `X-Request-ID` (gRPC: `x-request-id` metadata) when it is 1-128 characters of
+[A-Za-z0-9._:-], else a new random one. It goes back in the response header (gRPC: trailing metadata), in the
+body of a refused request, and in the request's access line. JSON lines come from python-json-logger (a
+well-kept formatter on the standard logging module), not from strings we build.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Optional
+
+REQUEST_ID_HEADER = "x-request-id"  # HTTP header (any case) and gRPC metadata key (gRPC keys are lower case)
+LOG_FORMATS = ("text", "json")
+_VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+ACCESS_FIELDS = ("request_id", "protocol", "model", "version", "method", "status", "duration_ms", "questions",
+                 "client", "error")
+access_log = logging.getLogger("bert_squad.access")
+_said = logging.getLogger("bert_squad.serve")
+
+
+def say(message: str, error: bool = False, fresh_line: bool = False) -> None:
+    """One of the serve command's own lines ("bert-squad-serve: ..."): ready, restarts, stops, errors.
+    `fresh_line`: in text, start it on a line of its own (Serving's C++ threads print to the same stdout)."""
+    _said.log(logging.ERROR if error else logging.INFO, message, extra={"fresh_line": fresh_line})
+
+
+def request_id(given: Optional[str]) -> str:
+    """The caller's ID when it has the allowed form, else a new one (32 hex digits)."""
+    if given and _VALID_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def log_request(started: float, **fields) -> None:
+    """One access line: `started` is the request's time.perf_counter() on arrival; `fields` some of
+    ACCESS_FIELDS (an unknown one is a bug of ours)."""
+    unknown = set(fields) - set(ACCESS_FIELDS)
+    if unknown:
+        raise TypeError(f"not access-log fields: {sorted(unknown)}")
+    fields["duration_ms"] = round(1000 * (time.perf_counter() - started), 3)
+    access_log.info("request", extra={name: fields[name] for name in ACCESS_FIELDS if fields.get(name) is not None})
+
+
+class _TextFormatter(logging.Formatter):
+    """`bert-squad-serve: <message>`, an access line as `access key=value ...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == access_log.name:
+            pairs = " ".join(f"{name}={getattr(record, name)!s}".replace("\n", " ")
+                             for name in ACCESS_FIELDS if hasattr(record, name))
+            return f"bert-squad-serve: access {pairs}"
+        text = super().format(record)
+        text = text if text.startswith("bert-squad-serve:") else f"bert-squad-serve: {text}"
+        return "\n" + text if getattr(record, "fresh_line", False) else text
+
+
+def configure(log_format: str) -> None:
+    """Send the serve process's log records (its own lines and the access lines) to stdout in `log_format`; in
+    text, errors go to stderr as they always did."""
+    if log_format == "json":
+        from pythonjsonlogger.core import RESERVED_ATTRS
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(JsonFormatter("%(levelname)s %(name)s %(message)s", timestamp="time",
+                                           rename_fields={"levelname": "level", "name": "logger"},
+                                           reserved_attrs=[*RESERVED_ATTRS, "fresh_line"]))
+        handlers = [handler]
+    else:
+        out, err = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+        out.addFilter(lambda record: record.levelno < logging.ERROR)
+        err.setLevel(logging.ERROR)
+        for handler in (out, err):
+            handler.setFormatter(_TextFormatter("%(message)s"))
+        handlers = [out, err]
+    root = logging.getLogger()
+    root.handlers[:] = handlers
+    root.setLevel(logging.INFO)
