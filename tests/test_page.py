@@ -148,3 +148,42 @@ def test_the_page_loads_nothing_from_elsewhere_and_labels_every_control(page_ser
         assert needle not in html, f"the page refers to an outside resource ({needle!r})"
     for control in ("example", "context", "question", "top-k", "max-len"):
         assert f'<label for="{control}">' in html
+
+
+# ---------------------------------------------------------------- GET /docs: Swagger UI on /openapi.json
+
+def test_the_api_docs_page_refers_to_nothing_elsewhere(page_server):
+    with urllib.request.urlopen(f"http://{page_server.rest_address}/docs", timeout=30) as reply:
+        html = reply.read().decode()
+        policy = reply.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert "http://" not in html and "https://" not in html and "<script>" not in html
+    for asset in ("/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js", "/docs/start.js"):
+        with urllib.request.urlopen(f"http://{page_server.rest_address}{asset}", timeout=30) as reply:
+            assert reply.status == 200 and len(reply.read()) > 100
+
+
+def test_the_api_docs_page_shows_every_route_and_loads_only_from_this_server(page_server, browser):
+    from selenium.webdriver.common.by import By
+
+    origin = f"http://{page_server.rest_address}"
+    browser.get(f"{origin}/docs")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) > 20)
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/model/bert_squad:predict", "/v2/models/bert_squad/infer", "/readyz"} <= {p.replace("\u200b", "")
+                                                                                      for p in paths}
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert f"{origin}/openapi.json" in loaded
+    assert [url for url in loaded if not url.startswith(origin + "/")] == []
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+
+
+def test_page_off_turns_the_api_docs_off_too(oracle_servable, tmp_path):
+    from harness import Server
+
+    with Server(tmp_path, oracle_servable["servable_dir"], extra_args=["--page", "off"]) as server:
+        for path in ("/docs", "/docs/swagger-ui-bundle.js", "/"):
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(f"http://{server.rest_address}{path}", timeout=30)
+            assert missing.value.code == 404

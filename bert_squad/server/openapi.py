@@ -117,6 +117,7 @@ def page_paths(servable: str) -> dict:
             "description": summary, "content": {media: {"schema": schema}}}}}}
 
     return {"/": get("the try-it page (off with --page off)", "text/html", {"type": "string"}),
+            "/docs": get("this document in Swagger UI (off with --page off)", "text/html", {"type": "string"}),
             "/page/examples.json": get("examples the page offers", "application/json",
                                        {"type": "array", "items": example}),
             f"/model/{servable}": get("the served model: version, runtime, precision, model sha256",

@@ -125,12 +125,12 @@ def serve(args) -> int:
         health_server = HttpServer(health_app(state), args.health_address, drain_s=settings.DRAIN_S)
     page_routes = []
     if args.page == "on" and args.rest_address != "off":
-        from bert_squad.server import page
+        from bert_squad.server import api_docs, page
 
         facts = {"version": version, "runtime": meta.runtime, "precision": meta.precision,
                  "model_sha256": versions.model_identity(meta)}
         try:
-            page_routes = page.routes(args.name, facts, args.page_examples)
+            page_routes = page.routes(args.name, facts, args.page_examples) + api_docs.routes(args.name)
         except page.ExamplesError as e:
             raise ServeError(str(e)) from None
     door = FrontDoor(_upstream(args, version), state, state.unavailable,
