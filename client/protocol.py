@@ -23,6 +23,10 @@ WORKER_UNAVAILABLE = 4  # the worker process is (re)starting
 SERVABLE_UNAVAILABLE = 5  # no worker serves the servable right now: (re)starting, or not deployed
 RETRYABLE_CODES = (WORKER_UNAVAILABLE, SERVABLE_UNAVAILABLE)
 
+# The bert_squad front door's request ID: an HTTP header (any case) and a gRPC metadata key (lower case, as gRPC
+# keys are). The server reads and sends it (bert_squad/server/access.py); the REST client reads it into its errors.
+REQUEST_ID_HEADER = "x-request-id"
+
 # Serving refuses messages above 512 MB; the gRPC default receive limit (4 MB) is too small for long contexts
 # and for the logits of many windows.
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024

@@ -19,6 +19,7 @@ import numpy as np
 
 from .client import DEFAULT_TIMEOUT, PROBE_SERVABLE, BlockingCalls, Retry, Tls
 from .errors import BertSquadError, DeadlineExceeded, InvalidResponse, RequestError, ServerUnavailable
+from .protocol import REQUEST_ID_HEADER
 from .results import DEFAULT_REST_ADDRESS, SERVABLE
 
 _RETRYABLE_HTTP = (502, 503, 504)  # a proxy in front of a (re)starting server
@@ -95,7 +96,7 @@ class RestClient(BlockingCalls):
         try:
             connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
             response = connection.getresponse()
-            status, data, request_id = response.status, response.read(), response.getheader("x-request-id")
+            status, data, request_id = response.status, response.read(), response.getheader(REQUEST_ID_HEADER)
         except _STALE:
             connection.close()
             if not reused:

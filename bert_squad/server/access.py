@@ -1,5 +1,6 @@
-"""Request IDs and the serve process's logs: one home for an ID's form, the header that carries it, the fields of
-an access line, and the two log formats (--log-format).
+"""Request IDs and the serve process's logs: one home for an ID's form, the fields of an access line, and the two
+log formats (--log-format). The header that carries an ID is bert_squad_client.protocol's, which the REST client
+reads too.
 
 Every request the front door answers (MindSpore Serving's REST API, the Open Inference Protocol over REST and
 gRPC) gets an ID: the caller's `X-Request-ID` (gRPC: `x-request-id` metadata) when it is 1-128 characters of
@@ -16,7 +17,8 @@ import time
 import uuid
 from typing import Optional
 
-REQUEST_ID_HEADER = "x-request-id"  # HTTP header (any case) and gRPC metadata key (gRPC keys are lower case)
+from bert_squad_client.protocol import REQUEST_ID_HEADER  # noqa: F401  (one home, shared with the REST client)
+
 LOG_FORMATS = ("text", "json")
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ACCESS_FIELDS = ("request_id", "protocol", "model", "version", "method", "status", "duration_ms", "questions",

@@ -44,6 +44,7 @@ OFFLOAD_BYTES = 256 * 1024  # bodies this large are parsed in a thread, so the e
 Availability = Callable[[], Optional[str]]  # None while Serving answers, else why not (starting, restarting, ...)
 JSON_HEADERS = [(b"content-type", b"application/json")]
 REQUEST_ID_KEY = "bert_squad.request_id"  # where app() leaves a request's ID in its ASGI scope
+_REQUEST_ID_HEADER = access.REQUEST_ID_HEADER.encode()  # ASGI header names are lower-case bytes
 OIP_LARGE = 64  # questions past which an OIP request's outputs are built in a thread
 # CORS (--cors-allow-origin): what a page on another origin may send and read.
 CORS_HEADERS = ["Content-Type", "Inference-Header-Content-Length", "Authorization", "X-Request-ID"]
@@ -98,9 +99,9 @@ class FrontDoor:
         OIP infer are answered here, the rest (and the lifespan) through Starlette."""
         if scope["type"] != "http":
             return await self._starlette(scope, receive, send)
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        given = next((v for k, v in scope["headers"] if k == _REQUEST_ID_HEADER), b"").decode("latin-1")
         request_id = scope[REQUEST_ID_KEY] = access.request_id(given)
-        id_header = (b"x-request-id", request_id.encode())
+        id_header = (_REQUEST_ID_HEADER, request_id.encode())
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
