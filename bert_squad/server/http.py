@@ -172,19 +172,18 @@ class FrontDoor:
             outcome, status, body, error = e.status, e.status, e.body(request_id), e.message
             if e.retry_after:
                 headers = [*JSON_HEADERS, (b"retry-after", str(e.retry_after).encode())]
-        except ClientGone:
-            self._rest_meter.end(started, method, "client_gone")
-            return access.log_request(started, request_id=request_id, protocol="rest", method=method,
-                                      status="client_gone", client=_client(scope))
+        except ClientGone:  # nothing to send
+            outcome = status = "client_gone"
         except Exception as e:  # a bug of ours: say so in JSON, keep the trace in the server's log
             log.exception("REST predict %s failed (request %s)", scope["path"], request_id)
             outcome, status = "error", 500
             error = f"the front door failed: {type(e).__name__}: {e}; see the server log"
             body = rest.dumps({"error_msg": error, "request_id": request_id})
-        self._rest_meter.end(started, method, outcome)
-        access.log_request(started, request_id=request_id, protocol="rest", model=servable,
-                           version=None if version is None else str(version or self.upstream.version), method=method,
-                           status=status, questions=seen["questions"], client=_client(scope), error=error)
+        self._rest_meter.end(started, method, outcome, request_id=request_id, model=servable,
+                             version=None if version is None else str(version or self.upstream.version),
+                             status=status, questions=seen["questions"], client=_client(scope), error=error)
+        if status == "client_gone":
+            return
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -279,19 +278,18 @@ class FrontDoor:
         except OipError as e:
             status, body, headers = oip_rest.error_response(e, request_id)
             outcome, error = status, e.message
-        except ClientGone:
-            self._oip_meter.end(started, method, "client_gone")
-            return access.log_request(started, request_id=request_id, protocol="oip_rest", method=method,
-                                      status="client_gone", client=_client(scope))
+        except ClientGone:  # nothing to send
+            outcome = status = "client_gone"
         except Exception as e:  # a bug of ours: say so in JSON, keep the trace in the server's log
             log.exception("OIP infer %s failed (request %s)", scope["path"], request_id)
             status, headers, outcome = 500, {"Content-Type": "application/json"}, "error"
             error = f"the front door failed: {type(e).__name__}: {e}; see the server log"
             body = rest.dumps({"error": error, "request_id": request_id})
-        self._oip_meter.end(started, method, outcome)
-        access.log_request(started, request_id=request_id, protocol="oip_rest", model=model and model.name,
-                           version=self.served if model else None, method=method, status=status,
-                           questions=len(parsed.request) if parsed else None, client=_client(scope), error=error)
+        self._oip_meter.end(started, method, outcome, request_id=request_id, model=model and model.name,
+                            version=self.served if model else None, status=status,
+                            questions=len(parsed.request) if parsed else None, client=_client(scope), error=error)
+        if status == "client_gone":
+            return
         raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status,
                     "headers": [*raw_headers, (b"content-length", str(len(body)).encode())]})

@@ -18,6 +18,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the /metrics endpoint)
 
+from bert_squad.server import access
 from bert_squad.server.contract import MULTIPROC_ENV
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -50,8 +51,9 @@ TOKENS = Histogram("bert_squad_tokens_per_window", "Real (unpadded) tokens in on
 
 
 class Meter:
-    """The request metrics of one protocol: `begin()` when a request arrives, `end()` with its method and outcome
-    (or status) once answered."""
+    """The record of one protocol's requests: `begin()` when a request arrives, `end()` once it is answered, which
+    counts it in the metrics and writes its access line (access.py), so that no request gets one without the
+    other."""
 
     def __init__(self, protocol: str):
         self.protocol = protocol
@@ -62,14 +64,16 @@ class Meter:
         self._in_flight.inc()
         return time.perf_counter()
 
-    def end(self, started: float, method: str, outcome) -> None:
-        """`outcome`: a label, or the HTTP status of a refusal."""
+    def end(self, started: float, method: str, outcome, **line) -> None:
+        """`outcome`: a label, or the HTTP status of a refusal; `line`: the access line's other fields
+        (access.ACCESS_FIELDS: request_id, status, ...), written with this protocol and `method`."""
         self._in_flight.dec()
-        method = method if method in METHODS else "other"
+        label = method if method in METHODS else "other"
         if isinstance(outcome, int):
             outcome = OUTCOMES.get(outcome, "error")
-        REQUESTS.labels(self.protocol, method, outcome).inc()
-        self._latency[method].observe(time.perf_counter() - started)
+        REQUESTS.labels(self.protocol, label, outcome).inc()
+        self._latency[label].observe(time.perf_counter() - started)
+        access.log_request(started, protocol=self.protocol, method=method, **line)
 
 
 def exposition() -> bytes:

@@ -25,7 +25,8 @@ log = logging.getLogger("bert_squad.oip")
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, table: Mapping[str, Model], served: str, package_version: str, ask: Ask, live: Live,
                  ready: Ready, meter):
-        """`meter`: the request metrics (bert_squad.server.metrics.Meter("oip_grpc") in the server)."""
+        """`meter`: where a request is recorded (bert_squad.server.metrics.Meter("oip_grpc") in the server: metrics
+        and access line)."""
         self._table, self._served, self._package_version = table, served, package_version
         self._ask, self._live, self._ready, self._meter = ask, live, ready, meter
 
@@ -51,10 +52,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request_id = access.request_id(given if isinstance(given, str) else None)
         trailing = [(access.REQUEST_ID_HEADER, request_id)]
 
-        def logged(status: str, error: Optional[str] = None) -> None:
-            access.log_request(started, request_id=request_id, protocol="oip_grpc", model=request.model_name,
-                               version=self._served if parsed else None, method=method, status=status,
-                               questions=len(parsed.request) if parsed else None, client=context.peer(), error=error)
+        def end(outcome, status: str, error: Optional[str] = None) -> None:
+            self._meter.end(started, method, outcome, request_id=request_id, model=request.model_name,
+                            version=self._served if parsed else None, status=status,
+                            questions=len(parsed.request) if parsed else None, client=context.peer(), error=error)
 
         try:
             parsed = grpc_codec.parse_infer(request, self._table, self._served)
@@ -62,18 +63,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs = models.to_outputs(parsed.request, await self._ask(parsed.request))
             response = grpc_codec.response(parsed, outputs, self._served)
         except OipError as error:
-            self._meter.end(started, method, error.status)
-            logged(grpc_codec.status_code(error).name, error.message)
+            end(error.status, grpc_codec.status_code(error).name, error.message)
             await self._abort(context, error, trailing)
         except Exception as error:  # a bug of ours: say so, keep the trace in the server's log
             log.exception("OIP ModelInfer failed (request %s)", request_id)
-            self._meter.end(started, method, "error")
             message = f"the front door failed: {type(error).__name__}: {error}; see the server log"
-            logged("INTERNAL", message)
+            end("error", "INTERNAL", message)
             context.set_trailing_metadata(trailing)
             await context.abort(grpc.StatusCode.INTERNAL, message)
-        self._meter.end(started, method, "instance_error" if any(outputs[models.ERROR_OUTPUT]) else "ok")
-        logged("OK")
+        end("instance_error" if any(outputs[models.ERROR_OUTPUT]) else "ok", "OK")
         context.set_trailing_metadata(trailing)
         return response
 
