@@ -8,11 +8,13 @@ free at run time, and is stopped by its pid: SIGTERM, then SIGKILL of the group.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -39,6 +41,16 @@ def wait_for(condition, timeout: float, what: str):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def run_python(code: str, *args, timeout: float) -> dict:
+    """`code` run by this interpreter in a subprocess, tests/ on its path, with `args`; its last stdout line as
+    JSON. For clients that must not share this process (they register their own protobuf messages)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class Server:

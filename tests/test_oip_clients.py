@@ -12,18 +12,15 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bert_squad.server.oip import models, rest_codec
 from bert_squad.server.oip.models import OipError
+from harness import run_python
 
 pytestmark = pytest.mark.pure
 
@@ -141,11 +138,7 @@ def test_tritonclient_http_error_body():
 
 def run_client(script: str, *args) -> dict:
     """Run one CLIENTS script under this interpreter; its last stdout line is JSON."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
-    done = subprocess.run([sys.executable, "-c", CLIENTS[script], *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_python(CLIENTS[script], *args, timeout=120)
 
 
 def need(module: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 
 from bert_squad_client import Client
+from harness import run_python
 
 pytestmark = pytest.mark.pure
 triton_http = pytest.importorskip("tritonclient.http",
@@ -137,11 +137,7 @@ def test_the_features_model_answers_as_predict_features(oracle):
 # ---------------------------------------------------------------- gRPC clients and kserve, in a subprocess
 
 def run_client(script: str, *args) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
-    done = subprocess.run([sys.executable, "-c", SCRIPTS[script], *map(str, args)], capture_output=True, text=True,
-                          timeout=180, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_python(SCRIPTS[script], *args, timeout=180)
 
 
 def as_rows(seen: dict) -> list:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
