@@ -1,13 +1,15 @@
 """Open Inference Protocol clients of the benchmark: the smallest that speak each form (the protocol's generated
-gRPC stubs with tritonclient's raw BYTES encoding; JSON tensors over one kept-alive HTTP/1.1 connection), so a
-pass measures the server's path, not a client library's. They run in the Python 3.9 venv beside the MindSpore
-Serving clients they are paired with (tritonclient and kserve are in the 3.11 venv, where the tests use them)."""
+gRPC stubs with tritonclient's raw BYTES encoding, oip/raw.py's; JSON tensors over one kept-alive HTTP/1.1
+connection), so a pass measures the server's path, not a client library's. They run in the Python 3.9 venv beside
+the MindSpore Serving clients they are paired with (tritonclient and kserve are in the 3.11 venv, where the tests
+use them)."""
 from __future__ import annotations
 
 import http.client
 import json
-import struct
 from typing import List, Sequence, Tuple
+
+import numpy as np
 
 MODEL = "bert_squad"
 
@@ -16,18 +18,14 @@ class Refused(Exception):
     """The server refused the whole request (HTTP 4xx / a gRPC status)."""
 
 
-def _raw_bytes(values: Sequence[str]) -> bytes:
-    """BYTES elements as tritonclient.grpc sends them in raw_input_contents: 4-byte little-endian length, data."""
-    return b"".join(struct.pack("<I", len(data)) + data for data in (v.encode() for v in values))
-
-
 class OipGrpc:
     def __init__(self, address: str, timeout: float):
         import grpc
 
+        from bert_squad.server.oip import raw
         from bert_squad.server.oip.stubs import pb, pb_grpc
 
-        self._grpc, self._pb, self.timeout = grpc, pb, timeout
+        self._grpc, self._pb, self._raw, self.timeout = grpc, pb, raw, timeout
         self._channel = grpc.insecure_channel(address)
         self._infer = pb_grpc.GRPCInferenceServiceStub(self._channel).ModelInfer
 
@@ -37,17 +35,16 @@ class OipGrpc:
         for name in ("question", "context"):
             request.inputs.add(name=name, datatype="BYTES", shape=[len(pairs)])
         request.outputs.add(name="answer")
-        request.raw_input_contents.extend([_raw_bytes([q for q, _ in pairs]), _raw_bytes([c for _, c in pairs])])
+        request.raw_input_contents.extend(self._raw.encode("BYTES", np.array([text.encode() for text in column],
+                                                                            dtype=np.object_))
+                                          for column in zip(*pairs))  # tritonclient.grpc's form
         try:
             reply = self._infer(request, timeout=self.timeout)
         except self._grpc.RpcError as error:
             raise Refused(f"{error.code().name}: {error.details()}") from None
-        blob, answers, at = reply.raw_output_contents[0], [], 0
-        while at < len(blob):
-            (size,) = struct.unpack_from("<I", blob, at)
-            answers.append(blob[at + 4:at + 4 + size].decode())
-            at += 4 + size
-        return answers
+        answer = reply.outputs[0]
+        return [element.decode() for element in self._raw.decode("BYTES", reply.raw_output_contents[0], answer.name,
+                                                                  list(answer.shape))]
 
     def answer(self, question: str, context: str) -> str:
         return self.ask([(question, context)])[0]
