@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import List, Mapping, Sequence
 
-from bench import stats
+from bench import serving, stats
 from bert_squad.runtimes.batching import bucket_for
 from bert_squad.settings import BUCKETS
 
@@ -144,21 +144,22 @@ def render(results: Mapping, plot_name: str) -> str:
     with_transport = [s for s in stacks.values() if "transport" in s]
     if with_transport:
         out += ["", "## Protocols (p50 per question, concurrency 1, ms)", "",
-                "Each question asked over every protocol in turn (the first rotating): Serving's gRPC straight to "
-                "Serving (the baseline), its REST API and the Open Inference Protocol's gRPC and REST through the "
-                "front door. Paired: the median of each question's difference from gRPC; refused: the same for a "
-                "request the first stage refuses (no model time). OIP batches: requests of N questions one at a "
-                "time vs single questions from N threads, over OIP gRPC (best of two runs).", ""]
+                "Each question asked over every protocol in turn (the first rotating): Serving's gRPC at the "
+                "master itself (`serving`, the baseline: no front door), and through the front door its gRPC and "
+                "REST APIs and the Open Inference Protocol's gRPC and REST. Paired: the median of each question's "
+                "difference from the baseline; refused: the same for a request the first stage refuses (no model "
+                "time). OIP batches: requests of N questions one at a time vs single questions from N threads, "
+                "over OIP gRPC (best of two runs).", ""]
         rows = []
         for s in with_transport:
             tr = s["transport"]
-            for name in [k for k in ("grpc", "rest", "oip_grpc", "oip_rest") if k in tr]:
-                paired = [stats.median([r - g for g, r in zip(tr[p + "grpc"], tr[p + name])])
+            for name in [k for k in serving.TRANSPORTS if k in tr]:
+                paired = [stats.median([r - g for g, r in zip(tr[p + serving.BASELINE], tr[p + name])])
                           for p in ("", "null_")]
                 rows.append([s["label"], name, _ms(stats.median(tr[name])),
-                             "—" if name == "grpc" else f"{paired[0] * 1000:+.2f}",
-                             "—" if name == "grpc" else f"{paired[1] * 1000:+.2f}"])
-        out += _table(["stack", "protocol", "p50", "paired − gRPC", "refused − gRPC"], rows)
+                             "—" if name == serving.BASELINE else f"{paired[0] * 1000:+.2f}",
+                             "—" if name == serving.BASELINE else f"{paired[1] * 1000:+.2f}"])
+        out += _table(["stack", "protocol", "p50", "paired − serving", "refused − serving"], rows)
         batches = [(s["label"], s["oip_batch"]) for s in with_transport if "oip_batch" in s]
         if batches:
             out += [""] + _table(["stack", "questions", "N", "q/s, requests of N", "q/s, N single at once"],

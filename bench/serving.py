@@ -76,6 +76,7 @@ class Server:
     model_times: ModelTimes
     rest_address: str  # the serve command's HTTP front door (REST and OIP REST, forwarded to Serving over gRPC)
     oip_grpc_address: str  # the front door's Open Inference Protocol gRPC service
+    internal_address: str  # Serving's master itself (a unix socket behind the front door): the transport baseline
 
 
 def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, options: Sequence[str] = ()) -> Server:
@@ -124,8 +125,16 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, o
     if not workers:
         stop_server_proc(proc)
         raise BenchError(f"no {WORKER_SCRIPT} process under the server (pid {proc.pid}); log: {log}")
+    internal = dict(part.split("=", 1) for part in ready.split() if "=" in part)["internal"]
     return Server(proc, address, log, cold, ready.strip(), workers, ModelTimes(model_times), rest_address,
-                  oip_grpc_address)
+                  oip_grpc_address, _unix_target(internal, workdir))
+
+
+def _unix_target(internal: str, workdir: Path) -> str:
+    """The master's socket (`unix:PATH`, PATH relative to the server's workdir) as this process can dial it: a path
+    relative to our own directory when the absolute one is too long for a socket address (107 bytes)."""
+    path = workdir.resolve() / internal[len("unix:"):]
+    return "unix:" + (str(path) if len(str(path)) < 100 else os.path.relpath(path))
 
 
 def stop_server_proc(proc: subprocess.Popen, extra_pids: Sequence[int] = ()) -> None:
@@ -305,31 +314,35 @@ def paired_pass(client_kind: str, server: Server, questions: Sequence[dict]) -> 
     return {"ids": [q["id"] for q in questions], "e2e": e2e, "model": model}
 
 
-TRANSPORTS = ("grpc", "rest", "oip_grpc", "oip_rest")  # the transport pass's protocols; grpc is the baseline
+BASELINE = "serving"  # the transport pass's baseline: Serving's gRPC at the master itself, without the front door
+TRANSPORTS = (BASELINE, "grpc", "rest", "oip_grpc", "oip_rest")
 
 
 def transport_pass(server: Server, questions: Sequence[dict], rounds: int) -> dict:
-    """`rounds` times per question, one request at a time: the `predict` round trip over Serving's gRPC (straight
-    to Serving), its REST API, and the Open Inference Protocol's gRPC and REST (through the front door), in turn,
-    the first protocol rotating, so that drift weighs on all alike. Then as many requests the first stage refuses
-    (blank question): the transport alone, without the model time whose spread (+-2 ms a question) blurs the real
-    pairs."""
+    """`rounds` times per question, one request at a time: the `predict` round trip over Serving's gRPC straight to
+    the master (the baseline) and through the front door, Serving's REST API, and the Open Inference Protocol's gRPC
+    and REST (all through the front door), in turn, the first protocol rotating, so that drift weighs on all alike.
+    Then as many requests the first stage refuses (blank question): the transport alone, without the model time
+    whose spread (+-2 ms a question) blurs the real pairs."""
     from bert_squad_client import Client, RequestError, RestClient
 
     from bench import oip
 
-    clients = {"grpc": Client(server.address, timeout=REQUEST_TIMEOUT_S, retry=None),
+    clients = {BASELINE: Client(server.internal_address, timeout=REQUEST_TIMEOUT_S, retry=None),
+               "grpc": Client(server.address, timeout=REQUEST_TIMEOUT_S, retry=None),
                "rest": RestClient(server.rest_address, timeout=REQUEST_TIMEOUT_S, retry=None),
                "oip_grpc": oip.OipGrpc(server.oip_grpc_address, REQUEST_TIMEOUT_S),
                "oip_rest": oip.OipRest(server.rest_address, REQUEST_TIMEOUT_S)}
-    refusals = {"grpc": RequestError, "rest": RequestError, "oip_grpc": oip.Refused, "oip_rest": oip.Refused}
+    refusals = {BASELINE: RequestError, "grpc": RequestError, "rest": RequestError, "oip_grpc": oip.Refused,
+                "oip_rest": oip.Refused}
     asked = [q for _ in range(rounds) for q in questions]
 
     def in_turn(ask) -> Dict[str, List[float]]:
         """ask(name, client) timed for every asked question, over every protocol, the first one rotating."""
         times: Dict[str, List[float]] = {name: [] for name in TRANSPORTS}
         for i, q in enumerate(asked):
-            for name in TRANSPORTS[i % 4:] + TRANSPORTS[:i % 4]:
+            turn = i % len(TRANSPORTS)
+            for name in TRANSPORTS[turn:] + TRANSPORTS[:turn]:
                 t = time.perf_counter()
                 ask(name, clients[name], q)
                 times[name].append(time.perf_counter() - t)

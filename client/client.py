@@ -203,7 +203,8 @@ def _rpc_error(error: grpc.RpcError, method: str) -> BertSquadError:
         # Our own cancellations (close()) surface as FutureCancelledError; a CANCELLED status comes from the
         # server, which cancels the calls in flight when it stops: asked again, they are answered after a restart.
         return ServerUnavailable(f"the server cancelled the call to {method!r} ({details or 'stopping'})")
-    return RequestError(f"{code.name}: {details}", code=code.name, method=method)
+    return RequestError(f"{code.name}: {details}", code=code.name, method=method,
+                        request_id=protocol.request_id(getattr(error, "trailing_metadata", lambda: None)()))
 
 
 def grpc_target(address: str) -> str:
@@ -416,14 +417,15 @@ class Client(BlockingCalls):
         self._calls_lock = threading.Lock()
 
     def _invoke(self, request, timeout: float):
-        """One RPC, as a cancellable future (closing the channel under a blocking call crashes grpcio 1.47)."""
+        """One RPC, as a cancellable future (closing the channel under a blocking call crashes grpcio 1.47): the
+        reply and its request ID."""
         with self._calls_lock:
             if self._closed.is_set():
                 raise BertSquadError("client is closed")
             call = self._predict.future(request, timeout=max(timeout, 0.001))
             self._calls.add(call)
         try:
-            return call.result()
+            return call.result(), protocol.request_id(call.trailing_metadata())
         except grpc.FutureCancelledError:
             raise BertSquadError("client is closed") from None
         finally:
@@ -433,10 +435,10 @@ class Client(BlockingCalls):
     def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
         request = protocol.make_request(self.servable, method, self.version, instances)
         try:
-            reply = self._invoke(request, timeout)
+            reply, request_id = self._invoke(request, timeout)
         except grpc.RpcError as error:
             raise _rpc_error(error, method) from None
-        return protocol.read_reply(reply, len(instances), method)
+        return protocol.read_reply(reply, len(instances), method, request_id)
 
     def _probe(self, timeout: float) -> bool:
         try:
@@ -505,10 +507,12 @@ class AsyncClient(_Calls):
     async def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
         request = protocol.make_request(self.servable, method, self.version, instances)
         try:
-            reply = await self._stub()(request, timeout=timeout)
+            call = self._stub()(request, timeout=timeout)
+            reply = await call
+            request_id = protocol.request_id(await call.trailing_metadata())
         except grpc.RpcError as error:
             raise _rpc_error(error, method) from None
-        return protocol.read_reply(reply, len(instances), method)
+        return protocol.read_reply(reply, len(instances), method, request_id)
 
     async def _probe(self, timeout: float) -> bool:
         try:

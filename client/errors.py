@@ -19,8 +19,8 @@ class RequestError(BertSquadError, ValueError):
 
     `server_message` is the server's own error text, `instance` the position of the failing question (or window)
     in the caller's input, None when the whole request failed, `code` the server's status code when it sent one,
-    `request_id` the ID the server gave the request (its X-Request-ID; None where the protocol has none), which
-    finds it in the server's access log.
+    `request_id` the ID the server gave the request (the X-Request-ID header, or x-request-id trailing metadata over
+    gRPC; None when the server sent none), which finds it in the server's access log.
     """
 
     def __init__(self, server_message: str, *, instance: int | None = None, code: int | str | None = None,

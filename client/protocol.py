@@ -126,6 +126,11 @@ Tensor = _CLASSES["Tensor"]
 Value = Union[str, np.ndarray]
 
 
+def request_id(metadata) -> str | None:
+    """The request ID in a call's trailing metadata ((key, value) pairs), when the server sent one."""
+    return next((value for key, value in metadata or () if key == REQUEST_ID_HEADER), None)
+
+
 def fill_tensor(tensor, value: Value) -> None:
     """Write one input value: a str as a one-item string tensor (what Serving expects for text), else an array."""
     if isinstance(value, str):
@@ -173,8 +178,9 @@ def make_request(servable: str, method: str, version: int, instances: list[dict[
     return request
 
 
-def read_reply(reply, count: int, method: str) -> list[dict[str, Value] | RequestError]:
-    """Outputs of each instance, or a RequestError (numbered by its instance) for each instance that failed.
+def read_reply(reply, count: int, method: str, request_id: str | None = None) -> list[dict[str, Value] | RequestError]:
+    """Outputs of each instance, or a RequestError (numbered by its instance) for each instance that failed;
+    `request_id`: the one the server gave the request (the front door's trailing metadata), for the errors.
 
     Raises ServerUnavailable when the server says its servable is (re)starting, RequestError when it refused the
     whole request, InvalidResponse when the reply does not have one entry per instance.
@@ -184,7 +190,7 @@ def read_reply(reply, count: int, method: str) -> list[dict[str, Value] | Reques
         code, text = errors[0]
         if code in RETRYABLE_CODES:
             raise ServerUnavailable(text)
-        raise RequestError(text, code=code, method=method)
+        raise RequestError(text, code=code, method=method, request_id=request_id)
     if len(reply.instances) != count or len(errors) not in (0, count):
         raise InvalidResponse(f"reply has {len(reply.instances)} instances and {len(errors)} errors "
                               f"for {count} instances sent")
@@ -194,7 +200,7 @@ def read_reply(reply, count: int, method: str) -> list[dict[str, Value] | Reques
     for index, instance in enumerate(reply.instances):
         if errors and errors[index][0] != 0:
             code, text = errors[index]
-            results.append(RequestError(text, instance=index, code=code, method=method))
+            results.append(RequestError(text, instance=index, code=code, method=method, request_id=request_id))
         else:
             results.append({name: read_tensor(tensor) for name, tensor in instance.items.items()})
     return results

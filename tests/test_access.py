@@ -184,3 +184,50 @@ def test_the_rest_clients_errors_carry_the_request_id_of_the_access_line(json_se
         time.sleep(0.2)
         lines = access_lines(json_server)
     assert (lines[question.request_id]["status"], lines[request.request_id]["status"]) == (200, 404)
+
+
+def test_servings_grpc_api_through_the_front_door_carries_the_request_id_to_the_client_and_the_access_line(
+        json_server):
+    """MindSpore Serving's gRPC API is the front door's too: the ID comes back in trailing metadata, the gRPC
+    client's errors carry it, and each call has its access line, with protocol grpc."""
+    import grpc
+    import wire
+    from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
+
+    from bert_squad_client import Client, RequestError, protocol
+
+    given = f"grpc-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(json_server.grpc_address) as channel:
+        reply, call = pb_grpc.MSServiceStub(channel).Predict.with_call(
+            wire.make_request("predict", [QUESTION]), metadata=[("x-request-id", given)], timeout=30)
+        assert wire.read_reply(reply)[0]["answer"] and dict(call.trailing_metadata())["x-request-id"] == given
+        with pytest.raises(grpc.RpcError) as garbage:
+            channel.unary_unary(protocol.PREDICT_PATH)(b"\xff\xff\xff", timeout=30)
+    assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "PredictRequest" in garbage.value.details()
+    garbage_id = dict(garbage.value.trailing_metadata())["x-request-id"]
+    with Client(json_server.grpc_address, timeout=30, retry=None) as client:
+        with pytest.raises(RequestError) as refused_question:
+            client.answer("", "The city of Paris is the capital of France.")
+    with Client(json_server.grpc_address, timeout=30, retry=None, version=7) as client:
+        with pytest.raises(RequestError) as refused_request:
+            client.answer("Which capital?", "Paris.")
+    question, request = refused_question.value, refused_request.value
+    for error in (question, request):
+        assert GENERATED.fullmatch(error.request_id) and f"[request id {error.request_id}]" in str(error)
+    assert GENERATED.fullmatch(garbage_id)
+
+    wanted = {given, garbage_id, question.request_id, request.request_id}
+    deadline, lines = time.monotonic() + 10, {}
+    while time.monotonic() < deadline and not wanted <= set(lines):
+        time.sleep(0.2)
+        lines = access_lines(json_server)
+    line = lines[given]
+    assert {k: line[k] for k in ("protocol", "model", "version", "method", "status", "questions")} == {
+        "protocol": "grpc", "model": "bert_squad", "version": "1", "method": "predict", "status": "OK",
+        "questions": 1}
+    assert line["client"].startswith("ipv4:127.0.0.1:") and "Paris" not in json.dumps(line)
+    assert lines[garbage_id]["status"] == "INVALID_ARGUMENT" and "PredictRequest" in lines[garbage_id]["error"]
+    assert lines[question.request_id]["questions"] == 1 and "error" not in lines[question.request_id]
+    assert lines[request.request_id]["version"] == "7"
+    assert lines[request.request_id]["error"] == request.server_message  # Serving's refusal, in a reply with OK

@@ -295,18 +295,20 @@ def test_stream_gives_up_on_a_hanging_stack():
     release.set()
 
 
-def test_report_shows_each_protocol_paired_against_servings_grpc_and_the_oip_batches():
+def test_report_shows_each_protocol_paired_against_servings_grpc_at_the_master_and_the_oip_batches():
     results = fake_results()
     ours = results["stacks"]["serving_buckets"]
-    ours["transport"] = {"ids": ["q0", "q1"], "grpc": [0.100, 0.200], "rest": [0.101, 0.2015],
-                         "oip_grpc": [0.1002, 0.2004], "oip_rest": [0.1008, 0.2012],
-                         "null_grpc": [0.001, 0.001], "null_rest": [0.0016, 0.0018],
-                         "null_oip_grpc": [0.0012, 0.0012], "null_oip_rest": [0.0015, 0.0015]}
+    ours["transport"] = {"ids": ["q0", "q1"], "serving": [0.100, 0.200], "grpc": [0.1001, 0.2003],
+                         "rest": [0.101, 0.2015], "oip_grpc": [0.1002, 0.2004], "oip_rest": [0.1008, 0.2012],
+                         "null_serving": [0.001, 0.001], "null_grpc": [0.0011, 0.0011],
+                         "null_rest": [0.0016, 0.0018], "null_oip_grpc": [0.0012, 0.0012],
+                         "null_oip_rest": [0.0015, 0.0015]}
     ours["oip_batch"] = {"n": 8, "questions": 64, "seconds": {"batched": [8.0], "concurrent": [10.0]},
                          "qps": {"batched": 8.0, "concurrent": 6.4}}
     text = report.render(results, "throughput.png")
     label = ours["label"]
-    assert f"| {label} | grpc | 150.0 | — | — |" in text
+    assert f"| {label} | serving | 150.0 | — | — |" in text
+    assert f"| {label} | grpc | 150.2 | +0.20 | +0.10 |" in text  # medians of (0.1, 0.3) and (0.1, 0.1) ms
     assert f"| {label} | oip_grpc | 150.3 | +0.30 | +0.20 |" in text  # medians of (0.2, 0.4) and (0.2, 0.2) ms
     assert f"| {label} | oip_rest | 151.0 | +1.00 | +0.50 |" in text
     assert f"| {label} | 64 | 8 | 8.00 | 6.40 |" in text

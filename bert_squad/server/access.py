@@ -40,6 +40,12 @@ def request_id(given: Optional[str]) -> str:
     return uuid.uuid4().hex
 
 
+def from_metadata(metadata) -> str:
+    """The ID of a gRPC request, from its invocation metadata ((key, value) pairs, keys lower-case)."""
+    given = next((value for key, value in metadata or () if key == REQUEST_ID_HEADER), None)
+    return request_id(given if isinstance(given, str) else None)
+
+
 def log_request(started: float, **fields) -> None:
     """One access line: `started` is the request's time.perf_counter() on arrival; `fields` some of
     ACCESS_FIELDS (an unknown one is a bug of ours)."""

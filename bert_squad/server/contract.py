@@ -13,6 +13,10 @@ PIN_ENV = "BERT_SQUAD_PIN_CORES"  # "1": worker k computes on the k-th block of 
 # before any process imports prometheus_client, which picks its multiprocess mode at import: so it lives here,
 # not in metrics.py, which the serve process may import only after setting it.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Set by the serve process for the master: the internal address (a unix socket in the workdir, relative to it, plain
+# text) its gRPC endpoint listens on. Only the front door and the health probe dial it: every public port is the
+# front door's.
+MASTER_ADDRESS_ENV = "BERT_SQUAD_MASTER_ADDRESS"
 # Set by the supervisor for the master: the pipe it reports on, one line: "ready <warm-up>" or "error <reason>".
 READY_FD_ENV = "BERT_SQUAD_READY_FD"
 

@@ -66,16 +66,6 @@ def parse_address(address: str) -> Tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def loopback_target(address: str) -> str:
-    """The address a process on the same host dials to reach a server listening on `address`."""
-    host, port = parse_address(address)
-    if host == "0.0.0.0":
-        return f"127.0.0.1:{port}"
-    if host == "::":
-        return f"[::1]:{port}"
-    return address
-
-
 class HealthState:
     """What the endpoints report: the serve command's phase, Serving's master, the cached outcome of the last probe."""
 
@@ -137,30 +127,15 @@ class HealthState:
         self._took = self._checked - t0
 
 
-def _pem(path: Optional[str]) -> Optional[bytes]:
-    if path is None:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def grpc_probe(address: str, servable: str, timeout: float = settings.HEALTH_PROBE_TIMEOUT_S,
-               tls_ca: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None) -> Probe:
-    """A probe that asks `servable`'s predict method the warm-up question through the server's own gRPC endpoint.
-
-    It travels the path client requests take (gRPC server -> master -> worker -> model), so it
-    fails while the worker restarts. `tls_ca` verifies a TLS server; `tls_cert`/`tls_key` are the
-    client identity a server requiring client certificates accepts. Needs mindspore_serving (server side).
+def grpc_probe(address: str, servable: str, timeout: float = settings.HEALTH_PROBE_TIMEOUT_S) -> Probe:
+    """A probe that asks `servable`'s predict method the warm-up question at Serving's master (`address`, its
+    internal plain-text gRPC address), as the front door forwards client requests: master -> worker -> model, so it
+    fails while the worker restarts. Needs mindspore_serving (server side).
     """
     import grpc
     from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
 
-    target = loopback_target(address)
-    if tls_ca:
-        credentials = grpc.ssl_channel_credentials(_pem(tls_ca), _pem(tls_key), _pem(tls_cert))
-        channel = grpc.secure_channel(target, credentials)
-    else:
-        channel = grpc.insecure_channel(target)
+    channel = grpc.insecure_channel(address)
     stub = pb_grpc.MSServiceStub(channel)
     request = predict_request(servable)
 

@@ -53,16 +53,14 @@ log = logging.getLogger("bert_squad.http")
 
 @dataclass
 class Upstream:
-    """Where and how the front door reaches Serving's gRPC endpoint."""
+    """Where the front door reaches Serving's master (its internal gRPC address, plain text: contract.py) and what
+    it serves."""
 
     target: str
     servable: str
     version: int  # the version being served: requests for another are refused here
     max_body_bytes: int
     timeout_s: float
-    tls_ca: Optional[bytes] = None  # PEM the server certificate is checked against (TLS)
-    tls_cert: Optional[bytes] = None  # the client identity under mutual TLS
-    tls_key: Optional[bytes] = None
 
 
 class ClientGone(Exception):
@@ -79,7 +77,7 @@ class FrontDoor:
         self.oip_models = oip_models.models(upstream.servable)  # the OIP's model names -> their tensors
         self.served = str(upstream.version)  # the OIP's model_version
         self._channel: Optional[grpc.aio.Channel] = None
-        self._predict = None
+        self._predict = self._raw_predict = None
         self._rest_meter, self._oip_meter = metrics.Meter("rest"), metrics.Meter("oip_rest")
         self._starlette = Starlette(routes=[
             Route("/model/{tail:path}", self._not_post, methods=["POST"]),  # GET and others: 405 from Starlette
@@ -116,24 +114,29 @@ class FrontDoor:
         await self._starlette(scope, receive, send_with_id)
 
     def _call(self):
-        """Serving's Predict over the front door's channel, made on first use on the serving event loop (REST
-        and OIP gRPC share it; serve.py closes it once both stopped)."""
+        """Serving's Predict over the front door's channel (REST and OIP share it), made on first use on the serving
+        event loop; serve.py closes it once every listener stopped."""
         if self._predict is None:
-            options = channel_options()  # the client's: a call left on a reset connection fails within seconds
-            up = self.upstream
-            if up.tls_ca:
-                credentials = grpc.ssl_channel_credentials(up.tls_ca, up.tls_key, up.tls_cert)
-                self._channel = grpc.aio.secure_channel(up.target, credentials, options)
-            else:
-                self._channel = grpc.aio.insecure_channel(up.target, options)
-            self._predict = self._channel.unary_unary(protocol.PREDICT_PATH,
-                                                      request_serializer=protocol.PredictRequest.SerializeToString,
-                                                      response_deserializer=protocol.PredictReply.FromString)
+            self._predict = self._serving().unary_unary(protocol.PREDICT_PATH,
+                                                        request_serializer=protocol.PredictRequest.SerializeToString,
+                                                        response_deserializer=protocol.PredictReply.FromString)
         return self._predict
+
+    def raw_predict(self):
+        """The same call, bytes in and out, for MindSpore Serving's gRPC API at the front door (serving_grpc.py)."""
+        if self._raw_predict is None:
+            self._raw_predict = self._serving().unary_unary(protocol.PREDICT_PATH)
+        return self._raw_predict
+
+    def _serving(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            # the client's options: a call left on a connection to a master that died fails within seconds
+            self._channel = grpc.aio.insecure_channel(self.upstream.target, channel_options())
+        return self._channel
 
     async def close(self) -> None:
         if self._channel is not None:
-            channel, self._channel, self._predict = self._channel, None, None
+            channel, self._channel, self._predict, self._raw_predict = self._channel, None, None, None
             await channel.close()
 
     @contextlib.asynccontextmanager

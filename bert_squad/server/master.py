@@ -1,7 +1,8 @@
 """Serving's master and workers in a process of their own, which the serve command supervises.
 
 `python -m bert_squad.server.master <bert-squad-serve options>` starts the servable's workers and Serving's
-gRPC endpoint (no REST: the serve command's HTTP front door speaks REST), asks the warm-up question, tells
+gRPC endpoint on the internal address $BERT_SQUAD_MASTER_ADDRESS (no REST, no public port: the serve command's
+front door owns them), asks the warm-up question, tells
 the serve command on the pipe $BERT_SQUAD_READY_FD ("ready <seconds>" or "error <reason>"), then watches
 its workers until SIGTERM. The serve command (supervisor.py) starts this process again when it dies.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from bert_squad.server import access
 from bert_squad.server.access import say
-from bert_squad.server.contract import EXIT_SERVING_DIED, EXIT_START_FAILED, READY_FD_ENV
+from bert_squad.server.contract import EXIT_SERVING_DIED, EXIT_START_FAILED, MASTER_ADDRESS_ENV, READY_FD_ENV
 from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import worker_pids
 from bert_squad.server.warmup import predict_request
@@ -23,29 +24,15 @@ from bert_squad.server.warmup import predict_request
 WORKER_POLL_S = 0.5
 
 
-def _ssl_config(server, args):
-    if not args.tls_cert:
-        return None
-    for f in (args.tls_cert, args.tls_key, args.tls_client_ca):
-        if f and not Path(f).is_file():
-            raise ServeError(f"TLS file not found: {f}")
-    return server.SSLConfig(certificate=args.tls_cert, private_key=args.tls_key, custom_ca=args.tls_client_ca,
-                            verify_client=bool(args.tls_client_ca))
-
-
 def warm_up(args, timeout: float) -> float:
-    """Ask one question over the public gRPC endpoint within `timeout`; returns the seconds it took."""
+    """Ask one question over Serving's gRPC endpoint (the internal address) within `timeout`; the seconds it took."""
     import grpc
     from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
 
     request = predict_request(args.name)
-    if args.tls_cert:
-        channel = grpc.secure_channel(args.grpc_address, grpc.ssl_channel_credentials(Path(args.tls_cert).read_bytes()))
-    else:
-        channel = grpc.insecure_channel(args.grpc_address)
     t0 = time.perf_counter()
     try:
-        with channel:
+        with grpc.insecure_channel(os.environ[MASTER_ADDRESS_ENV]) as channel:
             reply = pb_grpc.MSServiceStub(channel).Predict(request, timeout=timeout)
     except grpc.RpcError as e:
         raise ServeError(f"the warm-up question failed: gRPC {e.code().name}: {e.details()}") from None
@@ -94,9 +81,7 @@ def _watch_workers(args) -> bool:
             say(f"bert-squad-serve: worker {pid} exited; the requests it held failed")
         for pid in sorted(current - workers):
             t0 = time.perf_counter()
-            if args.tls_client_ca:
-                say(f"bert-squad-serve: worker {pid} started (not warmed up under mutual TLS)")
-            elif _answers_again(args, stopping):
+            if _answers_again(args, stopping):
                 say(f"bert-squad-serve: worker {pid} answers again ({time.perf_counter() - t0:.1f} s after it "
                     f"started)")
         workers = current
@@ -111,16 +96,12 @@ def run(args, report) -> int:
     device_ids = [int(x) for x in args.device_ids.split(",") if x.strip()]
     try:
         context.set_max_enqueued_requests(args.max_queued_requests)
-        ssl = _ssl_config(server, args)
         config = server.ServableStartConfig(
             servable_directory=str(args.servable_dir), servable_name=args.name, device_ids=device_ids,
             version_number=args.version, device_type=args.device, num_parallel_workers=args.python_workers)
         server.start_servables(config, enable_lite=args.device == "cpu")
-        server.start_grpc_server(args.grpc_address, max_msg_mb_size=args.max_message_mb, ssl_config=ssl)
-        if args.tls_client_ca:
-            warm = "skipped (mutual TLS: this process has no client certificate)"
-        else:
-            warm = f"{warm_up(args, args.warmup_timeout):.2f} s"
+        server.start_grpc_server(os.environ[MASTER_ADDRESS_ENV], max_msg_mb_size=args.max_message_mb)
+        warm = f"{warm_up(args, args.warmup_timeout):.2f} s"
     except (RuntimeError, ServeError) as e:
         server.stop()
         report(f"error {e} (logs: {Path.cwd() / 'serving_logs'})")

@@ -1,14 +1,12 @@
 """Prometheus metrics of the serve command, its master process and Serving's workers (prometheus_client).
 
-Three kinds of process record them: the serve process (the front door: REST and Open Inference Protocol
-requests, labelled protocol="rest", "oip_rest" or "oip_grpc"; master restarts), the master process (worker
-restarts) and the workers (the servable's stages, for every protocol alike, since gRPC goes straight to Serving).
-They share one directory in prometheus_client's multiprocess
+Three kinds of process record them: the serve process (the front door: every request, labelled protocol="grpc",
+"rest", "oip_rest" or "oip_grpc"; master restarts), the master process (worker restarts) and the workers (the
+servable's stages). They share one directory in prometheus_client's multiprocess
 mode ($PROMETHEUS_MULTIPROC_DIR, which the serve command sets before any of them imports prometheus_client);
 GET /metrics sums the files. Without that variable (a unit test, a script) each process counts for itself.
 
-Not visible to us: time a request waits in Serving's queue, and gRPC requests as requests (the workers see
-questions and windows, not who sent them); `bert_squad_questions_total` counts both protocols' questions.
+Not visible to us: time a request waits in Serving's queue.
 """
 from __future__ import annotations
 
@@ -41,7 +39,7 @@ MASTER_RESTARTS = Counter("bert_squad_master_restarts", "Times Serving's master 
 WORKER_RESTARTS = Counter("bert_squad_worker_restarts", "Times a Serving worker process exited (Serving restarts it)")
 INFO = Gauge("bert_squad_build_info", "The served model: 1, labelled with version, runtime, precision, model sha256",
              ["version", "servable_version", "runtime", "precision", "model_sha256"], multiprocess_mode="max")
-QUESTIONS = Counter("bert_squad_questions", "Questions the servable tokenized (gRPC and REST)", ["outcome"])
+QUESTIONS = Counter("bert_squad_questions", "Questions the servable tokenized (every protocol)", ["outcome"])
 STAGE = Histogram("bert_squad_stage_duration_seconds", "Time of one servable stage: preprocess and postprocess "
                   "per question, model per batch", ["stage"], buckets=STAGE_BUCKETS)
 WINDOWS = Histogram("bert_squad_windows_per_question", "Windows one question's context was cut into",

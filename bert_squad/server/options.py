@@ -1,4 +1,4 @@
-"""bert-squad-serve: run the bert_squad servable on MindSpore Serving, gRPC + REST.
+"""bert-squad-serve: serve the bert_squad servable on MindSpore Serving behind one front door (gRPC, REST, OIP).
 
 The serve command's options, their defaults and checks, and its error: read by the serve process (serve.py)
 and again by the master process it starts (master.py gets the same command line).
@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hub-sha256", default=settings.HUB_CHECKPOINT_SHA256,
                    help="sha256 the downloaded checkpoint must have (default: the Hub file's)")
     p.add_argument("--grpc-address", default=settings.DEFAULT_GRPC_ADDRESS,
-                   help="host:port for gRPC (default %(default)s; use 0.0.0.0:PORT to expose it)")
+                   help="host:port for MindSpore Serving's gRPC API (MSService), or 'off' (default %(default)s; "
+                        "use 0.0.0.0:PORT to expose it)")
     p.add_argument("--rest-address", default=settings.DEFAULT_REST_ADDRESS,
                    help="host:port for REST, or 'off' (default %(default)s)")
     p.add_argument("--oip-grpc-address", default=settings.DEFAULT_OIP_GRPC_ADDRESS,
@@ -90,7 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.threads = max(1, available_cpus() // len([x for x in args.device_ids.split(",") if x.strip()] or [0]))
     if args.threads < 1:
         p.error("--threads must be at least 1")
-    for flag, address in (("--health-address", args.health_address), ("--oip-grpc-address", args.oip_grpc_address)):
+    for flag, address in (("--grpc-address", args.grpc_address), ("--health-address", args.health_address),
+                          ("--oip-grpc-address", args.oip_grpc_address)):
         if address != "off":
             try:
                 health.parse_address(address)

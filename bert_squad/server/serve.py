@@ -2,17 +2,19 @@
 
 It resolves the model version (versions.py; exporting one first when there is none, first_export.py) and
 starts Serving's master and workers (MindSpore Lite on CPU) in a child process it supervises
-(master.py, supervisor.py: started again when it dies). gRPC goes straight to Serving; REST (MindSpore Serving's
-and the Open Inference Protocol's /v2), /livez, /readyz, /metrics and /openapi.json are this process's HTTP front
-door (http.py), all on the REST address (127.0.0.1 unless told otherwise), /livez and /readyz alone on
---health-address, and the Open Inference Protocol's gRPC service (oip/servicer.py) on --oip-grpc-address, all on
-one event loop. Once the model answered one warm-up question it prints a `bert-squad-serve: ready` line; SIGINT /
-SIGTERM drain and stop it. MindSpore Serving writes its logs and sockets into the current directory, so the
-command runs in a working directory of its own.
+(master.py, supervisor.py: started again when it dies). The master listens only on an internal unix socket; every
+public port is this process's front door, on one event loop: MindSpore Serving's gRPC API on --grpc-address
+(serving_grpc.py, forwarded byte for byte), REST (MindSpore Serving's and the Open Inference Protocol's /v2),
+/livez, /readyz, /metrics and /openapi.json on the REST address (http.py), /livez and /readyz alone on
+--health-address, and the Open Inference Protocol's gRPC service (oip/servicer.py) on --oip-grpc-address (all
+127.0.0.1 unless told otherwise). Once the model answered one warm-up question it prints a `bert-squad-serve:
+ready` line; SIGINT / SIGTERM drain and stop it. MindSpore Serving writes its logs and sockets into the current
+directory, so the command runs in a working directory of its own.
 The options are in options.py, what the processes hand each other in contract.py.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -24,8 +26,8 @@ from bert_squad import settings, versions
 from bert_squad.runtimes.lite_lib import RuntimeMissing, with_lite_on_library_path
 from bert_squad.server import access, health
 from bert_squad.server.access import say
-from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MULTIPROC_ENV, PIN_ENV, THREADS_ENV,
-                                        VERSION_ENV)
+from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MASTER_ADDRESS_ENV, MULTIPROC_ENV,
+                                        PIN_ENV, THREADS_ENV, VERSION_ENV)
 from bert_squad.server.first_export import ensure_exported
 from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import available_cpus
@@ -33,21 +35,24 @@ from bert_squad.server.processes import available_cpus
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 
 
-def _health_probe(args):
-    """The readiness probe: the warm-up question, asked over Serving's gRPC endpoint."""
-    mutual = bool(args.tls_client_ca)  # the probe then shows the server's own certificate as its client identity
-    return health.grpc_probe(args.grpc_address, args.name, tls_ca=args.tls_cert,
-                             tls_cert=args.tls_cert if mutual else None, tls_key=args.tls_key if mutual else None)
+def _master_address() -> str:
+    """Serving's master's internal gRPC address: a unix socket in a folder only this user may enter, relative to the
+    workdir that is the current directory of both processes (a socket path may have at most 107 bytes)."""
+    folder = Path("internal")
+    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.chmod(0o700)
+    return f"unix:{folder}/serving-master-{os.getpid()}.sock"
 
 
 def _check_addresses(args) -> None:
-    """Refuse taken HTTP ports before anything starts (Serving's master binds gRPC itself and says so)."""
+    """Refuse taken ports before anything starts."""
     from bert_squad.server.http import bind_error
 
-    what = {"--rest-address": "the REST, health and metrics endpoints", "--health-address": "the health endpoints",
+    what = {"--grpc-address": "MindSpore Serving's gRPC API", "--rest-address": "the REST, health and metrics endpoints",
+            "--health-address": "the health endpoints",
             "--oip-grpc-address": "the Open Inference Protocol's gRPC service"}
-    for flag, address in (("--rest-address", args.rest_address), ("--health-address", args.health_address),
-                          ("--oip-grpc-address", args.oip_grpc_address)):
+    for flag in what:
+        address = getattr(args, flag[2:].replace("-", "_"))
         if address != "off":
             free, reason = bind_error(address)
             if not free:
@@ -55,15 +60,11 @@ def _check_addresses(args) -> None:
                                  f"{flag} HOST:PORT, or 'off'")
 
 
-def _upstream(args, version: int):
+def _upstream(args, version: int, master_address: str):
     from bert_squad.server.http import Upstream
 
-    read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
-    mutual = bool(args.tls_client_ca)  # the front door shows the server's own certificate as its client identity
-    return Upstream(target=health.loopback_target(args.grpc_address), servable=args.name, version=version,
-                    max_body_bytes=args.max_message_mb << 20, timeout_s=settings.REST_TIMEOUT_S,
-                    tls_ca=read(args.tls_cert), tls_cert=read(args.tls_cert) if mutual else None,
-                    tls_key=read(args.tls_key) if mutual else None)
+    return Upstream(target=master_address, servable=args.name, version=version,
+                    max_body_bytes=args.max_message_mb << 20, timeout_s=settings.REST_TIMEOUT_S)
 
 
 def _master_command(args, version: int, workdir: Path) -> "list[str]":
@@ -88,6 +89,7 @@ def serve(args) -> int:
     if args.device == "cpu":
         env = with_lite_on_library_path(env)
     env[VERSION_ENV] = str(version)
+    env[MASTER_ADDRESS_ENV] = master_address = _master_address()
     env[THREADS_ENV] = str(args.threads)
     # Pin each worker to cores of its own when their threads fit side by side (one worker: leave it to the OS).
     pin = len(device_ids) > 1 and len(device_ids) * args.threads <= available_cpus()
@@ -108,7 +110,8 @@ def serve(args) -> int:
     t0 = time.perf_counter()
     metrics.INFO.labels(version=_package_version(), servable_version=str(version), runtime=meta.runtime,
                         precision=meta.precision, model_sha256=versions.model_identity(meta)).set(1)
-    state = health.HealthState(_health_probe(args), settings.HEALTH_TTL_S, alive=lambda: True)
+    state = health.HealthState(health.grpc_probe(master_address, args.name), settings.HEALTH_TTL_S,
+                               alive=lambda: True)
 
     def on_ready(warm: str) -> None:
         if state.phase == health.RESTARTING:
@@ -133,43 +136,50 @@ def serve(args) -> int:
             page_routes = page.routes(args.name, facts, args.page_examples) + api_docs.routes(args.name)
         except page.ExamplesError as e:
             raise ServeError(str(e)) from None
-    door = FrontDoor(_upstream(args, version), state, state.unavailable,
+    door = FrontDoor(_upstream(args, version, master_address), state, state.unavailable,
                      lambda: openapi.document(args, meta, version, _package_version()), page_routes,
                      _package_version())
     http_server = None
     if args.rest_address != "off":
         http_server = HttpServer(with_cors(door.app, args.cors_allow_origin), args.rest_address, args.tls_cert,
                                  args.tls_key, args.tls_client_ca, drain_s=settings.DRAIN_S)
-    import asyncio
-
     return asyncio.run(_run(args, supervisor, state, door, health_server, http_server, version, meta, pin,
-                            device_ids, workdir, t0))
+                            device_ids, workdir, master_address, t0))
 
 
-async def _start_oip_grpc(args, door):
-    """The OIP gRPC service on --oip-grpc-address, asking through the front door; None when off."""
-    if args.oip_grpc_address == "off":
-        return None
+async def _start_grpc(args, door) -> list:
+    """The front door's gRPC servers: MindSpore Serving's API on --grpc-address and the Open Inference Protocol's
+    on --oip-grpc-address (each unless 'off'), asking through the front door's channel to Serving."""
     from bert_squad.server import metrics
-    from bert_squad.server.oip.servicer import InferenceServicer, start_server
+    from bert_squad.server.grpc_listen import start_server
+    from bert_squad.server.oip import servicer as oip
+    from bert_squad.server.serving_grpc import PassThrough
 
     read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
-    servicer = InferenceServicer(door.oip_models, door.served, door.package_version, door.ask, door.is_live,
-                                 door.is_ready, metrics.Meter("oip_grpc"))
-    try:
-        server, _ = await start_server(servicer, args.oip_grpc_address, args.max_message_mb << 20,
-                                       read(args.tls_cert), read(args.tls_key), read(args.tls_client_ca))
-    except OSError as e:
-        raise ServeError(f"{e} for the Open Inference Protocol's gRPC service; pick a free port with "
-                         f"--oip-grpc-address HOST:PORT, or 'off'") from None
-    return server
+    serving_api = PassThrough(door.raw_predict, door.availability, metrics.Meter("grpc"), args.name,
+                              door.upstream.version)
+    oip_api = oip.InferenceServicer(door.oip_models, door.served, door.package_version, door.ask, door.is_live,
+                                    door.is_ready, metrics.Meter("oip_grpc"))
+    servers = []
+    for flag, address, what, register in (
+            ("--grpc-address", args.grpc_address, "MindSpore Serving's gRPC API", serving_api.register),
+            ("--oip-grpc-address", args.oip_grpc_address, "the Open Inference Protocol's gRPC service",
+             oip.register(oip_api))):
+        if address == "off":
+            continue
+        try:
+            server, _ = await start_server(register, address, args.max_message_mb << 20, read(args.tls_cert),
+                                           read(args.tls_key), read(args.tls_client_ca))
+        except OSError as e:
+            await asyncio.gather(*(started.stop(None) for started in servers))
+            raise ServeError(f"{e} for {what}; pick a free port with {flag} HOST:PORT, or 'off'") from None
+        servers.append(server)
+    return servers
 
 
 async def _run(args, supervisor, state, door, health_server, http_server, version, meta, pin, device_ids, workdir,
-               t0) -> int:
+               master_address, t0) -> int:
     """Serve until SIGINT / SIGTERM or a crash loop: HTTP on this event loop, the master supervised in a thread."""
-    import asyncio
-
     from bert_squad.server.supervisor import StartFailed
 
     loop = asyncio.get_running_loop()
@@ -179,15 +189,15 @@ async def _run(args, supervisor, state, door, health_server, http_server, versio
     # REST first: on the way out it drains while the health listener still says "not ready"
     listeners = [(server, asyncio.ensure_future(server.serve())) for server in (http_server, health_server) if server]
     try:
-        oip_grpc = await _start_oip_grpc(args, door)
+        grpc_servers = await _start_grpc(args, door)
     except ServeError:
-        await _stop_listeners(listeners, None, door)
+        await _stop_listeners(listeners, [], door)
         raise
     supervisor.start()  # /livez answers during start-up
     try:
         warm = await loop.run_in_executor(None, supervisor.wait_first_start)
     except StartFailed as e:
-        await _stop_listeners(listeners, oip_grpc, door)
+        await _stop_listeners(listeners, grpc_servers, door)
         supervisor.stop()
         raise ServeError(str(e)) from None
     state.set_phase(health.SERVING)
@@ -198,11 +208,12 @@ async def _run(args, supervisor, state, door, health_server, http_server, versio
         f"device={args.device} workers={len(device_ids)} threads={args.threads} pinned={'yes' if pin else 'no'} "
         f"health={health_server.address if health_server else 'off'} "
         f"max-queued={args.max_queued_requests} start={time.perf_counter() - t0:.1f} s warm-up={warm} "
-        f"master={supervisor.process.pid} logs={workdir / 'serving_logs'}", fresh_line=True)
+        f"master={supervisor.process.pid} internal={master_address} logs={workdir / 'serving_logs'}",
+        fresh_line=True)
     finished = loop.run_in_executor(None, supervisor.finished.wait)
     await asyncio.wait([asyncio.ensure_future(asked.wait()), finished], return_when=asyncio.FIRST_COMPLETED)
     state.set_phase(health.STOPPING)  # /readyz 503 and new requests 503 at once, so balancers drain us
-    await _stop_listeners(listeners, oip_grpc, door)  # in-flight REST and OIP gRPC requests finish first
+    await _stop_listeners(listeners, grpc_servers, door)  # in-flight requests of every protocol finish first
     await loop.run_in_executor(None, supervisor.stop)
     if supervisor.fatal:
         say(f"bert-squad-serve: error: {supervisor.fatal} (see {workdir / 'serving_logs'}); exiting with "
@@ -213,11 +224,9 @@ async def _run(args, supervisor, state, door, health_server, http_server, versio
     return 0
 
 
-async def _stop_listeners(listeners, oip_grpc, door) -> None:
+async def _stop_listeners(listeners, grpc_servers, door) -> None:
     """Stop taking requests, let those in flight finish (up to the drain time), then close the channel to Serving."""
-    import asyncio
-
-    stopping = [asyncio.ensure_future(oip_grpc.stop(settings.DRAIN_S))] if oip_grpc else []
+    stopping = [asyncio.ensure_future(server.stop(settings.DRAIN_S)) for server in grpc_servers]
     for server, task in listeners:
         server.stop()
         await task

@@ -1,6 +1,6 @@
 """inference.GRPCInferenceService for grpc.aio, around injected callables: the front door passes how it asks the
 servable (one Serving request of N instances per ModelInfer), how it knows liveness and readiness, and the
-metrics a request is counted in; `start_server` listens on an address, over TLS when told."""
+metrics a request is counted in. grpc_listen.start_server listens with it (`register`)."""
 from __future__ import annotations
 
 import logging
@@ -48,8 +48,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         started, method, parsed = self._meter.begin(), "other", None
-        given = next((v for k, v in context.invocation_metadata() or () if k == access.REQUEST_ID_HEADER), None)
-        request_id = access.request_id(given if isinstance(given, str) else None)
+        request_id = access.from_metadata(context.invocation_metadata())
         trailing = [(access.REQUEST_ID_HEADER, request_id)]
 
         def end(outcome, status: str, error: Optional[str] = None) -> None:
@@ -91,25 +90,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await context.abort(grpc_codec.status_code(error), error.message)
 
 
-async def start_server(servicer: InferenceServicer, address: str, max_message_bytes: int,
-                       tls_cert: Optional[bytes] = None, tls_key: Optional[bytes] = None,
-                       tls_client_ca: Optional[bytes] = None) -> Tuple[grpc.aio.Server, int]:
-    """The service listening on `address` (TLS with a certificate; mutual TLS with a client CA); (server, port).
-    Raises OSError when the address cannot be listened on."""
-    limits = [("grpc.max_receive_message_length", max_message_bytes),
-              ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 0)]
-    server = grpc.aio.server(options=limits)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    try:
-        if tls_cert:
-            credentials = grpc.ssl_server_credentials([(tls_key, tls_cert)], root_certificates=tls_client_ca,
-                                                      require_client_auth=bool(tls_client_ca))
-            port = server.add_secure_port(address, credentials)
-        else:
-            port = server.add_insecure_port(address)
-    except RuntimeError:  # newer grpcio raises where 1.47 answers 0
-        port = 0
-    if not port:
-        raise OSError(f"cannot listen on {address}")
-    await server.start()
-    return server, port
+def register(servicer: InferenceServicer) -> Callable[[grpc.aio.Server], None]:
+    """What grpc_listen.start_server calls to add the service to its server."""
+    return lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

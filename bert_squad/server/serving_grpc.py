@@ -1,0 +1,103 @@
+"""MindSpore Serving's gRPC API (MSService.Predict) on the front door's --grpc-address, forwarded to Serving's master
+on its internal address: the bytes go through unchanged, so existing clients and bert_squad_client see Serving's own
+replies and codes. The front door reads the request (servable, method, instances) and the reply's errors only for
+its metrics and access line, and adds what it owns: the request ID (trailing metadata), a quick UNAVAILABLE while
+the master starts, restarts or stops, and the caller's deadline passed on to Serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable, Optional
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from bert_squad.server import access, rest
+from bert_squad_client import protocol
+
+RawPredict = Callable[[], "grpc.aio.UnaryUnaryMultiCallable"]  # Predict over the channel to Serving, bytes in/out
+log = logging.getLogger("bert_squad.grpc")
+_SERVICE, _METHOD = protocol.PREDICT_PATH.strip("/").split("/")
+
+
+class PassThrough:
+    """MSService.Predict for grpc.aio, around the front door's channel to Serving (`predict`), its `availability`
+    (None while Serving answers, else why not) and the `meter` a request is recorded in (metrics.Meter("grpc"))."""
+
+    def __init__(self, predict: RawPredict, availability: Callable[[], Optional[str]], meter, servable: str,
+                 served: int):
+        self._predict, self._availability, self._meter = predict, availability, meter
+        self._servable, self._served = servable, served
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """What grpc_listen.start_server calls to add the service to its server."""
+        handler = grpc.unary_unary_rpc_method_handler(self.Predict)  # no (de)serializers: bytes in, bytes out
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {_METHOD: handler}),))
+
+    async def Predict(self, request: bytes, context) -> bytes:
+        started = self._meter.begin()
+        request_id = access.from_metadata(context.invocation_metadata())
+        context.set_trailing_metadata(((access.REQUEST_ID_HEADER, request_id),))
+        spec, questions = None, None  # known once the request is read
+
+        def end(outcome, status: str, error: Optional[str] = None) -> None:
+            read = spec is not None
+            self._meter.end(started, spec.method_name if read else "other", outcome, request_id=request_id,
+                            model=spec.name if read else None,
+                            version=str(spec.version_number or self._served) if read else None, status=status,
+                            questions=questions, client=context.peer(), error=error)
+
+        try:
+            parsed = protocol.PredictRequest.FromString(request)
+        except DecodeError as e:
+            message = f"the request is not a MindSpore Serving PredictRequest ({e}); send MSService.Predict's message"
+            end(400, "INVALID_ARGUMENT", message)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        spec, questions = parsed.servable_spec, len(parsed.instances)
+        unavailable = self._availability()
+        if unavailable:
+            end(503, "UNAVAILABLE", unavailable)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{unavailable}; retry shortly")
+        try:
+            reply = await self._predict()(request, timeout=context.time_remaining())
+        except grpc.aio.AioRpcError as e:
+            code, details = e.code(), e.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE:
+                details = f"Serving's master is unavailable ({details}); retry shortly"
+            end(_outcome(code), code.name, details)
+            await context.abort(code, details)
+        except asyncio.CancelledError:  # the caller hung up or its deadline passed: the call to Serving is cancelled
+            end("client_gone", "CANCELLED")
+            raise
+        except Exception as e:  # a bug of ours: say so, keep the trace in the server's log
+            log.exception("gRPC Predict failed (request %s)", request_id)
+            message = f"the front door failed: {type(e).__name__}: {e}; see the server log"
+            end("error", "INTERNAL", message)
+            await context.abort(grpc.StatusCode.INTERNAL, message)
+        known = spec.name == self._servable and spec.version_number in (0, self._served)
+        end(*_reply_outcome(reply, known))
+        return reply
+
+
+_CODE_OUTCOMES = {grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+                  grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.INVALID_ARGUMENT: 400,
+                  grpc.StatusCode.CANCELLED: "client_gone"}
+
+
+def _outcome(code: grpc.StatusCode):
+    """The metrics outcome of a call Serving failed with `code` (metrics.OUTCOMES' statuses, as REST maps it)."""
+    return _CODE_OUTCOMES.get(code, "error")
+
+
+def _reply_outcome(reply: bytes, known: bool):
+    """(outcome, status, error) of a Serving reply: a whole-request refusal gets the status REST would answer (404
+    when the request named another servable or version than the one served: `known` False)."""
+    parsed = protocol.PredictReply.FromString(reply)
+    errors = [e for e in parsed.error_msg if e.error_code != 0]
+    if not errors:
+        return "ok", "OK", None
+    message = errors[0].error_msg.decode("utf-8", "replace")
+    if parsed.instances or errors[0].error_code == rest.STAGE_FAILED:
+        return "instance_error", "OK", None
+    return (rest.whole_request_error(int(errors[0].error_code), message).status if known else 404), "OK", message
