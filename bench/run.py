@@ -14,6 +14,9 @@ One run, same weights, same thread count for every stack:
   onnxruntime_int8 that ONNX file through quantize_dynamic (int8 weights, QInt8) (Python 3.11 venv)
   openvino_fp32/_bf16/_int8  OpenVINO in-process on the IR of our openvino exports (Python 3.9 venv)
   pytorch          transformers eager on the same folder (Python 3.11 venv)
+Not in the default set, for the cost of the front door's logs and traces (--stacks serving_exact,VARIANT,...):
+  serving_exact_json    serving_exact with --log-format json; serving_exact_quiet with --access-log off
+  serving_exact_traced  serving_exact exporting a span per request over OTLP gRPC to a receiver in this process
 Writes report.md, results.json and throughput.png into --out, and prints the goal ratios.
 Weights, exports and the ONNX file are cached in bench/.cache (delete it, or --fresh, to rebuild).
 """
@@ -69,7 +72,11 @@ LABELS = {
     "openvino_bf16": "OpenVINO bf16 in-process, exact length",
     "openvino_int8": "OpenVINO int8 (NNCF) in-process, exact length",
     "pytorch": "PyTorch eager, dynamic shape",
+    "serving_exact_json": "Serving + Lite, gRPC, exact length, JSON access lines",
+    "serving_exact_quiet": "Serving + Lite, gRPC, exact length, no access lines",
+    "serving_exact_traced": "Serving + Lite, gRPC, exact length, traced (OTLP gRPC)",
 }
+TRACED = "serving_exact_traced"  # exports its spans to tests/otlp_receiver.py's receiver, started by the bench
 ONNX_INT8 = "model-int8.onnx"
 PAIRED_QUESTIONS = 32  # questions of the serving stacks' stage-breakdown and gRPC-vs-REST passes
 BATCH_QUESTIONS, BATCH_N = 64, 8  # OIP requests of 8 questions vs single questions at concurrency 8
@@ -87,7 +94,11 @@ EXPORTS = {"serving_exact": ("lite_direct", (settings.MAX_SEQ_LENGTH,), "fp32"),
 # Served stacks that serve another stack's export with more serve options: (export, options).
 # Two workers that each use every core: one worker's Python stages run while the other's model does.
 SERVED_AS = {"serving_int8_2w": ("serving_int8", ("--device-ids", "0,1")),
-             "serving_bf16_2w": ("serving_bf16", ("--device-ids", "0,1"))}
+             "serving_bf16_2w": ("serving_bf16", ("--device-ids", "0,1")),
+             "serving_exact_json": ("serving_exact", ("--log-format", "json")),
+             "serving_exact_quiet": ("serving_exact", ("--access-log", "off")),
+             TRACED: ("serving_exact", ())}
+VARIANTS = ("serving_exact_json", "serving_exact_quiet", TRACED)  # asked for by name only
 # The in-process OpenVINO stacks run the IR of these exports.
 OPENVINO_IR = {"openvino_fp32": "openvino_fp32_ir", "openvino_bf16": "serving_bf16", "openvino_int8": "serving_int8"}
 SERVED = tuple(name for name in EXPORTS if name in STACKS) + tuple(SERVED_AS)
@@ -120,6 +131,9 @@ def parse_args(argv):
     p.add_argument("--stream", choices=serving.STREAMS, default="aio",
                    help="how the servables' stream is sent: aio (one thread, one channel, bert_squad_client."
                         "AsyncClient; default: the lightest load generator) or threads (a --client per thread)")
+    p.add_argument("--transport-rounds", type=int, default=TRANSPORT_ROUNDS,
+                   help=f"times each of {PAIRED_QUESTIONS} questions is asked over every protocol in the transport "
+                        f"pass (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the question sample")
     p.add_argument("--squad", type=Path, default=squad.SQUAD_DEV, help="SQuAD v1.1 dev json")
     p.add_argument("--out", type=Path, default=BENCH / "results", help="report folder (default bench/results)")
@@ -143,11 +157,12 @@ def parse_args(argv):
     if args.levels[0] != 1:
         p.error("--concurrency must start with 1: answers and the stage breakdown are taken at concurrency 1")
     args.stacks = [s.strip() for s in args.stacks.split(",") if s.strip()]
-    unknown = set(args.stacks) - set(STACKS)
+    unknown = set(args.stacks) - set(STACKS) - set(VARIANTS)
     if unknown or OURS not in args.stacks:
-        p.error(f"--stacks takes names from {', '.join(STACKS)} and must include {OURS} (the default export)")
-    if args.threads < 1 or args.repeats < 1 or args.retries < 0:
-        p.error("--threads and --repeats must be at least 1, --retries at least 0")
+        p.error(f"--stacks takes names from {', '.join(STACKS + VARIANTS)} and must include {OURS} (the default "
+                f"export)")
+    if args.threads < 1 or args.repeats < 1 or args.retries < 0 or args.transport_rounds < 1:
+        p.error("--threads, --repeats and --transport-rounds must be at least 1, --retries at least 0")
     for python in (PY39, PY311):
         if not python.is_file():
             p.error(f"{python} not found: run scripts/setup.sh (it builds .stack/py39 and .stack/py311)")
@@ -283,8 +298,11 @@ def make_stacks(args, servables, weights: Path, onnx, questions, scratch: Path) 
     for name in args.stacks:
         if name in SERVED:
             export, options = SERVED_AS.get(name, (name, ()))
-            made.append(stacks.ServingStack(name, LABELS[name], str(PY39), servables[export], EXPORTS[export][1],
-                                            args.threads, scratch / name, args.client, args.stream, options))
+            stack = stacks.ServingStack(name, LABELS[name], str(PY39), servables[export], EXPORTS[export][1],
+                                        args.threads, scratch / name, args.client, args.stream, options)
+            if name == TRACED:
+                stack.trace_to_receiver()
+            made.append(stack)
         else:  # OpenVINO is in the server venv, ONNX Runtime and PyTorch in the reference venv
             python = PY39 if name in OPENVINO_IR else PY311
             made.append(stacks.ReferenceStack(name, LABELS[name], str(python), BENCH / "reference.py", job,
@@ -358,7 +376,7 @@ def measure(args, running: list, questions, text_times) -> tuple:
     for s in running:
         if isinstance(s, stacks.ServingStack):
             transport, _ = quietly(args, f"{s.name} transports",
-                                   lambda: s.transport_pass(questions[:PAIRED_QUESTIONS], TRANSPORT_ROUNDS))
+                                   lambda: s.transport_pass(questions[:PAIRED_QUESTIONS], args.transport_rounds))
             out[s.name]["transport"] = transport
             for name, goal in TRANSPORT_GOALS_MS.items():
                 # The p50s move by +-2 ms from run to run (each question's model time varies); the median of the

@@ -79,8 +79,10 @@ class Server:
     internal_address: str  # Serving's master itself (a unix socket behind the front door): the transport baseline
 
 
-def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, options: Sequence[str] = ()) -> Server:
-    """Start the serve command; cold start = from process start to its ready line."""
+def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, options: Sequence[str] = (),
+                 env: Optional[Dict[str, str]] = None) -> Server:
+    """Start the serve command (`env`: variables added to ours); cold start = from process start to its ready
+    line."""
     address = f"127.0.0.1:{free_port()}"
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
@@ -93,7 +95,7 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, o
     lines: "queue.Queue[Optional[str]]" = queue.Queue()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, MODEL_TIMES_ENV: str(model_times)})
+                            start_new_session=True, env={**os.environ, **(env or {}), MODEL_TIMES_ENV: str(model_times)})
 
     def pump():  # keep reading so the pipe never fills; everything also goes to the log
         with open(log, "w") as f:

@@ -27,9 +27,23 @@ class ServingStack:
         self.python, self.servable_dir, self.threads, self.workdir = python, servable_dir, threads, workdir
         self.server: Optional[serving.Server] = None
         self.info: Dict[str, object] = {}
+        self.env: Dict[str, str] = {}
+        self.receiver = None
+
+    def trace_to_receiver(self) -> None:
+        """Export the server's spans (OTLP gRPC, every request sampled) to tests/otlp_receiver.py's receiver, run
+        by this process: what tracing on costs, with a collector that answers at once."""
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from otlp_receiver import OtlpReceiver
+
+        self.receiver = OtlpReceiver().start()
+        self.env = self.receiver.environment("grpc")
 
     def start(self) -> None:
-        self.server = serving.start_server(self.python, self.servable_dir, self.threads, self.workdir, self.options)
+        self.server = serving.start_server(self.python, self.servable_dir, self.threads, self.workdir, self.options,
+                                           self.env)
         self.info = {"cold_start_s": self.server.cold_start_s, "ready_line": self.server.ready_line,
                      "memory_ready": self.memory()}
 
@@ -58,6 +72,9 @@ class ServingStack:
     def stop(self) -> None:
         if self.server is not None:
             serving.stop_server(self.server)
+        if self.receiver is not None:
+            self.info["spans_received"] = len(self.receiver.spans)
+            self.receiver.stop()
             self.server = None
 
 

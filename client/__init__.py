@@ -8,11 +8,11 @@
 Depends on grpcio, protobuf and numpy only (tqdm for the batch command).
 """
 from .client import AsyncClient, Client, Retry, Tls
-from .errors import BertSquadError, DeadlineExceeded, InvalidResponse, RequestError, ServerUnavailable
+from .errors import AuthenticationError, BertSquadError, DeadlineExceeded, InvalidResponse, RequestError, ServerUnavailable
 from .rest import RestClient
 from .results import PREDICT_MAX_ANSWER_LENGTH, Answer, Logits, Result
 
 __all__ = [
-    "Answer", "AsyncClient", "BertSquadError", "Client", "DeadlineExceeded", "InvalidResponse", "Logits",
+    "Answer", "AsyncClient", "AuthenticationError", "BertSquadError", "Client", "DeadlineExceeded", "InvalidResponse", "Logits",
     "PREDICT_MAX_ANSWER_LENGTH", "RequestError", "Result", "RestClient", "Retry", "ServerUnavailable", "Tls",
 ]

@@ -21,8 +21,8 @@ from typing import Iterable, Iterator, Tuple, Union
 import grpc
 
 from . import protocol
-from .errors import BertSquadError, DeadlineExceeded, RequestError, ServerUnavailable
-from .results import (DEFAULT_GRPC_ADDRESS, SERVABLE, Logits, Result, answer_request, logits_request, to_logits,
+from .errors import AuthenticationError, BertSquadError, DeadlineExceeded, RequestError, ServerUnavailable
+from .results import (API_KEY_ENV, DEFAULT_GRPC_ADDRESS, SERVABLE, Logits, Result, answer_request, logits_request, to_logits,
                       to_result)
 
 DEFAULT_TIMEOUT = 30.0  # seconds per call, retries included
@@ -110,7 +110,7 @@ class _Calls:
     transport = "gRPC"
 
     def __init__(self, address: str, servable: str, version: int, timeout: float, tls: Tls | None,
-                 retry: Retry | None):
+                 retry: Retry | None, api_key: str | None):
         if not isinstance(address, str) or not address:
             raise ValueError(f"address must be 'host:port', got {address!r}")
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
@@ -122,6 +122,11 @@ class _Calls:
         self.tls = tls
         self.retry = retry
         self._served = False  # the servable has answered this client: it exists
+        api_key = (os.environ.get(API_KEY_ENV) or None) if api_key is None else api_key
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip() or "\n" in api_key):
+            raise ValueError(f"api_key must be the key's text (one line), got {type(api_key).__name__}")
+        # sent with every call: gRPC metadata, or the HTTP header of the same name
+        self.auth = (("authorization", f"Bearer {api_key.strip()}"),) if api_key else None
 
     def _attempts(self, timeout: float | None) -> "_Attempts":
         return _Attempts(self, self.timeout if timeout is None else _check_timeout(timeout))
@@ -203,8 +208,11 @@ def _rpc_error(error: grpc.RpcError, method: str) -> BertSquadError:
         # Our own cancellations (close()) surface as FutureCancelledError; a CANCELLED status comes from the
         # server, which cancels the calls in flight when it stops: asked again, they are answered after a restart.
         return ServerUnavailable(f"the server cancelled the call to {method!r} ({details or 'stopping'})")
-    return RequestError(f"{code.name}: {details}", code=code.name, method=method,
-                        request_id=protocol.request_id(getattr(error, "trailing_metadata", lambda: None)()))
+    request_id = protocol.request_id(getattr(error, "trailing_metadata", lambda: None)())
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationError(f"{details} (give the client api_key=..., or set ${API_KEY_ENV})",
+                                   code=code.name, method=method, request_id=request_id)
+    return RequestError(f"{code.name}: {details}", code=code.name, method=method, request_id=request_id)
 
 
 def grpc_target(address: str) -> str:
@@ -282,8 +290,8 @@ def _one(outcomes: list) -> dict:
 class BlockingCalls(_Calls):
     """The blocking API, over any transport that implements `_attempt`."""
 
-    def __init__(self, address, servable, version, timeout, tls, retry):
-        super().__init__(address, servable, version, timeout, tls, retry)
+    def __init__(self, address, servable, version, timeout, tls, retry, api_key):
+        super().__init__(address, servable, version, timeout, tls, retry, api_key)
         self._closed = threading.Event()
 
     def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
@@ -396,8 +404,9 @@ class Client(BlockingCalls):
     """
 
     def __init__(self, address: str = DEFAULT_GRPC_ADDRESS, servable: str = SERVABLE, *, version: int = 0,
-                 timeout: float = DEFAULT_TIMEOUT, tls: Tls | None = None, retry: Retry | None = Retry()):
-        super().__init__(address, servable, version, timeout, tls, retry)
+                 timeout: float = DEFAULT_TIMEOUT, tls: Tls | None = None, retry: Retry | None = Retry(),
+                 api_key: str | None = None):
+        super().__init__(address, servable, version, timeout, tls, retry, api_key)
         options = channel_options(tls and tls.server_name)
         if tls is None:
             self._channel = grpc.insecure_channel(grpc_target(address), options=options)
@@ -422,7 +431,7 @@ class Client(BlockingCalls):
         with self._calls_lock:
             if self._closed.is_set():
                 raise BertSquadError("client is closed")
-            call = self._predict.future(request, timeout=max(timeout, 0.001))
+            call = self._predict.future(request, timeout=max(timeout, 0.001), metadata=self.auth)
             self._calls.add(call)
         try:
             return call.result(), protocol.request_id(call.trailing_metadata())
@@ -464,8 +473,9 @@ class AsyncClient(_Calls):
     """asyncio gRPC client: the API of Client with coroutines. Use it from one event loop."""
 
     def __init__(self, address: str = DEFAULT_GRPC_ADDRESS, servable: str = SERVABLE, *, version: int = 0,
-                 timeout: float = DEFAULT_TIMEOUT, tls: Tls | None = None, retry: Retry | None = Retry()):
-        super().__init__(address, servable, version, timeout, tls, retry)
+                 timeout: float = DEFAULT_TIMEOUT, tls: Tls | None = None, retry: Retry | None = Retry(),
+                 api_key: str | None = None):
+        super().__init__(address, servable, version, timeout, tls, retry, api_key)
         self._credentials = tls.grpc_credentials() if tls is not None else None
         self._channel = None
         self._predict = None
@@ -507,7 +517,7 @@ class AsyncClient(_Calls):
     async def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
         request = protocol.make_request(self.servable, method, self.version, instances)
         try:
-            call = self._stub()(request, timeout=timeout)
+            call = self._stub()(request, timeout=timeout, metadata=self.auth)
             reply = await call
             request_id = protocol.request_id(await call.trailing_metadata())
         except grpc.RpcError as error:
@@ -516,7 +526,8 @@ class AsyncClient(_Calls):
 
     async def _probe(self, timeout: float) -> bool:
         try:
-            await self._stub()(protocol.make_request(PROBE_SERVABLE, "probe", 0, [{}]), timeout=timeout)
+            await self._stub()(protocol.make_request(PROBE_SERVABLE, "probe", 0, [{}]), timeout=timeout,
+                               metadata=self.auth)
         except grpc.RpcError as error:
             return error.code() != grpc.StatusCode.UNAVAILABLE
         return True

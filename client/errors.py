@@ -37,8 +37,12 @@ class RequestError(BertSquadError, ValueError):
 
     def at_instance(self, instance: int) -> RequestError:
         """The same error, numbered by its position in the caller's input rather than in one request."""
-        return RequestError(self.server_message, instance=instance, code=self.code, method=self.method,
-                            request_id=self.request_id)
+        return type(self)(self.server_message, instance=instance, code=self.code, method=self.method,
+                          request_id=self.request_id)
+
+
+class AuthenticationError(RequestError):
+    """The server needs an API key and got none, or one it does not know (HTTP 401, gRPC UNAUTHENTICATED)."""
 
 
 class InvalidResponse(BertSquadError):

@@ -21,9 +21,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .client import DEFAULT_MAX_IN_FLIGHT, Client, Tls
-from .errors import BertSquadError, DeadlineExceeded, RequestError, ServerUnavailable
+from .errors import AuthenticationError, BertSquadError, DeadlineExceeded, RequestError, ServerUnavailable
 from .rest import RestClient
-from .results import DEFAULT_GRPC_ADDRESS, DEFAULT_REST_ADDRESS, SERVABLE, Result
+from .results import API_KEY_ENV, DEFAULT_GRPC_ADDRESS, DEFAULT_REST_ADDRESS, SERVABLE, Result
 
 JOURNAL_FORMAT = "bert-squad-predict journal 1"
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -237,6 +237,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tls-cert", help="PEM client certificate, when the server requires one")
     p.add_argument("--tls-key", help="PEM key of --tls-cert")
     p.add_argument("--tls-server-name", help="name in the server certificate, if not the host of --server")
+    p.add_argument("--api-key-file", type=Path, help=f"file whose first line is the server's API key (default: "
+                                                      f"${API_KEY_ENV}, else none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.top_k < 1 or args.concurrency < 1 or args.timeout <= 0:
@@ -252,11 +254,24 @@ def _client(args):
     tls = None
     if args.tls_ca or args.tls_cert or args.tls_server_name:
         tls = Tls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name)
+    api_key = _read_key(args.api_key_file) if args.api_key_file else None
     if args.rest:
         return RestClient(args.server or DEFAULT_REST_ADDRESS, args.servable, version=args.version,
-                          timeout=args.timeout, tls=tls)
+                          timeout=args.timeout, tls=tls, api_key=api_key)
     return Client(args.server or DEFAULT_GRPC_ADDRESS, args.servable, version=args.version, timeout=args.timeout,
-                  tls=tls)
+                  tls=tls, api_key=api_key)
+
+
+def _read_key(path: Path) -> str:
+    """The first key of a key file (the server's form: one per line, # comments)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the API key file {path}: {e}") from None
+    key = next((line.strip() for line in lines if line.strip() and not line.strip().startswith("#")), None)
+    if key is None:
+        raise InputError(f"the API key file {path} holds no key; put the key on its first line")
+    return key
 
 
 def run(args) -> int:
@@ -281,6 +296,8 @@ def run(args) -> int:
         for index, outcome in client.answer_as_completed(pairs, top_k=args.top_k,
                                                          max_answer_length=args.max_answer_length,
                                                          max_in_flight=args.concurrency):
+            if isinstance(outcome, AuthenticationError):  # every question would be refused alike: stop now
+                raise outcome
             if isinstance(outcome, RequestError):
                 failed[todo[index].id] = outcome.server_message
                 if outcome.request_id:
@@ -294,7 +311,7 @@ def run(args) -> int:
         print(f"bert-squad-predict: interrupted; {len(journal.answers)} of {len(questions)} answered and kept in "
               f"{journal.path}: run the same command again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ServerUnavailable, DeadlineExceeded) as error:
+    except (ServerUnavailable, DeadlineExceeded, AuthenticationError) as error:
         progress.close()
         print(f"bert-squad-predict: error: {error}\n{len(journal.answers)} of {len(questions)} answered and kept "
               f"in {journal.path}: run the same command again to continue", file=sys.stderr)

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .client import DEFAULT_TIMEOUT, PROBE_SERVABLE, BlockingCalls, Retry, Tls
-from .errors import BertSquadError, DeadlineExceeded, InvalidResponse, RequestError, ServerUnavailable
+from .errors import AuthenticationError, BertSquadError, DeadlineExceeded, InvalidResponse, RequestError, ServerUnavailable
 from .protocol import REQUEST_ID_HEADER
-from .results import DEFAULT_REST_ADDRESS, SERVABLE
+from .results import API_KEY_ENV, DEFAULT_REST_ADDRESS, SERVABLE
 
 _RETRYABLE_HTTP = (502, 503, 504)  # a proxy in front of a (re)starting server
 _MAX_IDLE_CONNECTIONS = 64  # kept open for reuse; more threads than this in flight open and close the extra ones
@@ -58,8 +58,9 @@ class RestClient(BlockingCalls):
     transport = "REST"
 
     def __init__(self, address: str = DEFAULT_REST_ADDRESS, servable: str = SERVABLE, *, version: int = 0,
-                 timeout: float = DEFAULT_TIMEOUT, tls: Tls | None = None, retry: Retry | None = Retry()):
-        super().__init__(address, servable, version, timeout, tls, retry)
+                 timeout: float = DEFAULT_TIMEOUT, tls: Tls | None = None, retry: Retry | None = Retry(),
+                 api_key: str | None = None):
+        super().__init__(address, servable, version, timeout, tls, retry, api_key)
         url = urlsplit(address if "://" in address else f"{'https' if tls else 'http'}://{address}")
         if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/"):
             raise ValueError(f"address must be 'host:port' or 'http(s)://host:port', got {address!r}")
@@ -74,6 +75,7 @@ class RestClient(BlockingCalls):
         self._ssl_context = self._tls.ssl_context() if self._tls is not None else None
         version_part = f"/version/{version}" if version else ""
         self._path = f"/model/{servable}{version_part}:"
+        self._headers = {"Content-Type": "application/json", **dict(self.auth or ())}
         self._idle: list[http.client.HTTPConnection] = []  # open connections no request is using
         self._idle_lock = threading.Lock()
 
@@ -83,8 +85,8 @@ class RestClient(BlockingCalls):
         return _VerifiedHttps(self._host, self._port, self._tls.server_name or self._host, self._ssl_context, timeout)
 
     def _exchange(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes, str | None]:
-        """(status, body, the server's X-Request-ID) of one POST, on a kept connection when one is idle."""
-        """POST on a kept connection (or a new one); the connection goes back for reuse after a whole reply."""
+        """(status, body, the server's X-Request-ID) of one POST, on a kept connection when one is idle; the
+        connection goes back for reuse after a whole reply."""
         with self._idle_lock:
             connection = self._idle.pop() if self._idle else None
         reused = connection is not None
@@ -94,7 +96,7 @@ class RestClient(BlockingCalls):
             connection.timeout = timeout
             connection.sock.settimeout(timeout)
         try:
-            connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            connection.request("POST", path, body=body, headers=self._headers)
             response = connection.getresponse()
             status, data, request_id = response.status, response.read(), response.getheader(REQUEST_ID_HEADER)
         except _STALE:
@@ -126,6 +128,9 @@ class RestClient(BlockingCalls):
             raise ServerUnavailable(f"{type(error).__name__}: {error}") from None
         if status in _RETRYABLE_HTTP:
             raise ServerUnavailable(f"HTTP {status}")
+        if status == 401:
+            raise AuthenticationError(f"{_error_text(data) or 'HTTP 401'} (give the client api_key=..., or set "
+                                      f"${API_KEY_ENV})", code=status, method=method, request_id=request_id)
         if status != 200:
             raise RequestError(_error_text(data) or f"HTTP {status}", code=status, method=method,
                                request_id=request_id)
@@ -135,7 +140,7 @@ class RestClient(BlockingCalls):
         connection = self._connection(timeout)
         try:
             connection.request("POST", f"/model/{PROBE_SERVABLE}:probe", body=b'{"instances": [{}]}',
-                               headers={"Content-Type": "application/json"})
+                               headers=self._headers)
             connection.getresponse().read()
         except socket.timeout:
             return True

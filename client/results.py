@@ -15,6 +15,7 @@ from .protocol import Value
 SERVABLE = "bert_squad"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:5500"
 DEFAULT_REST_ADDRESS = "127.0.0.1:1500"
+API_KEY_ENV = "BERT_SQUAD_API_KEY"  # the clients' API key when none is given (server: --api-key-file)
 PREDICT_MAX_ANSWER_LENGTH = 30  # the answer-length limit (tokens) the server's `predict` method applies
 
 ANSWER_OUTPUTS = ("answer", "score", "start", "end", "top_starts", "top_ends", "top_scores")

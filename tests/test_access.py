@@ -24,6 +24,7 @@ def restore_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    access.access_log.disabled = False
 
 
 @pytest.mark.pure
@@ -68,6 +69,19 @@ def test_text_lines_keep_the_serve_commands_form_and_errors_go_to_stderr(capsys,
     assert re.fullmatch(r"bert-squad-serve: access request_id=r-2 protocol=rest status=200 duration_ms=[\d.]+",
                         lines[2])
     assert err == "bert-squad-serve: error: it broke\n"
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_access_log_off_writes_no_access_line_but_keeps_the_serve_commands_own(capsys, restore_logging, log_format):
+    access.configure(log_format, access_lines=False)
+    access.log_request(time.perf_counter(), request_id="r-3", protocol="rest", status=200)
+    access.say("bert-squad-serve: stopped")
+    out = capsys.readouterr().out
+    assert "r-3" not in out and "bert-squad-serve: stopped" in out
+    access.configure(log_format)
+    access.log_request(time.perf_counter(), request_id="r-4", protocol="rest", status=200)
+    assert "r-4" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- a real server, --log-format json

@@ -27,6 +27,7 @@ from harness import run_python
 pytestmark = pytest.mark.pure
 triton_http = pytest.importorskip("tritonclient.http",
                                   reason="tritonclient is in setup.cfg [reference] (Python 3.11 venv)")
+triton_utils = pytest.importorskip("tritonclient.utils")
 
 QUESTION = "Which capital?"
 CONTEXTS = [
@@ -132,6 +133,56 @@ def test_the_features_model_answers_as_predict_features(oracle):
     result = client.infer("bert_squad_features", inputs)
     assert np.array_equal(result.as_numpy("start_logits"), logits.start_logits)
     assert np.array_equal(result.as_numpy("end_logits"), logits.end_logits)
+
+
+# ---------------------------------------------------------------- API keys, with tritonclient
+
+KEYED_GRPC = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+address, key, question, context = sys.argv[1:5]
+client = triton.InferenceServerClient(address)
+inputs = []
+for name, text in (("question", question), ("context", context)):
+    tensor = triton.InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+    inputs.append(tensor)
+seen = {"live": client.is_server_live(), "ready": client.is_server_ready()}
+for name, headers in (("none", None), ("wrong", {"authorization": "Bearer " + "w" * 20}),
+                      ("right", {"authorization": "Bearer " + key})):
+    try:
+        seen[name] = client.infer("bert_squad", inputs, headers=headers).as_numpy("answer")[0].decode()
+    except InferenceServerException as e:
+        seen[name] = [e.status(), e.message()]
+print(json.dumps(seen))
+"""
+
+
+def test_tritonclient_sends_the_api_key_over_http_and_grpc(oracle_servable_dir, reference, tmp_path):
+    """With --api-key-file, tritonclient's requests need headers={"Authorization": "Bearer KEY"}; the probes do
+    not."""
+    from harness import Server
+
+    key = "k" * 16 + "-tritonclient"
+    (tmp_path / "keys").write_text(key + "\n")
+    with Server(tmp_path / "run", oracle_servable_dir, extra_args=["--api-key-file", str(tmp_path / "keys")]) as server:
+        client = triton_http.InferenceServerClient(server.rest_address)
+        assert client.is_server_live() and client.is_server_ready()
+        inputs = [texts(triton_http, "question", [QUESTION]), texts(triton_http, "context", CONTEXTS[:1])]
+        with pytest.raises(triton_utils.InferenceServerException) as refused:
+            client.infer("bert_squad", inputs)
+        assert refused.value.status() == "401" and "Authorization: Bearer" in refused.value.message()
+        result = client.infer("bert_squad", inputs, headers={"Authorization": f"Bearer {key}"})
+        want = reference[CONTEXTS[0]].text  # the MindSpore Serving API's answer, from the server without keys
+        assert result.as_numpy("answer")[0].decode() == want
+        seen = run_python(KEYED_GRPC, server.oip_grpc_address, key, QUESTION, CONTEXTS[0], timeout=180)
+    assert seen["live"] is seen["ready"] is True
+    assert seen["none"][0] == seen["wrong"][0] == "StatusCode.UNAUTHENTICATED"
+    assert "not one of this server's keys" in seen["wrong"][1]
+    assert seen["right"] == want
 
 
 # ---------------------------------------------------------------- gRPC clients and kserve, in a subprocess

@@ -187,3 +187,35 @@ def test_page_off_turns_the_api_docs_off_too(oracle_servable, tmp_path):
             with pytest.raises(urllib.error.HTTPError) as missing:
                 urllib.request.urlopen(f"http://{server.rest_address}{path}", timeout=30)
             assert missing.value.code == 404
+
+
+def test_with_api_keys_the_page_asks_for_one_and_the_docs_page_uses_it(oracle_servable, tmp_path, browser):
+    """The pages' shells load without a key; the try-it page shows its key field on the first 401, then loads its
+    examples and answers with the key typed, and /docs in the same tab reads /openapi.json with it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from harness import Server
+
+    key = "page-key-" + "p" * 16
+    (tmp_path / "keys").write_text(key + "\n")
+    with Server(tmp_path / "run", oracle_servable["servable_dir"],
+                extra_args=["--api-key-file", str(tmp_path / "keys")]) as server:
+        origin = f"http://{server.rest_address}"
+        browser.get(f"{origin}/")
+        field = wait_for(browser, lambda d: d.find_element(By.ID, "api-key").is_displayed()
+                         and d.find_element(By.ID, "api-key"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#example option")) == 1  # examples need the key
+        field.send_keys(key, Keys.TAB)
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#example option")) > 1)
+        q = browser.find_element(By.ID, "question")
+        box = browser.find_element(By.ID, "context")
+        browser.execute_script("arguments[0].value = arguments[1];", box, CONTEXT)
+        q.send_keys(QUESTION, Keys.ENTER)
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#answers button"))
+        start, end = CONTEXT.index("Paris"), CONTEXT.index("France") + len("France")
+        assert highlighted(browser) == (CONTEXT[start:end], start)
+
+        browser.get(f"{origin}/docs")  # the same tab: the key is in its sessionStorage
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) > 20)
+        assert browser.find_elements(By.CSS_SELECTOR, ".btn.authorize")  # the document declares the bearer scheme

@@ -20,9 +20,10 @@ from typing import Optional
 from bert_squad_client.protocol import REQUEST_ID_HEADER  # noqa: F401  (one home, shared with the REST client)
 
 LOG_FORMATS = ("text", "json")
+ACCESS_LOG = ("on", "off")
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-ACCESS_FIELDS = ("request_id", "protocol", "model", "version", "method", "status", "duration_ms", "questions",
-                 "client", "error")
+ACCESS_FIELDS = ("request_id", "trace_id", "protocol", "model", "version", "method", "status", "duration_ms",
+                 "questions", "client", "error")
 access_log = logging.getLogger("bert_squad.access")
 _said = logging.getLogger("bert_squad.serve")
 
@@ -49,6 +50,8 @@ def from_metadata(metadata) -> str:
 def log_request(started: float, **fields) -> None:
     """One access line: `started` is the request's time.perf_counter() on arrival; `fields` some of
     ACCESS_FIELDS (an unknown one is a bug of ours)."""
+    if access_log.disabled:  # --access-log off
+        return
     unknown = set(fields) - set(ACCESS_FIELDS)
     if unknown:
         raise TypeError(f"not access-log fields: {sorted(unknown)}")
@@ -69,9 +72,10 @@ class _TextFormatter(logging.Formatter):
         return "\n" + text if getattr(record, "fresh_line", False) else text
 
 
-def configure(log_format: str) -> None:
-    """Send the serve process's log records (its own lines and the access lines) to stdout in `log_format`; in
-    text, errors go to stderr as they always did."""
+def configure(log_format: str, access_lines: bool = True) -> None:
+    """Send the serve process's log records (its own lines and, unless `access_lines` is False, the access lines)
+    to stdout in `log_format`; in text, errors go to stderr as they always did."""
+    access_log.disabled = not access_lines
     if log_format == "json":
         from pythonjsonlogger.core import RESERVED_ATTRS
         from pythonjsonlogger.json import JsonFormatter

@@ -32,10 +32,24 @@ HTML = """<!DOCTYPE html>
 </body>
 </html>
 """
-# validatorUrl null: Swagger UI would otherwise send the document to validator.swagger.io for a badge.
+# validatorUrl null: Swagger UI would otherwise send the document to validator.swagger.io for a badge. Under
+# --api-key-file the key (the try-it page's, or asked for on a 401) goes with every request Swagger UI sends.
 START = """window.addEventListener("load", function () {
-  window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true, validatorUrl: null,
-                               tryItOutEnabled: false});
+  var KEY_STORE = "bert_squad_api_key";
+  function withKey(request) {
+    var key = sessionStorage.getItem(KEY_STORE);
+    if (key) request.headers.Authorization = "Bearer " + key;
+    return request;
+  }
+  fetch("/openapi.json", withKey({headers: {}})).then(function (response) {
+    if (response.status === 401) {
+      var key = window.prompt("This server needs an API key:");
+      if (key && key.trim()) sessionStorage.setItem(KEY_STORE, key.trim());
+    }
+  }).finally(function () {
+    window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true, validatorUrl: null,
+                                 tryItOutEnabled: false, requestInterceptor: withKey});
+  });
 });
 """
 HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff"}

@@ -30,7 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bert_squad.server import access, health, metrics, rest
+from bert_squad.server import access, health, keys, metrics, rest, tracing
 from bert_squad.server.oip import models as oip_models
 from bert_squad.server.oip import rest_codec as oip_rest
 from bert_squad.server.oip import serving as oip_serving
@@ -44,7 +44,12 @@ Availability = Callable[[], Optional[str]]  # None while Serving answers, else w
 JSON_HEADERS = [(b"content-type", b"application/json")]
 REQUEST_ID_KEY = "bert_squad.request_id"  # where app() leaves a request's ID in its ASGI scope
 _REQUEST_ID_HEADER = access.REQUEST_ID_HEADER.encode()  # ASGI header names are lower-case bytes
+_AUTHORIZATION = keys.HEADER.encode()
 OIP_LARGE = 64  # questions past which an OIP request's outputs are built in a thread
+# span names of the two predict routes (low cardinality: the route, not the path)
+REST_ROUTE = "/model/{name}[/version/{version}]:{method}"
+OIP_ROUTE = "/v2/models/{model}[/versions/{version}]/infer"
+REST_SPAN, OIP_SPAN = f"POST {REST_ROUTE}", f"POST {OIP_ROUTE}"
 # CORS (--cors-allow-origin): what a page on another origin may send and read.
 CORS_HEADERS = ["Content-Type", "Inference-Header-Content-Length", "Authorization", "X-Request-ID"]
 CORS_EXPOSED = ["Retry-After", "Inference-Header-Content-Length"]
@@ -71,14 +76,18 @@ class FrontDoor:
     """The ASGI app and the gRPC channel it forwards over (made on the server's event loop at start-up)."""
 
     def __init__(self, upstream: Upstream, state: health.HealthState, availability: Availability,
-                 openapi: Callable[[], dict], extra_routes: Sequence[Route] = (), package_version: str = "unknown"):
+                 openapi: Callable[[], dict], extra_routes: Sequence[Route] = (), package_version: str = "unknown",
+                 api_keys: Optional[keys.ApiKeys] = None, tracer: Optional[tracing.Tracing] = None,
+                 span_facts: Optional[dict] = None):
+        """`tracer` (None: tracing off) and `span_facts` (runtime, precision) go to every protocol's Meter."""
         self.upstream, self.state, self.availability, self.openapi = upstream, state, availability, openapi
-        self.package_version = package_version
+        self.package_version, self.api_keys = package_version, api_keys
+        self.tracer, self._span_facts = tracer, span_facts
         self.oip_models = oip_models.models(upstream.servable)  # the OIP's model names -> their tensors
         self.served = str(upstream.version)  # the OIP's model_version
         self._channel: Optional[grpc.aio.Channel] = None
         self._predict = self._raw_predict = None
-        self._rest_meter, self._oip_meter = metrics.Meter("rest"), metrics.Meter("oip_rest")
+        self._rest_meter, self._oip_meter = self.meter("rest"), self.meter("oip_rest")
         self._starlette = Starlette(routes=[
             Route("/model/{tail:path}", self._not_post, methods=["POST"]),  # GET and others: 405 from Starlette
             *health_routes(state),
@@ -91,8 +100,13 @@ class FrontDoor:
             *extra_routes,  # the try-it page (page.py), unless --page off
         ], exception_handlers={HTTPException: self._http_error}, lifespan=self._lifespan)
 
+    def meter(self, protocol: str) -> metrics.Meter:
+        """Where a request of `protocol` is recorded: metrics, access line, span (the gRPC services' too)."""
+        return metrics.Meter(protocol, self.tracer, self._span_facts)
+
     async def app(self, scope, receive, send) -> None:
-        """The ASGI entry: every HTTP request gets its ID (access.py), sent back as X-Request-ID; REST predict and
+        """The ASGI entry: every HTTP request gets its ID (access.py), sent back as X-Request-ID, and, with API keys,
+        is refused here without a right one (keys.py); REST predict and
         OIP infer are answered here, the rest (and the lifespan) through Starlette."""
         if scope["type"] != "http":
             return await self._starlette(scope, receive, send)
@@ -105,13 +119,30 @@ class FrontDoor:
                 message = {**message, "headers": [*message.get("headers", ()), id_header]}
             await send(message)
 
+        path = scope["path"]
+        if self.api_keys is not None and not keys.is_open(path):
+            given = next((v for k, v in scope["headers"] if k == _AUTHORIZATION), b"").decode("latin-1")
+            refusal = self.api_keys.refusal(given)
+            if refusal:
+                return await self._unauthorized(scope, send_with_id, request_id, refusal)
         if scope["method"] == "POST":
-            path = scope["path"]
             if path.startswith("/model/"):
                 return await self.predict(scope, receive, send_with_id)
             if path.startswith("/v2/models/") and path.endswith("/infer"):
                 return await self.oip_infer(scope, receive, send_with_id)
         await self._starlette(scope, receive, send_with_id)
+
+    async def _unauthorized(self, scope, send, request_id: str, reason: str) -> None:
+        """401 for a request without a right API key, in the error form of its API, counted and logged."""
+        oip = scope["path"] == "/v2" or scope["path"].startswith("/v2/")
+        meter = self._oip_meter if oip else self._rest_meter
+        record = meter.begin(scope["method"], scope["headers"], lambda: _span_attributes(scope, None))
+        meter.end(record, "other", 401, request_id=request_id, status=401, client=_client(scope), error=reason)
+        body = rest.dumps({"error" if oip else "error_msg": reason, "request_id": request_id})
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [*JSON_HEADERS, (b"www-authenticate", keys.SCHEME.encode()),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     def _call(self):
         """Serving's Predict over the front door's channel (REST and OIP share it), made on first use on the serving
@@ -163,7 +194,7 @@ class FrontDoor:
     # ------------------------------------------------------------ REST predict
 
     async def predict(self, scope, receive, send) -> None:
-        started = self._rest_meter.begin()
+        record = self._rest_meter.begin(REST_SPAN, scope["headers"], lambda: _span_attributes(scope, REST_ROUTE))
         request_id, seen = scope[REQUEST_ID_KEY], {"questions": None}
         method, headers, servable, version, error = "other", JSON_HEADERS, None, None, None
         try:
@@ -181,7 +212,7 @@ class FrontDoor:
             outcome, status = "error", 500
             error = f"the front door failed: {type(e).__name__}: {e}; see the server log"
             body = rest.dumps({"error_msg": error, "request_id": request_id})
-        self._rest_meter.end(started, method, outcome, request_id=request_id, model=servable,
+        self._rest_meter.end(record, method, outcome, request_id=request_id, model=servable,
                              version=None if version is None else str(version or self.upstream.version),
                              status=status, questions=seen["questions"], client=_client(scope), error=error)
         if status == "client_gone":
@@ -207,7 +238,8 @@ class FrontDoor:
             message, count = rest.parse_body(body, servable, version, method)
         seen["questions"] = count
         try:
-            reply = await self._call()(message, timeout=up.timeout_s)
+            with self._rest_meter.serving_call():
+                reply = await self._call()(message, timeout=up.timeout_s)
         except grpc.aio.AioRpcError as e:
             raise _rpc_error(e, up.timeout_s) from None
         if count > 64:
@@ -242,8 +274,9 @@ class FrontDoor:
             raise OipError(503, unavailable, retry_after=RETRY_AFTER_S)
         up = self.upstream
         try:
-            reply = await self._call()(oip_serving.predict_request(request, up.servable, up.version),
-                                       timeout=up.timeout_s)
+            with self._oip_meter.serving_call():
+                reply = await self._call()(oip_serving.predict_request(request, up.servable, up.version),
+                                           timeout=up.timeout_s)
         except grpc.aio.AioRpcError as e:
             error = _rpc_error(e, up.timeout_s)
             raise OipError(error.status, error.message, error.retry_after) from None
@@ -256,7 +289,7 @@ class FrontDoor:
         return await run_in_threadpool(self.state.ready)
 
     async def oip_infer(self, scope, receive, send) -> None:
-        started = self._oip_meter.begin()
+        record = self._oip_meter.begin(OIP_SPAN, scope["headers"], lambda: _span_attributes(scope, OIP_ROUTE))
         request_id, method, status, model, parsed, error = scope[REQUEST_ID_KEY], "other", 200, None, None, None
         try:
             model, action = oip_rest.parse_path(scope["path"], self.oip_models, self.served)
@@ -287,7 +320,7 @@ class FrontDoor:
             status, headers, outcome = 500, {"Content-Type": "application/json"}, "error"
             error = f"the front door failed: {type(e).__name__}: {e}; see the server log"
             body = rest.dumps({"error": error, "request_id": request_id})
-        self._oip_meter.end(started, method, outcome, request_id=request_id, model=model and model.name,
+        self._oip_meter.end(record, method, outcome, request_id=request_id, model=model and model.name,
                             version=self.served if model else None, status=status,
                             questions=len(parsed.request) if parsed else None, client=_client(scope), error=error)
         if status == "client_gone":
@@ -329,6 +362,13 @@ class FrontDoor:
 
     async def openapi_json(self, _request: Request) -> Response:
         return JSONResponse(self.openapi())
+
+
+def _span_attributes(scope, route: Optional[str]) -> dict:
+    """A request's HTTP span attributes (Meter.begin asks for them only with tracing on)."""
+    attributes = tracing.http_attributes(scope["method"], scope["path"], route, scope.get("scheme", "http"))
+    attributes[tracing.Attr.CLIENT_ADDRESS] = (scope.get("client") or (None,))[0]
+    return attributes
 
 
 def _client(scope) -> Optional[str]:

@@ -3,6 +3,7 @@ limits and errors), built from the served version's settings so that its limits 
 from __future__ import annotations
 
 from bert_squad import settings
+from bert_squad.server import keys
 from bert_squad.server.oip import models as oip_models
 
 INT = {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1,
@@ -96,12 +97,24 @@ def document(args, meta, served: int, version: str) -> dict:
     paths.update(oip_paths(oip_models.models(args.name), str(served), max_body))
     if args.page == "on":
         paths.update(page_paths(args.name))
-    return {"openapi": "3.1.0",
-            "info": {"title": "bert_squad", "version": version,
-                     "description": f"Extractive question answering ({meta.runtime}, {meta.precision}); the REST "
-                                    f"API of MindSpore Serving, the Open Inference Protocol's REST API (/v2), "
-                                    f"health and metrics."},
-            "paths": paths}
+    doc = {"openapi": "3.1.0",
+           "info": {"title": "bert_squad", "version": version,
+                    "description": f"Extractive question answering ({meta.runtime}, {meta.precision}); the REST "
+                                   f"API of MindSpore Serving, the Open Inference Protocol's REST API (/v2), "
+                                   f"health and metrics."},
+           "paths": paths}
+    if args.api_key_file:  # every operation needs a key but the probes and the pages' shells (keys.py)
+        doc["components"] = {"securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}}
+        doc["security"] = [{"apiKey": []}]
+        for path, operations in paths.items():
+            if keys.is_open(path):
+                for operation in operations.values():
+                    operation["security"] = []
+            else:
+                for operation in operations.values():
+                    operation.setdefault("responses", {})["401"] = {
+                        "description": "no API key, or not one of the server's (`Authorization: Bearer KEY`)"}
+    return doc
 
 
 def page_paths(servable: str) -> dict:

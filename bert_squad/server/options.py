@@ -12,7 +12,7 @@ from pathlib import Path
 from bert_squad import settings
 from bert_squad.runtimes.lite_lib import REPO_ROOT
 from bert_squad.server import health
-from bert_squad.server.access import LOG_FORMATS
+from bert_squad.server.access import ACCESS_LOG, LOG_FORMATS
 from bert_squad.server.processes import available_cpus
 
 
@@ -79,9 +79,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                    help="the serve command's lines and one access line per request on stdout: text, or one JSON "
                         "object per line (default %(default)s)")
+    p.add_argument("--access-log", choices=ACCESS_LOG, default="on",
+                   help="one line per request (see --log-format); off saves its cost on the hot path "
+                        "(default %(default)s)")
     p.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages served from ORIGIN (scheme://host[:port], or * for any) call the REST "
                         "address from a browser; repeatable (default: no CORS headers)")
+    p.add_argument("--api-key-file", type=Path, metavar="PATH",
+                   help="require 'Authorization: Bearer KEY' (gRPC: authorization metadata) with one of this file's "
+                        "keys, one per line, on every endpoint but the health probes; re-read on SIGHUP "
+                        "(default: no keys)")
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
@@ -100,6 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 p.error(f"{flag}: {e}")
     if args.max_queued_requests < 1:
         p.error("--max-queued-requests must be at least 1")
+    if args.api_key_file and "*" in args.cors_allow_origin:
+        p.error("--cors-allow-origin * lets any web page call the server; with --api-key-file name the origins "
+                "allowed (scheme://host[:port])")
     for origin in args.cors_allow_origin:
         if origin != "*" and not ORIGIN.fullmatch(origin):
             p.error(f"--cors-allow-origin: {origin!r} is not an origin; give scheme://host[:port] with no path "

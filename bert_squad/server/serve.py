@@ -101,7 +101,7 @@ def serve(args) -> int:
     env.pop(GRPC_FORK_ENV, None)
     os.environ[GRPC_FORK_ENV] = "0"  # this process forks only to exec the master: no gRPC fork handlers (and warnings)
 
-    from bert_squad.server import metrics, openapi
+    from bert_squad.server import metrics, openapi, tracing
     from bert_squad.server.http import FrontDoor, HttpServer, health_app, with_cors
     from bert_squad.server.supervisor import Supervisor
 
@@ -138,7 +138,8 @@ def serve(args) -> int:
             raise ServeError(str(e)) from None
     door = FrontDoor(_upstream(args, version, master_address), state, state.unavailable,
                      lambda: openapi.document(args, meta, version, _package_version()), page_routes,
-                     _package_version())
+                     _package_version(), _api_keys(args), _tracer(),
+                     {tracing.Attr.RUNTIME: meta.runtime, tracing.Attr.PRECISION: meta.precision})
     http_server = None
     if args.rest_address != "off":
         http_server = HttpServer(with_cors(door.app, args.cors_allow_origin), args.rest_address, args.tls_cert,
@@ -147,29 +148,72 @@ def serve(args) -> int:
                             device_ids, workdir, master_address, t0))
 
 
+def _api_keys(args):
+    """The keys of --api-key-file (None without it); a warning when they would cross a network in plain text."""
+    if not args.api_key_file:
+        return None
+    from bert_squad.server import keys
+
+    try:
+        api_keys = keys.ApiKeys(args.api_key_file)
+    except keys.KeyFileError as e:
+        raise ServeError(str(e)) from None
+    exposed = [a for a in (args.grpc_address, args.rest_address, args.oip_grpc_address)
+               if a != "off" and not a.startswith(("127.", "[::1]", "localhost:"))]
+    if exposed and not args.tls_cert:
+        say(f"bert-squad-serve: warning: API keys on {', '.join(exposed)} without TLS travel in plain text; "
+            f"add --tls-cert and --tls-key", error=True)
+    return api_keys
+
+
+def _tracer():
+    """The OpenTelemetry tracer the OTEL_* environment asks for (tracing.py), None when it asks for none."""
+    from bert_squad.server import tracing
+
+    try:
+        return tracing.from_environment()
+    except tracing.TracingError as e:
+        raise ServeError(str(e)) from None
+
+
+def _reload_keys(api_keys) -> None:
+    """SIGHUP: read the key file again; on a bad file the keys in use stay."""
+    from bert_squad.server import keys
+
+    try:
+        say(f"bert-squad-serve: API keys re-read from {api_keys.path}: {api_keys.reload()} key(s)")
+    except keys.KeyFileError as e:
+        say(f"bert-squad-serve: error: {e}; the keys read before stay in use", error=True)
+
+
 async def _start_grpc(args, door) -> list:
     """The front door's gRPC servers: MindSpore Serving's API on --grpc-address and the Open Inference Protocol's
     on --oip-grpc-address (each unless 'off'), asking through the front door's channel to Serving."""
-    from bert_squad.server import metrics
     from bert_squad.server.grpc_listen import start_server
     from bert_squad.server.oip import servicer as oip
     from bert_squad.server.serving_grpc import PassThrough
 
     read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
-    serving_api = PassThrough(door.raw_predict, door.availability, metrics.Meter("grpc"), args.name,
+    checks = {}
+    if door.api_keys is not None:
+        from bert_squad.server.keys import GrpcKeyCheck
+
+        checks = {"grpc": [GrpcKeyCheck(door.api_keys, door.meter("grpc"))],
+                  "oip_grpc": [GrpcKeyCheck(door.api_keys, door.meter("oip_grpc"))]}
+    serving_api = PassThrough(door.raw_predict, door.availability, door.meter("grpc"), args.name,
                               door.upstream.version)
     oip_api = oip.InferenceServicer(door.oip_models, door.served, door.package_version, door.ask, door.is_live,
-                                    door.is_ready, metrics.Meter("oip_grpc"))
+                                    door.is_ready, door.meter("oip_grpc"))
     servers = []
-    for flag, address, what, register in (
-            ("--grpc-address", args.grpc_address, "MindSpore Serving's gRPC API", serving_api.register),
-            ("--oip-grpc-address", args.oip_grpc_address, "the Open Inference Protocol's gRPC service",
+    for protocol, flag, address, what, register in (
+            ("grpc", "--grpc-address", args.grpc_address, "MindSpore Serving's gRPC API", serving_api.register),
+            ("oip_grpc", "--oip-grpc-address", args.oip_grpc_address, "the Open Inference Protocol's gRPC service",
              oip.register(oip_api))):
         if address == "off":
             continue
         try:
             server, _ = await start_server(register, address, args.max_message_mb << 20, read(args.tls_cert),
-                                           read(args.tls_key), read(args.tls_client_ca))
+                                           read(args.tls_key), read(args.tls_client_ca), checks.get(protocol, ()))
         except OSError as e:
             await asyncio.gather(*(started.stop(None) for started in servers))
             raise ServeError(f"{e} for {what}; pick a free port with {flag} HOST:PORT, or 'off'") from None
@@ -186,6 +230,8 @@ async def _run(args, supervisor, state, door, health_server, http_server, versio
     asked = asyncio.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(number, asked.set)
+    if door.api_keys is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_keys, door.api_keys)
     # REST first: on the way out it drains while the health listener still says "not ready"
     listeners = [(server, asyncio.ensure_future(server.serve())) for server in (http_server, health_server) if server]
     try:
@@ -207,7 +253,8 @@ async def _run(args, supervisor, state, door, health_server, http_server, versio
         f"servable={args.name} version={version} precision={meta.precision} runtime={meta.runtime} "
         f"device={args.device} workers={len(device_ids)} threads={args.threads} pinned={'yes' if pin else 'no'} "
         f"health={health_server.address if health_server else 'off'} "
-        f"max-queued={args.max_queued_requests} start={time.perf_counter() - t0:.1f} s warm-up={warm} "
+        f"max-queued={args.max_queued_requests} traces={door.tracer.protocol if door.tracer else 'off'} "
+        f"keys={'on' if door.api_keys else 'off'} start={time.perf_counter() - t0:.1f} s warm-up={warm} "
         f"master={supervisor.process.pid} internal={master_address} logs={workdir / 'serving_logs'}",
         fresh_line=True)
     finished = loop.run_in_executor(None, supervisor.finished.wait)
@@ -232,6 +279,8 @@ async def _stop_listeners(listeners, grpc_servers, door) -> None:
         await task
     await asyncio.gather(*stopping)
     await door.close()
+    if door.tracer is not None:  # the last spans, within a bound: an unreachable collector must not hold the stop
+        await asyncio.get_running_loop().run_in_executor(None, door.tracer.shutdown)
 
 
 def _fresh_metrics_dir(directory: Path) -> Path:
@@ -253,7 +302,7 @@ def _package_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # handed on to the master process
-    access.configure(args.log_format)
+    access.configure(args.log_format, args.access_log == "on")
     try:
         return serve(args)
     except (ServeError, versions.VersionError, RuntimeMissing) as e:

@@ -7,18 +7,21 @@ the master starts, restarts or stops, and the caller's deadline passed on to Ser
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Callable, Optional
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from bert_squad.server import access, rest
+from bert_squad.server import access, rest, tracing
 from bert_squad_client import protocol
 
 RawPredict = Callable[[], "grpc.aio.UnaryUnaryMultiCallable"]  # Predict over the channel to Serving, bytes in/out
 log = logging.getLogger("bert_squad.grpc")
 _SERVICE, _METHOD = protocol.PREDICT_PATH.strip("/").split("/")
+_SPAN = protocol.PREDICT_PATH.lstrip("/")  # a call's span name and rpc attributes
+_span_attributes = functools.partial(tracing.grpc_attributes, protocol.PREDICT_PATH)
 
 
 class PassThrough:
@@ -36,14 +39,15 @@ class PassThrough:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {_METHOD: handler}),))
 
     async def Predict(self, request: bytes, context) -> bytes:
-        started = self._meter.begin()
-        request_id = access.from_metadata(context.invocation_metadata())
+        metadata = context.invocation_metadata()
+        record = self._meter.begin(_SPAN, metadata, _span_attributes)
+        request_id = access.from_metadata(metadata)
         context.set_trailing_metadata(((access.REQUEST_ID_HEADER, request_id),))
         spec, questions = None, None  # known once the request is read
 
         def end(outcome, status: str, error: Optional[str] = None) -> None:
             read = spec is not None
-            self._meter.end(started, spec.method_name if read else "other", outcome, request_id=request_id,
+            self._meter.end(record, spec.method_name if read else "other", outcome, request_id=request_id,
                             model=spec.name if read else None,
                             version=str(spec.version_number or self._served) if read else None, status=status,
                             questions=questions, client=context.peer(), error=error)
@@ -60,7 +64,8 @@ class PassThrough:
             end(503, "UNAVAILABLE", unavailable)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{unavailable}; retry shortly")
         try:
-            reply = await self._predict()(request, timeout=context.time_remaining())
+            with self._meter.serving_call():
+                reply = await self._predict()(request, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as e:
             code, details = e.code(), e.details() or ""
             if code == grpc.StatusCode.UNAVAILABLE:

@@ -3,12 +3,13 @@ servable (one Serving request of N instances per ModelInfer), how it knows liven
 metrics a request is counted in. grpc_listen.start_server listens with it (`register`)."""
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Awaitable, Callable, Mapping, Optional, Sequence, Tuple
 
 import grpc
 
-from bert_squad.server import access
+from bert_squad.server import access, tracing
 
 from . import grpc_codec, models
 from .models import Model, OipError, Request
@@ -20,6 +21,8 @@ Ask = Callable[[Request], Awaitable[Sequence]]
 Live = Callable[[], Awaitable[bool]]
 Ready = Callable[[], Awaitable[Tuple[bool, dict]]]  # (ready, details): the front door's is_ready
 log = logging.getLogger("bert_squad.oip")
+INFER_SPAN = "inference.GRPCInferenceService/ModelInfer"  # a ModelInfer call's span name and rpc attributes
+_infer_attributes = functools.partial(tracing.grpc_attributes, "/" + INFER_SPAN)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -47,12 +50,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return grpc_codec.model_metadata(await self._model(request, context), self._served)
 
     async def ModelInfer(self, request, context):
-        started, method, parsed = self._meter.begin(), "other", None
-        request_id = access.from_metadata(context.invocation_metadata())
+        metadata = context.invocation_metadata()
+        record, method, parsed = self._meter.begin(INFER_SPAN, metadata, _infer_attributes), "other", None
+        request_id = access.from_metadata(metadata)
         trailing = [(access.REQUEST_ID_HEADER, request_id)]
 
         def end(outcome, status: str, error: Optional[str] = None) -> None:
-            self._meter.end(started, method, outcome, request_id=request_id, model=request.model_name,
+            self._meter.end(record, method, outcome, request_id=request_id, model=request.model_name,
                             version=self._served if parsed else None, status=status,
                             questions=len(parsed.request) if parsed else None, client=context.peer(), error=error)
 
