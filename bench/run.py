@@ -402,6 +402,9 @@ def measure(args, running: list, questions, text_times) -> tuple:
         out[s.name]["memory"] = {"rss_ready_bytes": s.info["memory_ready"]["rss"], "rss_after_bytes": after["rss"],
                                  "hwm_bytes": after["hwm"]}
         del out[s.name]["memory_ready"]
+        if getattr(s, "receiver", None) is not None:  # the traced stack: spans its receiver got, so far
+            out[s.name]["spans_received"] = len(s.receiver.spans)
+            log(f"{s.name}: {out[s.name]['spans_received']} spans received over OTLP")
     return out, gemm
 
 
