@@ -129,10 +129,10 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, o
         raise BenchError(f"no {WORKER_SCRIPT} process under the server (pid {proc.pid}); log: {log}")
     internal = dict(part.split("=", 1) for part in ready.split() if "=" in part)["internal"]
     return Server(proc, address, log, cold, ready.strip(), workers, ModelTimes(model_times), rest_address,
-                  oip_grpc_address, _unix_target(internal, workdir))
+                  oip_grpc_address, unix_target(internal, workdir))
 
 
-def _unix_target(internal: str, workdir: Path) -> str:
+def unix_target(internal: str, workdir: Path) -> str:
     """The master's socket (`unix:PATH`, PATH relative to the server's workdir) as this process can dial it: a path
     relative to our own directory when the absolute one is too long for a socket address (107 bytes)."""
     path = workdir.resolve() / internal[len("unix:"):]

@@ -114,11 +114,12 @@ def _message_classes() -> dict:
         make = message_factory.GetMessageClass
     else:  # protobuf 3.20
         make = message_factory.MessageFactory(pool).GetPrototype
-    names = ("PredictRequest", "PredictReply", "Tensor")
+    names = ("PredictRequest", "PredictReply", "Tensor", "ServableSpec")
     return {name: make(pool.FindMessageTypeByName(f"{PACKAGE}.{name}")) for name in names}
 
 
 _CLASSES = _message_classes()
+ServableSpec = _CLASSES["ServableSpec"]
 PredictRequest = _CLASSES["PredictRequest"]
 PredictReply = _CLASSES["PredictReply"]
 Tensor = _CLASSES["Tensor"]

@@ -55,8 +55,10 @@ def test_the_oip_clients_and_protocol_passes_answer_as_the_oracle(oracle_lite_se
 
     from bench import oip
 
+    internal = dict(part.split("=", 1) for part in oracle_lite_server.ready_line.split() if "=" in part)["internal"]
     server = SimpleNamespace(address=oracle_lite_server.grpc_address, rest_address=oracle_lite_server.rest_address,
-                             oip_grpc_address=oracle_lite_server.oip_grpc_address)
+                             oip_grpc_address=oracle_lite_server.oip_grpc_address,
+                             internal_address=serving.unix_target(internal, oracle_lite_server.workdir))
     spans = [q["context"][q["context"].index("Paris"):q["context"].index("France") + len("France")]
              for q in QUESTIONS]
     pairs = [(q["question"], q["context"]) for q in QUESTIONS]

@@ -1,8 +1,9 @@
 """MindSpore Serving's gRPC API (MSService.Predict) on the front door's --grpc-address, forwarded to Serving's master
 on its internal address: the bytes go through unchanged, so existing clients and bert_squad_client see Serving's own
-replies and codes. The front door reads the request (servable, method, instances) and the reply's errors only for
-its metrics and access line, and adds what it owns: the request ID (trailing metadata), a quick UNAVAILABLE while
-the master starts, restarts or stops, and the caller's deadline passed on to Serving.
+replies and codes. The front door reads only the request's servable, method and number of instances (not the
+instances themselves) and the reply's errors, for its metrics and access line, and adds what it owns: the request
+ID (trailing metadata), a quick UNAVAILABLE while the master starts, restarts or stops, and the caller's deadline
+passed on to Serving.
 """
 from __future__ import annotations
 
@@ -53,12 +54,11 @@ class PassThrough:
                             questions=questions, client=context.peer(), error=error)
 
         try:
-            parsed = protocol.PredictRequest.FromString(request)
+            spec, questions = read_head(request)
         except DecodeError as e:
             message = f"the request is not a MindSpore Serving PredictRequest ({e}); send MSService.Predict's message"
             end(400, "INVALID_ARGUMENT", message)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-        spec, questions = parsed.servable_spec, len(parsed.instances)
         unavailable = self._availability()
         if unavailable:
             end(503, "UNAVAILABLE", unavailable)
@@ -83,6 +83,47 @@ class PassThrough:
         known = spec.name == self._servable and spec.version_number in (0, self._served)
         end(*_reply_outcome(reply, known))
         return reply
+
+
+def read_head(request: bytes):
+    """(servable spec, number of instances) of a serialized PredictRequest, without parsing its instances: a request
+    can carry tens of MB of them, and the front door forwards its bytes as they came. DecodeError when it is not
+    one."""
+    spec, instances, at, end = protocol.ServableSpec(), 0, 0, len(request)
+    while at < end:
+        key, at = _varint(request, at)
+        field, wire_type = key >> 3, key & 7
+        if wire_type == 2:  # length-delimited: the spec (1), an instance (2), or a field we do not know
+            length, at = _varint(request, at)
+            if at + length > end:
+                raise DecodeError("truncated message")
+            if field == 1:
+                spec.MergeFromString(request[at:at + length])
+            elif field == 2:
+                instances += 1
+            at += length
+        elif wire_type == 0:
+            _, at = _varint(request, at)
+        elif wire_type in (1, 5):
+            at += 8 if wire_type == 1 else 4
+        else:
+            raise DecodeError(f"wire type {wire_type} of field {field}")
+    if at != end:
+        raise DecodeError("truncated message")
+    return spec, instances
+
+
+def _varint(data: bytes, at: int):
+    value, shift = 0, 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise DecodeError("truncated or too long varint")
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
 
 
 _CODE_OUTCOMES = {grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
