@@ -52,8 +52,12 @@ def test_schemathesis_finds_no_5xx_no_slow_answer_and_no_reply_off_the_document(
     # negative_data_rejection is left out: an instance the servable refuses (top_k 0, an empty question) gets its
     # own error in a 200, as the API always did; unsupported_method: schemathesis cuts paths at ':' for that check
     # (tests/test_bad_input.py checks 405 itself).
+    # filter_too_much: hypothesis sometimes gives up generating valid examples for the version-pattern path of
+    # bert_squad_features (seen once in a full run, not in the next one alone); that operation then gets fewer
+    # examples instead of failing the run
     common = ["--max-examples", str(EXAMPLES), "--generation-deterministic", "--generation-codec", "utf-8",
-              "--checks", "all", "--max-response-time", "1", "--request-timeout", "5", "--no-color"]
+              "--checks", "all", "--max-response-time", "1", "--request-timeout", "5", "--no-color",
+              "--suppress-health-check", "filter_too_much"]
     url = f"http://{server.rest_address}/openapi.json"
     for selection, excluded in ((["--exclude-path-regex", "^/v2"], "negative_data_rejection,unsupported_method"),
                                 (["--include-path-regex", "^/v2"],
