@@ -22,9 +22,9 @@ def restore_logging():
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
+    access.configure("text")  # back to the defaults (access lines on, no request text), then the handlers
     root.handlers[:] = handlers
     root.setLevel(level)
-    access.access_log.disabled = False
 
 
 @pytest.mark.pure
@@ -82,6 +82,25 @@ def test_access_log_off_writes_no_access_line_but_keeps_the_serve_commands_own(c
     access.configure(log_format)
     access.log_request(time.perf_counter(), request_id="r-4", protocol="rest", status=200)
     assert "r-4" in capsys.readouterr().out
+
+
+@pytest.mark.pure
+def test_request_text_reaches_the_access_line_only_when_asked_for(capsys, restore_logging):
+    from bert_squad_client import protocol
+
+    instances = [{"question": "Which capital?", "context": "Paris is in France.", "top_k": 3}]
+    served = protocol.make_request("bert_squad", "predict", 0, instances[:1]).instances
+    assert access.request_text(instances) == access.request_text(served) == [
+        {"question": "Which capital?", "context": "Paris is in France."}]
+    access.configure("json")
+    assert not access.wants_text()
+    access.log_request(time.perf_counter(), request_id="r-5", text=access.request_text(instances))
+    access.configure("json", request_text=True)
+    assert access.wants_text()
+    access.log_request(time.perf_counter(), request_id="r-6", text=access.request_text(instances))
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert "text" not in first and "Paris" not in json.dumps(first)
+    assert second["text"] == [{"question": "Which capital?", "context": "Paris is in France."}]
 
 
 # ---------------------------------------------------------------- a real server, --log-format json

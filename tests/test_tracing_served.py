@@ -1,7 +1,7 @@
 """Traces from a real server (the oracle model) to a real OTLP receiver (tests/otlp_receiver.py): a request over
 each of the four protocols, sent with a known W3C traceparent and request ID, gives a SERVER span in the caller's
 trace with its parent, a CLIENT span for the call to Serving under it, the request's attributes, and its trace ID in
-the JSON access line; with OTEL_TRACES_EXPORTER unset nothing arrives."""
+the JSON access line (with its text: --log-request-text); with OTEL_TRACES_EXPORTER unset nothing arrives."""
 from __future__ import annotations
 
 import json
@@ -29,7 +29,7 @@ def traced(oracle_servable, receiver, tmp_path_factory):
 
     env = {**receiver.environment("grpc"), "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_SERVICE_NAME": "qa-test"}
     with Server(tmp_path_factory.mktemp("traced"), oracle_servable["servable_dir"],
-                extra_args=["--log-format", "json"], env=env) as server:
+                extra_args=["--log-format", "json", "--log-request-text"], env=env) as server:
         yield server
 
 
@@ -92,6 +92,7 @@ def test_a_request_continues_the_callers_trace_with_a_child_span_for_serving(tra
     assert server.resource["service.name"] == "qa-test" and server.status != "ERROR"
     line = access_line(traced, request_id)
     assert line["trace_id"] == trace_id and line["protocol"] == protocol
+    assert line["text"] == [QUESTION]  # --log-request-text
 
 
 def access_line(server, request_id: str) -> dict:

@@ -23,7 +23,9 @@ LOG_FORMATS = ("text", "json")
 ACCESS_LOG = ("on", "off")
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ACCESS_FIELDS = ("request_id", "trace_id", "protocol", "model", "version", "method", "status", "duration_ms",
-                 "questions", "client", "error")
+                 "questions", "client", "error", "text")
+TEXT_INPUTS = ("question", "context")  # what `text` holds of each instance, with --log-request-text only
+_log_text = False
 access_log = logging.getLogger("bert_squad.access")
 _said = logging.getLogger("bert_squad.serve")
 
@@ -47,14 +49,33 @@ def from_metadata(metadata) -> str:
     return request_id(given if isinstance(given, str) else None)
 
 
+def wants_text() -> bool:
+    """Whether access lines carry the questions and contexts (--log-request-text): callers gather them only then."""
+    return _log_text and not access_log.disabled
+
+
+def request_text(instances) -> list:
+    """The questions and contexts of a request's instances: dicts of str (the OIP's), or a PredictRequest's."""
+    found = []
+    for instance in instances:
+        if isinstance(instance, dict):
+            found.append({k: v for k, v in instance.items() if k in TEXT_INPUTS and isinstance(v, str)})
+        else:
+            found.append({k: t.bytes_val[0].decode("utf-8", "replace") for k, t in instance.items.items()
+                          if k in TEXT_INPUTS and t.bytes_val})
+    return found
+
+
 def log_request(started: float, **fields) -> None:
     """One access line: `started` is the request's time.perf_counter() on arrival; `fields` some of
-    ACCESS_FIELDS (an unknown one is a bug of ours)."""
+    ACCESS_FIELDS (an unknown one is a bug of ours); `text` is dropped unless --log-request-text asked for it."""
     if access_log.disabled:  # --access-log off
         return
     unknown = set(fields) - set(ACCESS_FIELDS)
     if unknown:
         raise TypeError(f"not access-log fields: {sorted(unknown)}")
+    if not _log_text:
+        fields.pop("text", None)
     fields["duration_ms"] = round(1000 * (time.perf_counter() - started), 3)
     access_log.info("request", extra={name: fields[name] for name in ACCESS_FIELDS if fields.get(name) is not None})
 
@@ -72,10 +93,12 @@ class _TextFormatter(logging.Formatter):
         return "\n" + text if getattr(record, "fresh_line", False) else text
 
 
-def configure(log_format: str, access_lines: bool = True) -> None:
-    """Send the serve process's log records (its own lines and, unless `access_lines` is False, the access lines)
-    to stdout in `log_format`; in text, errors go to stderr as they always did."""
-    access_log.disabled = not access_lines
+def configure(log_format: str, access_lines: bool = True, request_text: bool = False) -> None:
+    """Send the serve process's log records (its own lines and, unless `access_lines` is False, the access lines,
+    with each request's questions and contexts when `request_text`) to stdout in `log_format`; in text, errors go
+    to stderr as they always did."""
+    global _log_text
+    access_log.disabled, _log_text = not access_lines, request_text
     if log_format == "json":
         from pythonjsonlogger.core import RESERVED_ATTRS
         from pythonjsonlogger.json import JsonFormatter

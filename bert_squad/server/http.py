@@ -214,7 +214,8 @@ class FrontDoor:
             body = rest.dumps({"error_msg": error, "request_id": request_id})
         self._rest_meter.end(record, method, outcome, request_id=request_id, model=servable,
                              version=None if version is None else str(version or self.upstream.version),
-                             status=status, questions=seen["questions"], client=_client(scope), error=error)
+                             status=status, questions=seen["questions"], client=_client(scope), error=error,
+                             text=seen.get("text"))
         if status == "client_gone":
             return
         await send({"type": "http.response.start", "status": status,
@@ -237,6 +238,8 @@ class FrontDoor:
         else:
             message, count = rest.parse_body(body, servable, version, method)
         seen["questions"] = count
+        if access.wants_text():
+            seen["text"] = access.request_text(message.instances)
         try:
             with self._rest_meter.serving_call():
                 reply = await self._call()(message, timeout=up.timeout_s)
@@ -322,7 +325,9 @@ class FrontDoor:
             body = rest.dumps({"error": error, "request_id": request_id})
         self._oip_meter.end(record, method, outcome, request_id=request_id, model=model and model.name,
                             version=self.served if model else None, status=status,
-                            questions=len(parsed.request) if parsed else None, client=_client(scope), error=error)
+                            questions=len(parsed.request) if parsed else None, client=_client(scope), error=error,
+                            text=access.request_text(parsed.request.instances) if parsed and access.wants_text()
+                            else None)
         if status == "client_gone":
             return
         raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]

@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                    help="the serve command's lines and one access line per request on stdout: text, or one JSON "
                         "object per line (default %(default)s)")
+    p.add_argument("--log-request-text", action="store_true",
+                   help="put each request's questions and contexts in its access line (off by default: they may be "
+                        "private)")
     p.add_argument("--access-log", choices=ACCESS_LOG, default="on",
                    help="one line per request (see --log-format); off saves its cost on the hot path "
                         "(default %(default)s)")

@@ -302,7 +302,7 @@ def _package_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # handed on to the master process
-    access.configure(args.log_format, args.access_log == "on")
+    access.configure(args.log_format, args.access_log == "on", args.log_request_text)
     try:
         return serve(args)
     except (ServeError, versions.VersionError, RuntimeMissing) as e:

@@ -51,7 +51,8 @@ class PassThrough:
             self._meter.end(record, spec.method_name if read else "other", outcome, request_id=request_id,
                             model=spec.name if read else None,
                             version=str(spec.version_number or self._served) if read else None, status=status,
-                            questions=questions, client=context.peer(), error=error)
+                            questions=questions, client=context.peer(), error=error,
+                            text=_text(request) if read and access.wants_text() else None)
 
         try:
             spec, questions = read_head(request)
@@ -83,6 +84,11 @@ class PassThrough:
         known = spec.name == self._servable and spec.version_number in (0, self._served)
         end(*_reply_outcome(reply, known))
         return reply
+
+
+def _text(request: bytes) -> list:
+    """The questions and contexts of a request (--log-request-text only: this parses every instance)."""
+    return access.request_text(protocol.PredictRequest.FromString(request).instances)
 
 
 def read_head(request: bytes):

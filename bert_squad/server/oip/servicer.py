@@ -58,7 +58,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         def end(outcome, status: str, error: Optional[str] = None) -> None:
             self._meter.end(record, method, outcome, request_id=request_id, model=request.model_name,
                             version=self._served if parsed else None, status=status,
-                            questions=len(parsed.request) if parsed else None, client=context.peer(), error=error)
+                            questions=len(parsed.request) if parsed else None, client=context.peer(), error=error,
+                            text=access.request_text(parsed.request.instances) if parsed and access.wants_text()
+                            else None)
 
         try:
             parsed = grpc_codec.parse_infer(request, self._table, self._served)
