@@ -9,6 +9,7 @@ import mmap
 from pathlib import Path
 from typing import List, Optional
 
+from bert_squad import protowire
 from bert_squad.metadata import Metadata, MetadataError, check_model_files, read_metadata
 
 MINDIR_GRAPH_FIELD = 7  # ModelProto.graph in MindSpore's mind_ir.proto
@@ -107,37 +108,12 @@ def complete_protobuf(path: Path) -> bool:
     if path.stat().st_size == 0:
         return False
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        pos, fields = 0, set()
         try:
-            while pos < len(data):
-                key, pos = _varint(data, pos)
-                wire_type = key & 7
-                if wire_type == 0:  # varint
-                    pos = _varint(data, pos)[1]
-                elif wire_type == 1:  # 64-bit
-                    pos += 8
-                elif wire_type == 2:  # length-delimited: bytes, string, message
-                    length, pos = _varint(data, pos)
-                    pos += length
-                    fields.add(key >> 3)
-                elif wire_type == 5:  # 32-bit
-                    pos += 4
-                else:  # groups, unused by MindIR, or not protobuf at all
-                    return False
-        except IndexError:  # a varint ran past the end
+            found = {number for number, wire_type, _, _ in protowire.fields(data)
+                     if wire_type == protowire.LENGTH_DELIMITED}
+        except protowire.WireError:  # cut short, or not protobuf at all
             return False
-        return pos == len(data) and MINDIR_GRAPH_FIELD in fields
-
-
-def _varint(data, pos: int) -> "tuple[int, int]":
-    """The protobuf varint at `pos` and the position after it."""
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if byte < 0x80:
-            return value, pos
+        return MINDIR_GRAPH_FIELD in found
 
 
 def model_identity(meta: Metadata) -> str:

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import grpc
 from google.protobuf.message import DecodeError
 
+from bert_squad import protowire
 from bert_squad.server import access, rest, tracing
 from bert_squad_client import protocol
 
@@ -95,41 +96,16 @@ def read_head(request: bytes):
     """(servable spec, number of instances) of a serialized PredictRequest, without parsing its instances: a request
     can carry tens of MB of them, and the front door forwards its bytes as they came. DecodeError when it is not
     one."""
-    spec, instances, at, end = protocol.ServableSpec(), 0, 0, len(request)
-    while at < end:
-        key, at = _varint(request, at)
-        field, wire_type = key >> 3, key & 7
-        if wire_type == 2:  # length-delimited: the spec (1), an instance (2), or a field we do not know
-            length, at = _varint(request, at)
-            if at + length > end:
-                raise DecodeError("truncated message")
-            if field == 1:
-                spec.MergeFromString(request[at:at + length])
-            elif field == 2:
+    spec, instances = protocol.ServableSpec(), 0
+    try:
+        for number, wire_type, start, end in protowire.fields(request):
+            if wire_type == protowire.LENGTH_DELIMITED and number == 1:
+                spec.MergeFromString(request[start:end])
+            elif wire_type == protowire.LENGTH_DELIMITED and number == 2:
                 instances += 1
-            at += length
-        elif wire_type == 0:
-            _, at = _varint(request, at)
-        elif wire_type in (1, 5):
-            at += 8 if wire_type == 1 else 4
-        else:
-            raise DecodeError(f"wire type {wire_type} of field {field}")
-    if at != end:
-        raise DecodeError("truncated message")
+    except protowire.WireError as e:
+        raise DecodeError(str(e)) from None
     return spec, instances
-
-
-def _varint(data: bytes, at: int):
-    value, shift = 0, 0
-    while True:
-        if at >= len(data) or shift > 63:
-            raise DecodeError("truncated or too long varint")
-        byte = data[at]
-        value |= (byte & 0x7F) << shift
-        at += 1
-        if byte < 0x80:
-            return value, at
-        shift += 7
 
 
 _CODE_OUTCOMES = {grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
