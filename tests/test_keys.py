@@ -11,6 +11,7 @@ import time
 import pytest
 
 KEY_A, KEY_B, KEY_C = "a" * 20 + "-first-key", "b" * 24 + "_second", "c" * 32
+PAGE_ORIGIN = "https://qa.example.com"
 QUESTION = {"question": "Which capital?", "context": "The city of Paris is the capital of France, they say."}
 
 
@@ -119,7 +120,8 @@ def keyed(oracle_servable, tmp_path_factory):
     key_file = root / "api-keys"
     key_file.write_text(f"# test keys\n{KEY_A}\n{KEY_B}\n")
     with Server(root / "run", oracle_servable["servable_dir"],
-                extra_args=["--api-key-file", str(key_file), "--log-format", "json"]) as server:
+                extra_args=["--api-key-file", str(key_file), "--log-format", "json",
+                            "--cors-allow-origin", PAGE_ORIGIN]) as server:
         server.key_file = key_file
         yield server
 
@@ -270,3 +272,26 @@ def test_the_clients_send_a_key_given_or_from_the_environment(keyed, monkeypatch
     assert predict.main(command) == predict.EXIT_ERROR and not out.exists()
     assert predict.main([*command, "--api-key-file", str(key_file)]) == predict.EXIT_OK
     assert json.loads(out.read_text())["q1"]
+
+
+def test_a_browser_preflight_needs_no_key_and_a_refusal_is_readable_by_the_allowed_page(keyed):
+    """Browsers send no credentials with a CORS preflight: it is answered without a key; the 401 that follows a
+    keyless call carries the CORS headers, so the page can read why."""
+    import http.client
+
+    connection = http.client.HTTPConnection(*keyed.rest_address.rsplit(":", 1), timeout=30)
+    try:
+        connection.request("OPTIONS", "/model/bert_squad:predict", headers={
+            "Origin": PAGE_ORIGIN, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        preflight = connection.getresponse()
+        preflight.read()
+        assert preflight.status == 200 and preflight.getheader("Access-Control-Allow-Origin") == PAGE_ORIGIN
+        assert "authorization" in preflight.getheader("Access-Control-Allow-Headers").lower()
+        connection.request("POST", "/model/bert_squad:predict", body=json.dumps({"instances": [QUESTION]}),
+                           headers={"Origin": PAGE_ORIGIN, "Content-Type": "application/json"})
+        refused = connection.getresponse()
+        assert "API key" in json.loads(refused.read())["error_msg"]
+        assert refused.status == 401 and refused.getheader("Access-Control-Allow-Origin") == PAGE_ORIGIN
+    finally:
+        connection.close()
