@@ -38,9 +38,6 @@ LOST_IN_FLIGHT_GRACE = 1.0
 KEEPALIVE_MS = 2000
 KEEPALIVE_TIMEOUT_MS = 20000  # a live but busy server acks within this; only then is a ping's silence fatal
 PROBE_SERVABLE = "bert-squad-client-probe"  # no such servable: Serving's master answers it without a worker
-# How the bert_squad servable starts the error of a question it refused before doing any work because too many
-# are waiting (bert_squad/server/servable_glue.py, Admission); such a question is retried with backoff.
-SERVER_BUSY = "enqueued requests count exceeds the limit"  # Serving's text for --max-queued-requests
 
 Pair = Tuple[str, str]  # (question, context)
 Outcome = Union[Result, RequestError]
@@ -267,8 +264,8 @@ def _release_channel(channel: grpc.Channel) -> None:
 def _busy(outcomes: list) -> ServerUnavailable | None:
     """ServerUnavailable when the server refused an instance as busy (the whole request is asked again)."""
     for outcome in outcomes:
-        if isinstance(outcome, RequestError) and SERVER_BUSY in outcome.server_message:
-            return ServerUnavailable(outcome.server_message[outcome.server_message.index(SERVER_BUSY):])
+        if isinstance(outcome, RequestError) and protocol.SERVER_BUSY in outcome.server_message:
+            return ServerUnavailable(outcome.server_message[outcome.server_message.index(protocol.SERVER_BUSY):])
     return None
 
 

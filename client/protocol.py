@@ -22,6 +22,8 @@ INVALID_INPUTS = 2
 WORKER_UNAVAILABLE = 4  # the worker process is (re)starting
 SERVABLE_UNAVAILABLE = 5  # no worker serves the servable right now: (re)starting, or not deployed
 RETRYABLE_CODES = (WORKER_UNAVAILABLE, SERVABLE_UNAVAILABLE)
+# Serving's text for a full queue (--max-queued-requests): the clients retry it with backoff, REST answers 429.
+SERVER_BUSY = "enqueued requests count exceeds the limit"
 
 # The bert_squad front door's request ID: an HTTP header (any case) and a gRPC metadata key (lower case, as gRPC
 # keys are). The server reads and sends it (bert_squad/server/access.py); the REST client reads it into its errors.

@@ -40,7 +40,6 @@ _INT32, _FLOAT32 = _CODE["int32"], _CODE["float32"]
 _BOOL, _FLOAT16 = _CODE["bool"], _CODE["float16"]
 INT32_RANGE = (-2**31, 2**31 - 1)
 STAGE_FAILED = 3  # Serving's error code when a stage raised for an instance ("Call Function ... Failed")
-BUSY = "enqueued requests count exceeds the limit"  # Serving's text for --max-queued-requests
 NOT_AVAILABLE = "servable is not available"  # Serving's text while no worker serves the servable
 METHOD_NOT_AVAILABLE = "method is not available"
 EXAMPLE = '{"instances": [{"question": "Who?", "context": "..."}]}'
@@ -272,7 +271,7 @@ def _flatten(value, shape: list, depth: int, out: list, where: str) -> None:
 
 def whole_request_error(code: int, message: str) -> RestError:
     """The status a whole-request failure reported by Serving gets."""
-    if BUSY in message:
+    if protocol.SERVER_BUSY in message:
         return RestError(429, message, retry_after=1)
     if METHOD_NOT_AVAILABLE in message:
         return RestError(404, message)
