@@ -6,6 +6,7 @@ The serve command, the servable (servable_glue.py) and the exporter all read the
 from __future__ import annotations
 
 import mmap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,6 +14,7 @@ from bert_squad import protowire
 from bert_squad.metadata import Metadata, MetadataError, check_model_files, read_metadata
 
 MINDIR_GRAPH_FIELD = 7  # ModelProto.graph in MindSpore's mind_ir.proto
+LATEST = "latest"
 
 
 class VersionError(Exception):
@@ -59,6 +61,31 @@ def resolve(servable_dir: Path, name: str, version: int) -> int:
         raise VersionError(f"{root / str(chosen)} has no metadata.json: it was not written by bert-squad-export; "
                            f"re-export it or remove the folder")
     return chosen
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which version folder to serve: the newest (`number` 0, "latest") or one number ("specific:N")."""
+
+    number: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "Policy":
+        if text == LATEST:
+            return cls()
+        kind, _, number = text.partition(":")
+        if kind != "specific" or not number.isdigit() or int(number) < 1:
+            raise ValueError(f"{text!r} is not a version policy: give 'latest' or 'specific:N' (N >= 1)")
+        return cls(int(number))
+
+    def choose(self, found: List[int]) -> Optional[int]:
+        """The version to serve among the folders `found`; None when it is not there."""
+        if self.number:
+            return self.number if self.number in found else None
+        return found[-1] if found else None
+
+    def __str__(self) -> str:
+        return f"specific:{self.number}" if self.number else LATEST
 
 
 def verify(folder: Path, device: str) -> Metadata:

@@ -28,6 +28,9 @@ SERVER_BUSY = "enqueued requests count exceeds the limit"
 # The bert_squad front door's request ID: an HTTP header (any case) and a gRPC metadata key (lower case, as gRPC
 # keys are). The server reads and sends it (bert_squad/server/access.py); the REST client reads it into its errors.
 REQUEST_ID_HEADER = "x-request-id"
+# The model version that answered a request (it changes when the server switches versions): a response header of
+# MindSpore Serving's REST API and trailing metadata of its gRPC API at the bert_squad front door.
+MODEL_VERSION_HEADER = "x-model-version"
 
 # Serving refuses messages above 512 MB; the gRPC default receive limit (4 MB) is too small for long contexts
 # and for the logits of many windows.

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from bert_squad.server.health import find_ready_line
 from bert_squad.runtimes.lite_lib import with_lite_on_library_path
@@ -245,18 +245,18 @@ sys.path.insert(0, sys.argv[1])
 from harness import export_servable
 from oracle import build_oracle_checkpoint, uncased_vocab_file
 root, buckets = Path(sys.argv[2]), [int(b) for b in sys.argv[3].split(",")]
-config = build_oracle_checkpoint(root / "oracle.ckpt", uncased_vocab_file(), "paris", "france")
+config = build_oracle_checkpoint(root / "oracle.ckpt", uncased_vocab_file(), sys.argv[4], sys.argv[5])
 export_servable(root / "servable", root / "oracle.ckpt", vocab_file=uncased_vocab_file(), config=config,
                 buckets=buckets, runtime="serving")
 """
 
 
-def export_oracle(root: Path, buckets: Sequence[int] = (128, 384)) -> Path:
-    """The oracle servable (answers span "paris" .. "france", tests/oracle.py) exported by the py39 venv, so
-    that tests running under any Python can serve it; returns the servable directory."""
+def export_oracle(root: Path, buckets: Sequence[int] = (128, 384), span: Tuple[str, str] = ("paris", "france")) -> Path:
+    """The oracle servable (answers span "paris" .. "france", or the words of `span`: tests/oracle.py) exported by
+    the py39 venv, so that tests running under any Python can serve it; returns the servable directory."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     done = subprocess.run([str(PY39), "-c", _EXPORT_ORACLE, str(REPO / "tests"), str(root),
-                           ",".join(map(str, buckets))], capture_output=True, text=True, cwd=root)
+                           ",".join(map(str, buckets)), *span], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, f"oracle export failed:\n{done.stdout}\n{done.stderr}"
     return root / "servable"

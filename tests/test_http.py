@@ -16,6 +16,7 @@ import pytest
 
 import wire
 from bert_squad.server import health, http, rest
+from bert_squad.server.upstream import Upstream
 from bert_squad_client import protocol
 from harness import PY39, TOY_SERVE, Server, free_port
 from bert_squad.runtimes.lite_lib import with_lite_on_library_path
@@ -71,7 +72,7 @@ class FrontDoorThread:
                  availability=None, cors=()):
         state = health.HealthState(lambda: None, 1.0, alive=lambda: True)
         state.phase = phase
-        upstream = http.Upstream(grpc_address, "bert_squad", 1, max_body, 30.0)
+        upstream = Upstream(grpc_address, "bert_squad", 1, max_body, 30.0)
         door = http.FrontDoor(upstream, state,
                               availability or (lambda: None if state.phase == health.SERVING else "restarting"),
                               lambda: {"openapi": "3.1.0"})

@@ -158,7 +158,7 @@ def grpc_port():
     thread.start()
 
     async def ask(request):
-        return servable(request.method, request.instances)
+        return servable(request.method, request.instances), "1"
 
     async def live():
         return True
@@ -167,7 +167,7 @@ def grpc_port():
         return True, {}
 
     async def start():
-        servicer = InferenceServicer(TABLE, "1", "0.1.0", ask, live, ready, metrics.Meter("oip_grpc"))
+        servicer = InferenceServicer(TABLE, lambda: "1", "0.1.0", ask, live, ready, metrics.Meter("oip_grpc"))
         return await start_server(register(servicer), "127.0.0.1:0", 4 << 20)
 
     server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)

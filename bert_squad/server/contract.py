@@ -17,8 +17,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # text) its gRPC endpoint listens on. Only the front door and the health probe dial it: every public port is the
 # front door's.
 MASTER_ADDRESS_ENV = "BERT_SQUAD_MASTER_ADDRESS"
-# Set by the supervisor for the master: the pipe it reports on, one line: "ready <warm-up>" or "error <reason>".
+# Set by the supervisor for the master: the pipe it reports on, one line: "ready <warm-up>" or
+# "error <stage> <reason>", the stage that failed being one of these (the serve command counts a refused version by it).
 READY_FD_ENV = "BERT_SQUAD_READY_FD"
+STAGE_LOAD, STAGE_WARM_UP = "load", "warm_up"
 
 # Exit codes of the serve command and of the master process.
 EXIT_START_FAILED = 2  # could not start; the error line says why

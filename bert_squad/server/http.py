@@ -1,7 +1,9 @@
 """The HTTP front door: MindSpore Serving's REST API, the Open Inference Protocol's REST API (/v2), /livez, /readyz,
 /metrics and /openapi.json on one port, and the same machinery serving /livez and /readyz alone on --health-address
-(health_app). The front door also owns the one gRPC channel to Serving and `ask`, which the OIP gRPC service
-(oip/servicer.py, started by serve.py on the same event loop) shares with /v2 REST.
+(health_app). The front door holds the upstream (upstream.py: the served version's channel to Serving, which a version
+switch replaces) and `ask`, which the OIP gRPC service (oip/servicer.py, started by serve.py on the same event loop)
+shares with /v2 REST. Every answer says which version produced it: the OIP's model_version, and the X-Model-Version
+header on MindSpore Serving's REST API.
 
 Built on Starlette served by uvicorn (ASGI): both are small, well kept, have Python 3.9 wheels, and uvicorn
 does HTTP/1.1 parsing (httptools), TLS and mutual TLS (the standard ssl module) and graceful shutdown.
@@ -17,8 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Awaitable, Callable, Optional, Sequence, Tuple
 
 import grpc
 import uvicorn
@@ -35,8 +36,8 @@ from bert_squad.server.oip import models as oip_models
 from bert_squad.server.oip import rest_codec as oip_rest
 from bert_squad.server.oip import serving as oip_serving
 from bert_squad.server.oip.models import OipError
+from bert_squad.server.upstream import Upstream
 from bert_squad_client import protocol
-from bert_squad_client.client import channel_options
 
 RETRY_AFTER_S = 2  # while the master starts, restarts or stops
 OFFLOAD_BYTES = 256 * 1024  # bodies this large are parsed in a thread, so the event loop keeps answering
@@ -45,6 +46,7 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 REQUEST_ID_KEY = "bert_squad.request_id"  # where app() leaves a request's ID in its ASGI scope
 _REQUEST_ID_HEADER = access.REQUEST_ID_HEADER.encode()  # ASGI header names are lower-case bytes
 _AUTHORIZATION = keys.HEADER.encode()
+_MODEL_VERSION_HEADER = protocol.MODEL_VERSION_HEADER.encode()
 OIP_LARGE = 64  # questions past which an OIP request's outputs are built in a thread
 # span names of the two predict routes (low cardinality: the route, not the path)
 REST_ROUTE = "/model/{name}[/version/{version}]:{method}"
@@ -53,19 +55,10 @@ REST_SPAN, OIP_SPAN = f"POST {REST_ROUTE}", f"POST {OIP_ROUTE}"
 # CORS (--cors-allow-origin): what a page on another origin may send and read.
 CORS_HEADERS = ["Content-Type", "Inference-Header-Content-Length", "Authorization", "X-Request-ID"]
 CORS_EXPOSED = ["Retry-After", "Inference-Header-Content-Length"]
+# POST /v2/repository/models/<model>/load: check the servable directory now (versions_live.py); the refusal's reason,
+# or None once the version the policy names is served.
+Load = Callable[[], Awaitable[Optional[str]]]
 log = logging.getLogger("bert_squad.http")
-
-
-@dataclass
-class Upstream:
-    """Where the front door reaches Serving's master (its internal gRPC address, plain text: contract.py) and what
-    it serves."""
-
-    target: str
-    servable: str
-    version: int  # the version being served: requests for another are refused here
-    max_body_bytes: int
-    timeout_s: float
 
 
 class ClientGone(Exception):
@@ -78,15 +71,13 @@ class FrontDoor:
     def __init__(self, upstream: Upstream, state: health.HealthState, availability: Availability,
                  openapi: Callable[[], dict], extra_routes: Sequence[Route] = (), package_version: str = "unknown",
                  api_keys: Optional[keys.ApiKeys] = None, tracer: Optional[tracing.Tracing] = None,
-                 span_facts: Optional[dict] = None):
-        """`tracer` (None: tracing off) and `span_facts` (runtime, precision) go to every protocol's Meter."""
+                 span_facts: Optional[dict] = None, load: Optional[Load] = None):
+        """`tracer` (None: tracing off) and `span_facts` (runtime, precision) go to every protocol's Meter; `load`
+        answers the OIP repository extension's load (None: the repository routes say versions are fixed)."""
         self.upstream, self.state, self.availability, self.openapi = upstream, state, availability, openapi
         self.package_version, self.api_keys = package_version, api_keys
-        self.tracer, self._span_facts = tracer, span_facts
+        self.tracer, self._span_facts, self._load = tracer, span_facts, load
         self.oip_models = oip_models.models(upstream.servable)  # the OIP's model names -> their tensors
-        self.served = str(upstream.version)  # the OIP's model_version
-        self._channel: Optional[grpc.aio.Channel] = None
-        self._predict = self._raw_predict = None
         self._rest_meter, self._oip_meter = self.meter("rest"), self.meter("oip_rest")
         self._starlette = Starlette(routes=[
             Route("/model/{tail:path}", self._not_post, methods=["POST"]),  # GET and others: 405 from Starlette
@@ -95,6 +86,8 @@ class FrontDoor:
             Route("/v2/health/live", self.oip_live, methods=["GET", "HEAD"]),
             Route("/v2/health/ready", self.oip_ready, methods=["GET", "HEAD"]),
             Route("/v2/models/{tail:path}", self.oip_model, methods=["GET"]),  # POST .../infer: app()
+            Route("/v2/repository/index", self.oip_repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{model}/{action}", self.oip_repository_model, methods=["POST"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/openapi.json", self.openapi_json, methods=["GET"]),
             *extra_routes,  # the try-it page (page.py), unless --page off
@@ -144,31 +137,17 @@ class FrontDoor:
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    def _call(self):
-        """Serving's Predict over the front door's channel (REST and OIP share it), made on first use on the serving
-        event loop; serve.py closes it once every listener stopped."""
-        if self._predict is None:
-            self._predict = self._serving().unary_unary(protocol.PREDICT_PATH,
-                                                        request_serializer=protocol.PredictRequest.SerializeToString,
-                                                        response_deserializer=protocol.PredictReply.FromString)
-        return self._predict
+    @property
+    def served(self) -> str:
+        """The version answering new requests now (the OIP's model_version)."""
+        return str(self.upstream.version)
 
-    def raw_predict(self):
-        """The same call, bytes in and out, for MindSpore Serving's gRPC API at the front door (serving_grpc.py)."""
-        if self._raw_predict is None:
-            self._raw_predict = self._serving().unary_unary(protocol.PREDICT_PATH)
-        return self._raw_predict
-
-    def _serving(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            # the client's options: a call left on a connection to a master that died fails within seconds
-            self._channel = grpc.aio.insecure_channel(self.upstream.target, channel_options())
-        return self._channel
+    def current(self) -> Upstream:
+        """The upstream new requests go to (serving_grpc.PassThrough asks per request)."""
+        return self.upstream
 
     async def close(self) -> None:
-        if self._channel is not None:
-            channel, self._channel, self._predict, self._raw_predict = self._channel, None, None, None
-            await channel.close()
+        await self.upstream.close()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app):
@@ -201,6 +180,7 @@ class FrontDoor:
             servable, version, method = rest.parse_path(scope["path"])
             body, status = await self._answer(scope, receive, servable, version, method, seen), 200
             outcome = "instance_error" if b'"error_msg"' in body else "ok"
+            headers = [*JSON_HEADERS, (_MODEL_VERSION_HEADER, str(seen["version"]).encode())]
         except rest.RestError as e:
             outcome, status, body, error = e.status, e.status, e.body(request_id), e.message
             if e.retry_after:
@@ -213,7 +193,7 @@ class FrontDoor:
             error = f"the front door failed: {type(e).__name__}: {e}; see the server log"
             body = rest.dumps({"error_msg": error, "request_id": request_id})
         self._rest_meter.end(record, method, outcome, request_id=request_id, model=servable,
-                             version=None if version is None else str(version or self.upstream.version),
+                             version=None if version is None else str(version or seen.get("version") or ""),
                              status=status, questions=seen["questions"], client=_client(scope), error=error,
                              text=seen.get("text"))
         if status == "client_gone":
@@ -223,8 +203,14 @@ class FrontDoor:
         await send({"type": "http.response.body", "body": body})
 
     async def _answer(self, scope, receive, servable: str, version: int, method: str, seen: dict) -> bytes:
-        """The reply body of a predict request; its number of instances goes into `seen`."""
-        up = self.upstream
+        """The reply body of a predict request, from the version served when it arrived; its number of instances and
+        that version go into `seen`."""
+        with self.upstream.use() as up:
+            seen["version"] = up.version
+            return await self._answer_from(up, scope, receive, servable, version, method, seen)
+
+    async def _answer_from(self, up: Upstream, scope, receive, servable: str, version: int, method: str,
+                           seen: dict) -> bytes:
         if servable != up.servable or version not in (0, up.version):  # Serving's own words, then ours
             asked = f"servable({servable}) method({method}) " + (f" version({version}) " if version else "")
             raise rest.RestError(404, f"Request {asked}, {rest.NOT_AVAILABLE}: this server serves "
@@ -242,7 +228,7 @@ class FrontDoor:
             seen["text"] = access.request_text(message.instances)
         try:
             with self._rest_meter.serving_call():
-                reply = await self._call()(message, timeout=up.timeout_s)
+                reply = await up.call()(message, timeout=up.timeout_s)
         except grpc.aio.AioRpcError as e:
             raise _rpc_error(e, up.timeout_s) from None
         if count > 64:
@@ -270,20 +256,21 @@ class FrontDoor:
 
     # ------------------------------------------------------------ Open Inference Protocol
 
-    async def ask(self, request: oip_models.Request) -> list:
-        """One Serving request of the OIP request's N instances; their outcomes (oip/serving.py)."""
+    async def ask(self, request: oip_models.Request) -> Tuple[list, str]:
+        """One Serving request of the OIP request's N instances: their outcomes (oip/serving.py) and the version that
+        answered."""
         unavailable = self.availability()
         if unavailable:
             raise OipError(503, unavailable, retry_after=RETRY_AFTER_S)
-        up = self.upstream
-        try:
-            with self._oip_meter.serving_call():
-                reply = await self._call()(oip_serving.predict_request(request, up.servable, up.version),
-                                           timeout=up.timeout_s)
-        except grpc.aio.AioRpcError as e:
-            error = _rpc_error(e, up.timeout_s)
-            raise OipError(error.status, error.message, error.retry_after) from None
-        return oip_serving.outcomes(reply, request)
+        with self.upstream.use() as up:
+            try:
+                with self._oip_meter.serving_call():
+                    reply = await up.call()(oip_serving.predict_request(request, up.servable, up.version),
+                                            timeout=up.timeout_s)
+            except grpc.aio.AioRpcError as e:
+                error = _rpc_error(e, up.timeout_s)
+                raise OipError(error.status, error.message, error.retry_after) from None
+        return oip_serving.outcomes(reply, request), str(up.version)
 
     async def is_live(self) -> bool:
         return self.state.live()[0]
@@ -294,6 +281,7 @@ class FrontDoor:
     async def oip_infer(self, scope, receive, send) -> None:
         record = self._oip_meter.begin(OIP_SPAN, scope["headers"], lambda: _span_attributes(scope, OIP_ROUTE))
         request_id, method, status, model, parsed, error = scope[REQUEST_ID_KEY], "other", 200, None, None, None
+        answered = self.served
         try:
             model, action = oip_rest.parse_path(scope["path"], self.oip_models, self.served)
             if action != "infer":  # /v2/models/<m>/ready/infer and the like
@@ -307,11 +295,11 @@ class FrontDoor:
             large = len(body) > OFFLOAD_BYTES
             parsed = await (run_in_threadpool if large else _now)(oip_rest.parse_infer, body, header, model)
             method = parsed.request.method
-            outcomes = await self.ask(parsed.request)
+            outcomes, answered = await self.ask(parsed.request)
             large = large or len(parsed.request) > OIP_LARGE
             outputs = await (run_in_threadpool if large else _now)(oip_models.to_outputs, parsed.request, outcomes)
             body, headers = await (run_in_threadpool if large else _now)(oip_rest.response, parsed, outputs,
-                                                                         self.served)
+                                                                         answered)
             outcome = "instance_error" if any(outputs[oip_models.ERROR_OUTPUT]) else "ok"
         except OipError as e:
             status, body, headers = oip_rest.error_response(e, request_id)
@@ -324,7 +312,7 @@ class FrontDoor:
             error = f"the front door failed: {type(e).__name__}: {e}; see the server log"
             body = rest.dumps({"error": error, "request_id": request_id})
         self._oip_meter.end(record, method, outcome, request_id=request_id, model=model and model.name,
-                            version=self.served if model else None, status=status,
+                            version=answered if model else None, status=status,
                             questions=len(parsed.request) if parsed else None, client=_client(scope), error=error,
                             text=access.request_text(parsed.request.instances) if parsed and access.wants_text()
                             else None)
@@ -359,6 +347,36 @@ class FrontDoor:
             ready, _ = await self.is_ready()
             return _oip_health({"name": model.name, "ready": ready}, ready, request)
         raise HTTPException(405)  # GET .../infer
+
+    async def oip_repository_index(self, request: Request) -> Response:
+        """The repository extension's index: the models served, with the version answering now."""
+        ready, _ = await self.is_ready()
+        return JSONResponse([{"name": name, "version": self.served, "state": "READY" if ready else "UNAVAILABLE"}
+                             for name in sorted(self.oip_models)])
+
+    async def oip_repository_model(self, request: Request) -> Response:
+        """The repository extension's load: look at the servable directory now and switch to the version the
+        --version-policy names, if it is not served yet (answered once that version serves, or with the reason it
+        was refused). Unload is refused: the server always serves one version."""
+        name, action = request.path_params["model"], request.path_params["action"]
+        request_id = {"request_id": request.scope[REQUEST_ID_KEY]} if REQUEST_ID_KEY in request.scope else {}
+        if action not in ("load", "unload"):
+            raise HTTPException(404)
+        if name not in self.oip_models:
+            return JSONResponse({"error": f"no model {name!r}; this server serves {', '.join(sorted(self.oip_models))}",
+                                 **request_id}, 404)
+        if await request.body() not in (b"", b"{}"):
+            return JSONResponse({"error": "load takes no parameters here: export a new version folder into the "
+                                          "servable directory, then load", **request_id}, 400)
+        if action == "unload":
+            return JSONResponse({"error": "this server always serves one version of its model: to serve another, "
+                                          "export it and load; to stop serving, stop the server", **request_id}, 400)
+        if self._load is None:
+            return JSONResponse({"error": "this server does not switch versions", **request_id}, 400)
+        refused = await self._load()
+        if refused:
+            return JSONResponse({"error": refused, **request_id}, 400)
+        return JSONResponse({"model_version": self.served}, 200)
 
     # ------------------------------------------------------------ operators
 

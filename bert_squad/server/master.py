@@ -3,7 +3,7 @@
 `python -m bert_squad.server.master <bert-squad-serve options>` starts the servable's workers and Serving's
 gRPC endpoint on the internal address $BERT_SQUAD_MASTER_ADDRESS (no REST, no public port: the serve command's
 front door owns them), asks the warm-up question, tells
-the serve command on the pipe $BERT_SQUAD_READY_FD ("ready <seconds>" or "error <reason>"), then watches
+the serve command on the pipe $BERT_SQUAD_READY_FD ("ready <seconds>" or "error <stage> <reason>"), then watches
 its workers until SIGTERM. The serve command (supervisor.py) starts this process again when it dies.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from bert_squad.server import access
 from bert_squad.server.access import say
-from bert_squad.server.contract import EXIT_SERVING_DIED, EXIT_START_FAILED, MASTER_ADDRESS_ENV, READY_FD_ENV
+from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MASTER_ADDRESS_ENV, READY_FD_ENV,
+                                        STAGE_LOAD, STAGE_WARM_UP)
 from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import worker_pids
 from bert_squad.server.warmup import predict_request
@@ -94,6 +95,7 @@ def run(args, report) -> int:
     from mindspore_serving.server.master import context
 
     device_ids = [int(x) for x in args.device_ids.split(",") if x.strip()]
+    stage = STAGE_LOAD
     try:
         context.set_max_enqueued_requests(args.max_queued_requests)
         config = server.ServableStartConfig(
@@ -101,10 +103,11 @@ def run(args, report) -> int:
             version_number=args.version, device_type=args.device, num_parallel_workers=args.python_workers)
         server.start_servables(config, enable_lite=args.device == "cpu")
         server.start_grpc_server(os.environ[MASTER_ADDRESS_ENV], max_msg_mb_size=args.max_message_mb)
+        stage = STAGE_WARM_UP
         warm = f"{warm_up(args, args.warmup_timeout):.2f} s"
     except (RuntimeError, ServeError) as e:
         server.stop()
-        report(f"error {e} (logs: {Path.cwd() / 'serving_logs'})")
+        report(f"error {stage} {e} (logs: {Path.cwd() / 'serving_logs'})")
         return EXIT_START_FAILED
     report(f"ready {warm}")
     asked_to_stop = _watch_workers(args)

@@ -39,8 +39,15 @@ IN_FLIGHT = Gauge("bert_squad_requests_in_flight", "Predict / infer requests rec
 MASTER_RESTARTS = Counter("bert_squad_master_restarts", "Times Serving's master process died and was started again",
                           ["cause"])
 WORKER_RESTARTS = Counter("bert_squad_worker_restarts", "Times a Serving worker process exited (Serving restarts it)")
-INFO = Gauge("bert_squad_build_info", "The served model: 1, labelled with version, runtime, precision, model sha256",
+INFO = Gauge("bert_squad_build_info", "The served model: 1, labelled with version, runtime, precision, model sha256 "
+             "(0 for a version served before a switch)",
              ["version", "servable_version", "runtime", "precision", "model_sha256"], multiprocess_mode="max")
+SWITCHES = Counter("bert_squad_version_switches", "Times a new model version took the traffic from the running one")
+# Why a version was refused (versions_live.py): its files (metadata, a model file missing, cut short or changed), not
+# enough memory for two versions, Serving could not load it, it failed its warm-up question, or its smoke test.
+REFUSAL_REASONS = ("files", "memory", "load", "warm_up", "smoke")
+REFUSALS = Counter("bert_squad_version_refusals", "New model versions refused (the running one kept serving), by "
+                   "reason", ["reason"])
 QUESTIONS = Counter("bert_squad_questions", "Questions the servable tokenized (every protocol)", ["outcome"])
 STAGE = Histogram("bert_squad_stage_duration_seconds", "Time of one servable stage: preprocess and postprocess "
                   "per question, model per batch", ["stage"], buckets=STAGE_BUCKETS)

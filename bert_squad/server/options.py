@@ -9,7 +9,7 @@ import argparse
 import re
 from pathlib import Path
 
-from bert_squad import settings
+from bert_squad import settings, versions
 from bert_squad.runtimes.lite_lib import REPO_ROOT
 from bert_squad.server import health
 from bert_squad.server.access import ACCESS_LOG, LOG_FORMATS
@@ -28,7 +28,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--servable-dir", type=Path, default=REPO_ROOT / "servable",
                    help="folder holding <name>/servable_config.py and numbered version folders")
     p.add_argument("--name", default=settings.SERVABLE_NAME, help="servable name (default: %(default)s)")
-    p.add_argument("--version", type=int, default=0, help="version folder to serve; 0 = newest (default)")
+    p.add_argument("--version", type=int, default=0,
+                   help="version folder to serve, the same as --version-policy specific:N; 0 = the policy's (default)")
+    p.add_argument("--version-policy", default=versions.LATEST, metavar="latest|specific:N",
+                   help="which version folder to serve: the newest, switched to when a newer one is found, or one "
+                        "number (default %(default)s)")
+    p.add_argument("--poll-seconds", type=float, default=0, metavar="S",
+                   help="look for a new version every S seconds and switch to it without downtime (default 0: only "
+                        "on SIGHUP or POST /v2/repository/models/<model>/load; a switch needs memory for two "
+                        "versions, so polling is opted into)")
+    p.add_argument("--smoke-file", type=Path, metavar="SQUAD.json",
+                   help="a few SQuAD v1.1 questions with gold answers that a version must answer (F1 at least "
+                        "--smoke-min-f1) before it takes traffic, at start and at every switch (default: none)")
+    p.add_argument("--smoke-min-f1", type=float, default=50.0,
+                   help="the F1 (0-100) a version must reach on --smoke-file (default %(default)s)")
+    p.add_argument("--switch-headroom-mb", type=int, default=256,
+                   help="memory to keep free, beyond the running version's resident memory, before a second version "
+                        "is started for a switch (default %(default)s MB)")
     p.add_argument("--checkpoint", type=Path,
                    help="used only when no version is exported yet: a zoo .ckpt or a Hugging Face folder to "
                         "export first (default: download the MindSpore Hub SQuAD checkpoint)")
@@ -108,6 +124,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 health.parse_address(address)
             except health.HealthError as e:
                 p.error(f"{flag}: {e}")
+    if args.poll_seconds < 0:
+        p.error("--poll-seconds must be 0 (off) or more")
+    if args.switch_headroom_mb < 0:
+        p.error("--switch-headroom-mb must be 0 or more")
+    try:
+        versions.Policy.parse(args.version_policy)
+    except ValueError as e:
+        p.error(f"--version-policy: {e}")
     if args.max_queued_requests < 1:
         p.error("--max-queued-requests must be at least 1")
     if args.api_key_file and "*" in args.cors_allow_origin:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from html import escape
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -49,11 +49,11 @@ def load_examples(path: Path = DEFAULT_EXAMPLES, count: int = EXAMPLES_SHOWN) ->
     return examples
 
 
-def routes(servable: str, model_facts: dict, examples_path: Optional[Path]) -> List[Route]:
-    """The page, its examples and the served model's facts (version, runtime, precision, model sha256)."""
+def routes(servable: str, model_facts: Callable[[], dict], examples_path: Optional[Path]) -> List[Route]:
+    """The page, its examples and the served model's facts (version, runtime, precision, model sha256: asked per
+    request, as a switch changes them)."""
     html = (PAGE_DIR / "index.html").read_text(encoding="utf-8").replace("{{servable}}", escape(servable, quote=True))
     examples = load_examples(examples_path or DEFAULT_EXAMPLES)
-    facts = {"servable": servable, **model_facts}
 
     async def page(_request: Request) -> Response:
         return HTMLResponse(html, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -63,7 +63,7 @@ def routes(servable: str, model_facts: dict, examples_path: Optional[Path]) -> L
         return JSONResponse(examples)
 
     async def model(_request: Request) -> Response:
-        return JSONResponse(facts)
+        return JSONResponse({"servable": servable, **model_facts()})
 
     return [Route("/", page, methods=["GET", "HEAD"]),
             Route("/page/examples.json", examples_json, methods=["GET"]),

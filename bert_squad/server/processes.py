@@ -52,3 +52,36 @@ def worker_pids() -> "set[int]":
         if any(part.endswith(b"start_worker.py") for part in command):
             pids.add(pid)
     return pids
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants (a version's master and its workers), in bytes; what has
+    exited meanwhile counts 0."""
+    total, pending, seen = 0, [pid], set()
+    page = os.sysconf("SC_PAGE_SIZE")
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            total += int(Path(f"/proc/{current}/statm").read_text().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+        pending.extend(children(current))
+    return total
+
+
+def available_memory_bytes() -> int:
+    """Memory a new process tree may take without the kernel's OOM killer stepping in: the host's MemAvailable,
+    capped by what a container's memory limit (cgroup v2 memory.max) leaves above its current use."""
+    available = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1]) * 1024
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return available
+    return available if limit == "max" else min(available, max(0, int(limit) - used))

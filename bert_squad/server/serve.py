@@ -2,7 +2,8 @@
 
 It resolves the model version (versions.py; exporting one first when there is none, first_export.py) and
 starts Serving's master and workers (MindSpore Lite on CPU) in a child process it supervises
-(master.py, supervisor.py: started again when it dies). The master listens only on an internal unix socket; every
+(master.py, supervisor.py: started again when it dies); versions_live.py switches to a new version without downtime
+(--version-policy, --poll-seconds, SIGHUP, the OIP repository load). The master listens only on an internal unix socket; every
 public port is this process's front door, on one event loop: MindSpore Serving's gRPC API on --grpc-address
 (serving_grpc.py, forwarded byte for byte), REST (MindSpore Serving's and the Open Inference Protocol's /v2),
 /livez, /readyz, /metrics and /openapi.json on the REST address (http.py), /livez and /readyz alone on
@@ -26,22 +27,12 @@ from bert_squad import settings, versions
 from bert_squad.runtimes.lite_lib import RuntimeMissing, with_lite_on_library_path
 from bert_squad.server import access, health
 from bert_squad.server.access import say
-from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MASTER_ADDRESS_ENV, MULTIPROC_ENV,
-                                        PIN_ENV, THREADS_ENV, VERSION_ENV)
+from bert_squad.server.contract import EXIT_SERVING_DIED, EXIT_START_FAILED, MULTIPROC_ENV, PIN_ENV, THREADS_ENV
 from bert_squad.server.first_export import ensure_exported
 from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import available_cpus
 
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
-
-
-def _master_address() -> str:
-    """Serving's master's internal gRPC address: a unix socket in a folder only this user may enter, relative to the
-    workdir that is the current directory of both processes (a socket path may have at most 107 bytes)."""
-    folder = Path("internal")
-    folder.mkdir(mode=0o700, exist_ok=True)
-    folder.chmod(0o700)
-    return f"unix:{folder}/serving-master-{os.getpid()}.sock"
 
 
 def _check_addresses(args) -> None:
@@ -60,36 +51,44 @@ def _check_addresses(args) -> None:
                                  f"{flag} HOST:PORT, or 'off'")
 
 
-def _upstream(args, version: int, master_address: str):
-    from bert_squad.server.http import Upstream
+def _policy(args):
+    """--version-policy, or --version N (its shorthand for specific:N)."""
+    policy = versions.Policy.parse(args.version_policy)
+    if args.version:
+        if args.version_policy != versions.LATEST and policy.number != args.version:
+            raise ServeError(f"--version {args.version} and --version-policy {args.version_policy} disagree; give one")
+        policy = versions.Policy(args.version)
+    return policy
 
-    return Upstream(target=master_address, servable=args.name, version=version,
-                    max_body_bytes=args.max_message_mb << 20, timeout_s=settings.REST_TIMEOUT_S)
 
+def _smoke(args):
+    """The smoke test of --smoke-file, read now so that a bad file stops the start (None without it)."""
+    if not args.smoke_file:
+        return None
+    from bert_squad.server import smoke
 
-def _master_command(args, version: int, workdir: Path) -> "list[str]":
-    """The master process's command line: this command's own options, with the version and workdir resolved."""
-    return [sys.executable, "-m", "bert_squad.server.master", *args.argv,
-            "--servable-dir", str(args.servable_dir), "--version", str(version), "--workdir", str(workdir),
-            "--threads", str(args.threads)]
+    try:
+        return smoke.read(args.smoke_file, args.smoke_min_f1)
+    except smoke.SmokeError as e:
+        raise ServeError(str(e)) from None
 
 
 def serve(args) -> int:
     args.servable_dir = args.servable_dir.resolve()
+    policy = _policy(args)
+    smoke_test = _smoke(args)
     ensure_exported(args)
     servable_dir = args.servable_dir
-    version = versions.resolve(servable_dir, args.name, args.version)
+    version = versions.resolve(servable_dir, args.name, policy.number)
     meta = versions.verify(servable_dir / args.name / str(version), args.device)
     device_ids = [int(x) for x in args.device_ids.split(",") if x.strip()]
-    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bert-squad-serve-"))).resolve()
+    workdir = args.workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bert-squad-serve-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
 
     env = dict(os.environ)
     if args.device == "cpu":
         env = with_lite_on_library_path(env)
-    env[VERSION_ENV] = str(version)
-    env[MASTER_ADDRESS_ENV] = master_address = _master_address()
     env[THREADS_ENV] = str(args.threads)
     # Pin each worker to cores of its own when their threads fit side by side (one worker: leave it to the OS).
     pin = len(device_ids) > 1 and len(device_ids) * args.threads <= available_cpus()
@@ -101,17 +100,14 @@ def serve(args) -> int:
     env.pop(GRPC_FORK_ENV, None)
     os.environ[GRPC_FORK_ENV] = "0"  # this process forks only to exec the master: no gRPC fork handlers (and warnings)
 
-    from bert_squad.server import metrics, openapi, tracing
+    from bert_squad.server import openapi, tracing
     from bert_squad.server.http import FrontDoor, HttpServer, health_app, with_cors
-    from bert_squad.server.supervisor import Supervisor
+    from bert_squad.server.versions_live import Versions
 
     _check_addresses(args)
 
     t0 = time.perf_counter()
-    metrics.INFO.labels(version=_package_version(), servable_version=str(version), runtime=meta.runtime,
-                        precision=meta.precision, model_sha256=versions.model_identity(meta)).set(1)
-    state = health.HealthState(health.grpc_probe(master_address, args.name), settings.HEALTH_TTL_S,
-                               alive=lambda: True)
+    state = health.HealthState(lambda: live.current.upstream.probe(), settings.HEALTH_TTL_S, alive=lambda: True)
 
     def on_ready(warm: str) -> None:
         if state.phase == health.RESTARTING:
@@ -122,7 +118,8 @@ def serve(args) -> int:
         state.set_phase(health.RESTARTING, reason)  # first: once the log says so, /readyz says so too
         say(f"bert-squad-serve: {reason}", error=True)
 
-    supervisor = Supervisor(_master_command(args, version, workdir), env, on_ready, on_down)
+    live = Versions(args, env, policy, smoke_test, on_ready, on_down, _package_version())
+    live.serve(live.launch(version, meta))
     health_server = None
     if args.health_address != "off":  # the health routes alone, on a listener of their own
         health_server = HttpServer(health_app(state), args.health_address, drain_s=settings.DRAIN_S)
@@ -130,22 +127,27 @@ def serve(args) -> int:
     if args.page == "on" and args.rest_address != "off":
         from bert_squad.server import api_docs, page
 
-        facts = {"version": version, "runtime": meta.runtime, "precision": meta.precision,
-                 "model_sha256": versions.model_identity(meta)}
         try:
-            page_routes = page.routes(args.name, facts, args.page_examples) + api_docs.routes(args.name)
+            page_routes = page.routes(args.name, lambda: live.current.facts(), args.page_examples) + \
+                api_docs.routes(args.name)
         except page.ExamplesError as e:
             raise ServeError(str(e)) from None
-    door = FrontDoor(_upstream(args, version, master_address), state, state.unavailable,
-                     lambda: openapi.document(args, meta, version, _package_version()), page_routes,
-                     _package_version(), _api_keys(args), _tracer(),
-                     {tracing.Attr.RUNTIME: meta.runtime, tracing.Attr.PRECISION: meta.precision})
+    span_facts = {tracing.Attr.RUNTIME: meta.runtime, tracing.Attr.PRECISION: meta.precision}  # a switch updates it
+    door = FrontDoor(live.current.upstream, state, state.unavailable,
+                     lambda: openapi.document(args, live.current.meta, live.current.version, _package_version()),
+                     page_routes, _package_version(), _api_keys(args), _tracer(), span_facts,
+                     lambda: live.check("repository load"))
+
+    def switched(running) -> None:
+        door.upstream = running.upstream
+        span_facts.update({tracing.Attr.RUNTIME: running.meta.runtime, tracing.Attr.PRECISION: running.meta.precision})
+
+    live.switched = switched
     http_server = None
     if args.rest_address != "off":
         http_server = HttpServer(with_cors(door.app, args.cors_allow_origin), args.rest_address, args.tls_cert,
                                  args.tls_key, args.tls_client_ca, drain_s=settings.DRAIN_S)
-    return asyncio.run(_run(args, supervisor, state, door, health_server, http_server, version, meta, pin,
-                            device_ids, workdir, master_address, t0))
+    return asyncio.run(_run(args, live, state, door, health_server, http_server, pin, device_ids, workdir, t0))
 
 
 def _api_keys(args):
@@ -176,14 +178,24 @@ def _tracer():
         raise ServeError(str(e)) from None
 
 
-def _reload_keys(api_keys) -> None:
-    """SIGHUP: read the key file again; on a bad file the keys in use stay."""
-    from bert_squad.server import keys
+def _reload(door, live) -> None:
+    """SIGHUP: read the API key file again (a bad file keeps the keys in use) and look for a new model version."""
+    if door.api_keys is not None:
+        from bert_squad.server import keys
 
-    try:
-        say(f"bert-squad-serve: API keys re-read from {api_keys.path}: {api_keys.reload()} key(s)")
-    except keys.KeyFileError as e:
-        say(f"bert-squad-serve: error: {e}; the keys read before stay in use", error=True)
+        try:
+            say(f"bert-squad-serve: API keys re-read from {door.api_keys.path}: {door.api_keys.reload()} key(s)")
+        except keys.KeyFileError as e:
+            say(f"bert-squad-serve: error: {e}; the keys read before stay in use", error=True)
+    asyncio.ensure_future(live.check("SIGHUP"))
+
+
+async def _poll(live, seconds: float) -> None:
+    """--poll-seconds: look for a new version every `seconds` (the check costs a directory listing and a stat of the
+    new folder's files; only a version not served yet is read further)."""
+    while True:
+        await asyncio.sleep(seconds)
+        await live.check("poll")
 
 
 async def _start_grpc(args, door) -> list:
@@ -200,10 +212,9 @@ async def _start_grpc(args, door) -> list:
 
         checks = {"grpc": [GrpcKeyCheck(door.api_keys, door.meter("grpc"))],
                   "oip_grpc": [GrpcKeyCheck(door.api_keys, door.meter("oip_grpc"))]}
-    serving_api = PassThrough(door.raw_predict, door.availability, door.meter("grpc"), args.name,
-                              door.upstream.version)
-    oip_api = oip.InferenceServicer(door.oip_models, door.served, door.package_version, door.ask, door.is_live,
-                                    door.is_ready, door.meter("oip_grpc"))
+    serving_api = PassThrough(door.current, door.availability, door.meter("grpc"), args.name)
+    oip_api = oip.InferenceServicer(door.oip_models, lambda: door.served, door.package_version, door.ask,
+                                    door.is_live, door.is_ready, door.meter("oip_grpc"))
     servers = []
     for protocol, flag, address, what, register in (
             ("grpc", "--grpc-address", args.grpc_address, "MindSpore Serving's gRPC API", serving_api.register),
@@ -221,17 +232,17 @@ async def _start_grpc(args, door) -> list:
     return servers
 
 
-async def _run(args, supervisor, state, door, health_server, http_server, version, meta, pin, device_ids, workdir,
-               master_address, t0) -> int:
-    """Serve until SIGINT / SIGTERM or a crash loop: HTTP on this event loop, the master supervised in a thread."""
+async def _run(args, live, state, door, health_server, http_server, pin, device_ids, workdir, t0) -> int:
+    """Serve until SIGINT / SIGTERM or a crash loop: HTTP on this event loop, each version's master supervised in a
+    thread, the version checks on this loop."""
+    from bert_squad.server.smoke import SmokeError
     from bert_squad.server.supervisor import StartFailed
 
     loop = asyncio.get_running_loop()
     asked = asyncio.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(number, asked.set)
-    if door.api_keys is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload_keys, door.api_keys)
+    loop.add_signal_handler(signal.SIGHUP, _reload, door, live)
     # REST first: on the way out it drains while the health listener still says "not ready"
     listeners = [(server, asyncio.ensure_future(server.serve())) for server in (http_server, health_server) if server]
     try:
@@ -239,31 +250,40 @@ async def _run(args, supervisor, state, door, health_server, http_server, versio
     except ServeError:
         await _stop_listeners(listeners, [], door)
         raise
-    supervisor.start()  # /livez answers during start-up
+    first = live.current
+    first.supervisor.start()  # /livez answers during start-up
     try:
-        warm = await loop.run_in_executor(None, supervisor.wait_first_start)
-    except StartFailed as e:
+        warm = await loop.run_in_executor(None, first.supervisor.wait_first_start)
+        if live.smoke is not None:
+            warm += "; smoke test " + await live.smoke_test(first)
+    except (StartFailed, SmokeError) as e:
         await _stop_listeners(listeners, grpc_servers, door)
-        supervisor.stop()
+        await live.stop()
         raise ServeError(str(e)) from None
     state.set_phase(health.SERVING)
     rest = "off" if args.rest_address == "off" else args.rest_address
+    meta = first.meta
     # One write, starting on a fresh line: Serving's C++ threads print to the same stdout.
     say(f"{health.READY_MARKER} grpc={args.grpc_address} rest={rest} oip-grpc={args.oip_grpc_address} "
-        f"servable={args.name} version={version} precision={meta.precision} runtime={meta.runtime} "
+        f"servable={args.name} version={first.version} precision={meta.precision} runtime={meta.runtime} "
         f"device={args.device} workers={len(device_ids)} threads={args.threads} pinned={'yes' if pin else 'no'} "
         f"health={health_server.address if health_server else 'off'} "
         f"max-queued={args.max_queued_requests} traces={door.tracer.protocol if door.tracer else 'off'} "
-        f"keys={'on' if door.api_keys else 'off'} start={time.perf_counter() - t0:.1f} s warm-up={warm} "
-        f"master={supervisor.process.pid} internal={master_address} logs={workdir / 'serving_logs'}",
-        fresh_line=True)
-    finished = loop.run_in_executor(None, supervisor.finished.wait)
-    await asyncio.wait([asyncio.ensure_future(asked.wait()), finished], return_when=asyncio.FIRST_COMPLETED)
+        f"keys={'on' if door.api_keys else 'off'} version-policy={live.policy} "
+        f"poll={f'{args.poll_seconds:g} s' if args.poll_seconds else 'off'} start={time.perf_counter() - t0:.1f} s "
+        f"warm-up={warm.split(';')[0]} master={first.supervisor.process.pid} internal={first.upstream.target} "
+        f"logs={workdir / 'serving_logs'}", fresh_line=True)
+    polling = asyncio.ensure_future(_poll(live, args.poll_seconds)) if args.poll_seconds else None
+    await asyncio.wait([asyncio.ensure_future(asked.wait()), asyncio.ensure_future(live.wait_fatal())],
+                       return_when=asyncio.FIRST_COMPLETED)
     state.set_phase(health.STOPPING)  # /readyz 503 and new requests 503 at once, so balancers drain us
+    if polling is not None:
+        polling.cancel()
     await _stop_listeners(listeners, grpc_servers, door)  # in-flight requests of every protocol finish first
-    await loop.run_in_executor(None, supervisor.stop)
-    if supervisor.fatal:
-        say(f"bert-squad-serve: error: {supervisor.fatal} (see {workdir / 'serving_logs'}); exiting with "
+    fatal = live.current.supervisor.fatal
+    await live.stop()
+    if fatal:
+        say(f"bert-squad-serve: error: {fatal} (see {workdir / 'serving_logs'}); exiting with "
             f"{EXIT_SERVING_DIED} so that a supervisor (systemd Restart=on-failure, a container restart policy) "
             f"starts the server again", error=True)
         return EXIT_SERVING_DIED

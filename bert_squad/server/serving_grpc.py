@@ -2,8 +2,8 @@
 on its internal address: the bytes go through unchanged, so existing clients and bert_squad_client see Serving's own
 replies and codes. The front door reads only the request's servable, method and number of instances (not the
 instances themselves) and the reply's errors, for its metrics and access line, and adds what it owns: the request
-ID (trailing metadata), a quick UNAVAILABLE while the master starts, restarts or stops, and the caller's deadline
-passed on to Serving.
+ID and the model version that answered (trailing metadata), a quick UNAVAILABLE while the master starts, restarts or
+stops, and the caller's deadline passed on to Serving.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from google.protobuf.message import DecodeError
 
 from bert_squad import protowire
 from bert_squad.server import access, rest, tracing
+from bert_squad.server.upstream import Current
 from bert_squad_client import protocol
 
-RawPredict = Callable[[], "grpc.aio.UnaryUnaryMultiCallable"]  # Predict over the channel to Serving, bytes in/out
 log = logging.getLogger("bert_squad.grpc")
 _SERVICE, _METHOD = protocol.PREDICT_PATH.strip("/").split("/")
 _SPAN = protocol.PREDICT_PATH.lstrip("/")  # a call's span name and rpc attributes
@@ -27,13 +27,13 @@ _span_attributes = functools.partial(tracing.grpc_attributes, protocol.PREDICT_P
 
 
 class PassThrough:
-    """MSService.Predict for grpc.aio, around the front door's channel to Serving (`predict`), its `availability`
-    (None while Serving answers, else why not) and the `meter` a request is recorded in (metrics.Meter("grpc"))."""
+    """MSService.Predict for grpc.aio, around the front door's `current` upstream (upstream.py: the served version's
+    channel to Serving), its `availability` (None while Serving answers, else why not) and the `meter` a request is
+    recorded in (metrics.Meter("grpc"))."""
 
-    def __init__(self, predict: RawPredict, availability: Callable[[], Optional[str]], meter, servable: str,
-                 served: int):
-        self._predict, self._availability, self._meter = predict, availability, meter
-        self._servable, self._served = servable, served
+    def __init__(self, current: Current, availability: Callable[[], Optional[str]], meter, servable: str):
+        self._current, self._availability, self._meter = current, availability, meter
+        self._servable = servable
 
     def register(self, server: grpc.aio.Server) -> None:
         """What grpc_listen.start_server calls to add the service to its server."""
@@ -45,13 +45,13 @@ class PassThrough:
         record = self._meter.begin(_SPAN, metadata, _span_attributes)
         request_id = access.from_metadata(metadata)
         context.set_trailing_metadata(((access.REQUEST_ID_HEADER, request_id),))
-        spec, questions = None, None  # known once the request is read
+        spec, questions, served = None, None, None  # known once the request is read
 
         def end(outcome, status: str, error: Optional[str] = None) -> None:
             read = spec is not None
             self._meter.end(record, spec.method_name if read else "other", outcome, request_id=request_id,
                             model=spec.name if read else None,
-                            version=str(spec.version_number or self._served) if read else None, status=status,
+                            version=str(spec.version_number or served or "") if read else None, status=status,
                             questions=questions, client=context.peer(), error=error,
                             text=_text(request) if read and access.wants_text() else None)
 
@@ -66,8 +66,11 @@ class PassThrough:
             end(503, "UNAVAILABLE", unavailable)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{unavailable}; retry shortly")
         try:
-            with self._meter.serving_call():
-                reply = await self._predict()(request, timeout=context.time_remaining())
+            with self._current().use() as up, self._meter.serving_call():
+                served = up.version
+                context.set_trailing_metadata(((access.REQUEST_ID_HEADER, request_id),
+                                               (protocol.MODEL_VERSION_HEADER, str(served))))
+                reply = await up.raw_call()(request, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as e:
             code, details = e.code(), e.details() or ""
             if code == grpc.StatusCode.UNAVAILABLE:
@@ -82,7 +85,7 @@ class PassThrough:
             message = f"the front door failed: {type(e).__name__}: {e}; see the server log"
             end("error", "INTERNAL", message)
             await context.abort(grpc.StatusCode.INTERNAL, message)
-        known = spec.name == self._servable and spec.version_number in (0, self._served)
+        known = spec.name == self._servable and spec.version_number in (0, served)
         end(*_reply_outcome(reply, known))
         return reply
 

@@ -6,7 +6,8 @@ whole server down. Here the master runs in `python -m bert_squad.server.master` 
 (bert_squad_master_restarts_total), its orphaned workers are killed by pid (this process is their child
 subreaper, so they become our children), and a new master starts on the same ports. A crash loop,
 CRASH_LOOP_RESTARTS restarts within CRASH_LOOP_WINDOW_S, gives up so that an outer supervisor (systemd, a
-container restart policy) takes over.
+container restart policy) takes over. During a version switch (versions_live.py) two supervisors run side by side,
+one master each: the masters they run are registered here, so that neither takes the other's master for an orphan.
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from typing import Callable, List, Optional
 
 from bert_squad import settings
 from bert_squad.server import metrics
-from bert_squad.server.contract import READY_FD_ENV
+from bert_squad.server.contract import READY_FD_ENV, STAGE_LOAD
 from bert_squad.server.processes import children
 
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
+_MASTERS: "set[int]" = set()  # the running masters of every supervisor of this process
+_MASTERS_LOCK = threading.Lock()  # held from a master's start to its registration, and while orphans are killed
 
 
 def become_subreaper() -> None:
@@ -45,7 +48,11 @@ def describe_exit(returncode: int) -> str:
 
 
 class StartFailed(Exception):
-    """The first master did not come up; the message is its reason."""
+    """The first master did not come up; the message is its reason, `stage` the one that failed (contract.py)."""
+
+    def __init__(self, message: str, stage: str = STAGE_LOAD):
+        super().__init__(message)
+        self.stage = stage
 
 
 class Supervisor:
@@ -65,6 +72,7 @@ class Supervisor:
         self._thread = threading.Thread(target=self._run, name="bert-squad-supervisor", daemon=True)
         self.process: Optional[subprocess.Popen] = None
         self.fatal: Optional[str] = None
+        self.failed_stage = STAGE_LOAD  # of the first start, when it failed
         self.up = False
         self.warm_up = ""
         self.finished = threading.Event()
@@ -77,7 +85,7 @@ class Supervisor:
         """Block until the first master is ready (returns its warm-up time) or failed (raises StartFailed)."""
         self._first_outcome.wait()
         if not self.up:
-            raise StartFailed(self.fatal or "Serving's master exited during start-up")
+            raise StartFailed(self.fatal or "Serving's master exited during start-up", self.failed_stage)
         return self.warm_up
 
     def stop(self, grace_s: float = 30.0) -> None:
@@ -128,7 +136,9 @@ class Supervisor:
         read_end, write_end = os.pipe()
         env = {**self._env, READY_FD_ENV: str(write_end)}
         try:
-            self.process = subprocess.Popen(self._command, env=env, pass_fds=(write_end,))
+            with _MASTERS_LOCK:
+                self.process = subprocess.Popen(self._command, env=env, pass_fds=(write_end,))
+                _MASTERS.add(self.process.pid)
         finally:
             os.close(write_end)
         ready, error = False, None
@@ -140,18 +150,21 @@ class Supervisor:
                     self._on_ready(text)
                     self._first_outcome.set()
                 elif kind == "error":
-                    error = text
+                    self.failed_stage, _, error = text.partition(" ")
         self.process.wait()
+        with _MASTERS_LOCK:
+            _MASTERS.discard(self.process.pid)
         self.up = False
         self._kill_orphans()
         return ready, error
 
-    def _kill_orphans(self) -> None:
-        """SIGKILL and reap our children other than a running master: the workers of a master that died."""
-        master = self.process.pid if self.process and self.process.poll() is None else None
-        for pid in children() - {master}:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+    @staticmethod
+    def _kill_orphans() -> None:
+        """SIGKILL and reap our children other than the running masters: the workers of a master that died."""
+        with _MASTERS_LOCK:
+            for pid in children() - _MASTERS:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass

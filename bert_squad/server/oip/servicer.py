@@ -15,9 +15,10 @@ from . import grpc_codec, models
 from .models import Model, OipError, Request
 from .stubs import pb, pb_grpc
 
-# ask(request) -> one outcome per instance: a dict of outputs, or an exception for a refused instance;
-# a whole-request failure raises OipError (429 / 503 with Retry-After, 504, ...).
-Ask = Callable[[Request], Awaitable[Sequence]]
+# ask(request) -> (one outcome per instance: a dict of outputs, or an exception for a refused instance; the model
+# version that answered); a whole-request failure raises OipError (429 / 503 with Retry-After, 504, ...).
+Ask = Callable[[Request], Awaitable[Tuple[Sequence, str]]]
+Served = Callable[[], str]  # the model version answering new requests now
 Live = Callable[[], Awaitable[bool]]
 Ready = Callable[[], Awaitable[Tuple[bool, dict]]]  # (ready, details): the front door's is_ready
 log = logging.getLogger("bert_squad.oip")
@@ -26,7 +27,7 @@ _infer_attributes = functools.partial(tracing.grpc_attributes, "/" + INFER_SPAN)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, table: Mapping[str, Model], served: str, package_version: str, ask: Ask, live: Live,
+    def __init__(self, table: Mapping[str, Model], served: Served, package_version: str, ask: Ask, live: Live,
                  ready: Ready, meter):
         """`meter`: where a request is recorded (bert_squad.server.metrics.Meter("oip_grpc") in the server: metrics
         and access line)."""
@@ -47,26 +48,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(**models.server_metadata(self._package_version))
 
     async def ModelMetadata(self, request, context):
-        return grpc_codec.model_metadata(await self._model(request, context), self._served)
+        return grpc_codec.model_metadata(await self._model(request, context), self._served())
 
     async def ModelInfer(self, request, context):
         metadata = context.invocation_metadata()
         record, method, parsed = self._meter.begin(INFER_SPAN, metadata, _infer_attributes), "other", None
+        answered = self._served()
         request_id = access.from_metadata(metadata)
         trailing = [(access.REQUEST_ID_HEADER, request_id)]
 
         def end(outcome, status: str, error: Optional[str] = None) -> None:
             self._meter.end(record, method, outcome, request_id=request_id, model=request.model_name,
-                            version=self._served if parsed else None, status=status,
+                            version=answered if parsed else None, status=status,
                             questions=len(parsed.request) if parsed else None, client=context.peer(), error=error,
                             text=access.request_text(parsed.request.instances) if parsed and access.wants_text()
                             else None)
 
         try:
-            parsed = grpc_codec.parse_infer(request, self._table, self._served)
+            parsed = grpc_codec.parse_infer(request, self._table, answered)
             method = parsed.request.method
-            outputs = models.to_outputs(parsed.request, await self._ask(parsed.request))
-            response = grpc_codec.response(parsed, outputs, self._served)
+            outcomes, answered = await self._ask(parsed.request)
+            outputs = models.to_outputs(parsed.request, outcomes)
+            response = grpc_codec.response(parsed, outputs, answered)
         except OipError as error:
             end(error.status, grpc_codec.status_code(error).name, error.message)
             await self._abort(context, error, trailing)
@@ -82,7 +85,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _model(self, request, context) -> Model:
         try:
-            return models.find_model(self._table, request.name, request.version, self._served)
+            return models.find_model(self._table, request.name, request.version, self._served())
         except OipError as error:
             await self._abort(context, error)
 
