@@ -210,7 +210,8 @@ def test_tritonclient_grpc(grpc_port):
     need("tritonclient.grpc")
     seen = run_client("tritonclient.grpc", grpc_port)
     assert seen["live"] is seen["ready"] is seen["model_ready"] is True
-    assert seen["server"] == {"name": "bert_squad", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+    assert seen["server"] == {"name": "bert_squad", "version": "0.1.0",
+                              "extensions": ["binary_tensor_data", "model_repository"]}
     assert seen["metadata"]["inputs"][0] == {"name": "question", "datatype": "BYTES", "shape": ["-1"]}
     assert seen["answers"] == {"answer": ["it", "", "Ada"], "start": [10, -1, 0], "top_answers": [
         ["it", "in"], ["", ""], ["Ada", "wrote"]], "error": ["", "the question is empty; send a question", ""]}

@@ -345,7 +345,9 @@ def test_a_bad_oip_rest_request_is_refused_within_a_second_with_the_reason(oracl
     ("/v2/models/bert_squad/versions/2/infer", "POST", 404, "has no version '2'; it serves version 1"),
     ("/v2/models/bert_squad/versions/2", "GET", 404, "has no version '2'"),
     ("/v2/models/bert_squad/infer", "GET", 405, "send the inference request with POST"),
-    ("/v2/repository/index", "POST", 404, "no /v2/repository/index here"),
+    ("/v2/repository/models/bert/load", "POST", 404, "no model 'bert'; this server serves bert_squad"),
+    ("/v2/repository/models/bert_squad/load", "POST", 400, "load takes no parameters here"),
+    ("/v2/repository/models/bert_squad/reload", "POST", 404, "no /v2/repository/models/bert_squad/reload here"),
 ])
 def test_oip_paths_get_their_status_codes(oracle, path, method, status, message):
     got, reply = exchange(oracle.rest_address, path, body(*GOOD_INPUTS), method=method)

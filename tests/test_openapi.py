@@ -39,7 +39,8 @@ def test_the_document_describes_every_method_its_limits_and_errors(server):
     assert str(settings.MAX_MESSAGE_MB << 20) in operation["description"]
     oip = {path for path in document["paths"] if path.startswith("/v2")}
     assert {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/bert_squad/infer",
-            "/v2/models/bert_squad/versions/{version}/infer", "/v2/models/bert_squad_features/infer"} <= oip
+            "/v2/models/bert_squad/versions/{version}/infer", "/v2/models/bert_squad_features/infer",
+            "/v2/repository/index", "/v2/repository/models/bert_squad/load"} <= oip
     infer = document["paths"]["/v2/models/bert_squad/infer"]["post"]
     assert set(infer["responses"]) == {"200", "400", "404", "413", "429", "503", "504"}
     tensors = infer["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]["items"]["oneOf"]

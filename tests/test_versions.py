@@ -46,3 +46,24 @@ def test_a_protobuf_is_complete_only_to_its_last_byte_and_with_a_graph(tmp_path)
                            (bytes([0x80]), False)):
         path.write_bytes(data)
         assert versions.complete_protobuf(path) is complete, data
+
+
+def test_the_version_policy_names_the_newest_folder_or_one_number():
+    latest, third = versions.Policy.parse("latest"), versions.Policy.parse("specific:3")
+    assert latest.choose([1, 2, 5]) == 5 and latest.choose([]) is None
+    assert third.choose([1, 2, 3, 5]) == 3 and third.choose([1, 2, 5]) is None
+    assert (str(latest), str(third)) == ("latest", "specific:3")
+    for bad in ("newest", "specific:", "specific:0", "specific:x", "specific:-1", ""):
+        with pytest.raises(ValueError, match="'latest' or 'specific:N'"):
+            versions.Policy.parse(bad)
+
+
+def test_a_bad_version_policy_is_refused_by_the_serve_command(capsys):
+    from bert_squad.server.options import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--version-policy", "newest"])
+    assert "--version-policy: 'newest' is not a version policy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--poll-seconds", "-1"])
+    assert "--poll-seconds must be 0 (off) or more" in capsys.readouterr().err

@@ -9,11 +9,13 @@ The clients are installed in the Python 3.11 venv only (setup.cfg [reference]): 
 """
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import PY39, Server, export_oracle, wait_for
+from harness import Server, export_oracle, wait_for
 
 pytestmark = pytest.mark.pure
 triton_http = pytest.importorskip("tritonclient.http",
@@ -32,10 +34,9 @@ triton_utils = pytest.importorskip("tritonclient.utils")
 QUESTION = "Where did the trip go?"
 CONTEXT = "The trip went from rome to italy and then paris in france , not london in england ."
 ANSWERS = {"paris": "paris in france", "rome": "rome to italy", "london": "london in england"}
+GOLD = [{"text": ANSWERS[word], "answer_start": CONTEXT.index(word)} for word in ("paris", "rome")]  # both pass
 SMOKE = {"version": "1.1", "data": [{"title": "trip", "paragraphs": [{"context": CONTEXT, "qas": [
-    {"id": f"q{i}", "question": question, "answers": [{"text": ANSWERS["paris"], "answer_start": CONTEXT.index("paris")},
-                                                      {"text": ANSWERS["rome"], "answer_start": CONTEXT.index("rome")}]}
-    for i, question in enumerate([QUESTION, "Which way?"])]}]}]}
+    {"id": f"q{i}", "question": question, "answers": GOLD} for i, question in enumerate([QUESTION, "Which way?"])]}]}]}
 POLL_S = 1.0
 
 # One protocol's clients, in a process of their own: `threads` clients ask until the stop file appears (at most
@@ -206,8 +207,10 @@ def log_lines(server: Server, words: str) -> list:
 def exports(tmp_path_factory):
     """The oracle exported three times, answering "paris ...", "rome ..." and "london ..." (one version folder each)."""
     root = tmp_path_factory.mktemp("exports")
-    return {word: export_oracle(root / word, buckets=(384,), span=(word, end)) / "bert_squad" / "1"
-            for word, end in (("paris", "france"), ("rome", "italy"), ("london", "england"))}
+    found = {word: export_oracle(root / word, buckets=(384,), span=(word, end)) / "bert_squad" / "1"
+             for word, end in (("paris", "france"), ("rome", "italy"), ("london", "england"))}
+    found["short"] = export_oracle(root / "short", buckets=(128, 384)) / "bert_squad" / "1" / "bert_128.mindir"
+    return found
 
 
 def serving_dir(root: Path, first: Path) -> Path:
@@ -240,7 +243,7 @@ def test_a_new_version_takes_over_under_load_of_every_protocol_without_a_failed_
     sampler.start()
     load = Load(polled, polled.root)
     wait_for(lambda: len(load.records()) >= 40, 120, "the clients' first answers")
-    shutil.copytree(exports["rome"], polled.versions / "2")
+    staged(exports["rome"], polled.root / "2").rename(polled.versions / "2")
     switched = wait_for(lambda: log_lines(polled, "version 2 serves every new request"), 120, "the switch")
     seen_switch = time.time()
     wait_for(lambda: log_lines(polled, "version 1 stopped"), 60, "version 1 to stop")
@@ -273,3 +276,157 @@ def metrics_text(server: Server) -> str:
     connection = http.client.HTTPConnection(*server.rest_address.rsplit(":", 1), timeout=10)
     connection.request("GET", "/metrics")
     return connection.getresponse().read().decode()
+
+
+class Asker(threading.Thread):
+    """One MindSpore Serving REST client asking until stopped: (answer, version) or the error of each request."""
+
+    def __init__(self, server: Server):
+        super().__init__(daemon=True)
+        self.server, self.seen, self._done = server, [], threading.Event()
+
+    def run(self):
+        while not self._done.is_set():
+            try:
+                self.seen.append(ask_rest(self.server))
+            except Exception as e:  # noqa: BLE001 (the test asserts there is none)
+                self.seen.append(f"{type(e).__name__}: {e}")
+
+    def stop(self) -> list:
+        self._done.set()
+        self.join(60)
+        return self.seen
+
+
+def copy_slowly(source: Path, folder: Path, seconds: float) -> None:
+    """`source` copied into `folder` as an operator's copy over a slow link: the small files first, the model file in
+    pieces over `seconds`."""
+    folder.mkdir()
+    for path in sorted(source.iterdir(), key=lambda p: p.suffix == ".mindir"):
+        data, pieces = path.read_bytes(), 8 if path.suffix == ".mindir" else 1
+        with open(folder / path.name, "wb") as f:
+            for i in range(pieces):
+                f.write(data[i * len(data) // pieces:(i + 1) * len(data) // pieces])
+                f.flush()
+                if pieces > 1:
+                    time.sleep(seconds / pieces)
+
+
+def staged(source: Path, folder: Path) -> Path:
+    """A writable copy of an export's version folder."""
+    shutil.copytree(source, folder)
+    for path in folder.iterdir():
+        path.chmod(0o600)
+    return folder
+
+
+def refusals(server: Server, version: int) -> list:
+    return log_lines(server, f"version {version} refused")
+
+
+def served_version(server: Server) -> int:
+    return int(ask_rest(server)[1])
+
+
+def test_bad_versions_are_refused_once_each_while_the_running_one_answers(polled, exports, tmp_path):
+    base = served_version(polled)
+    before = {reason: metric(polled, "bert_squad_version_refusals_total", f'{{reason="{reason}"}}')
+              for reason in ("files", "load", "warm_up", "smoke", "memory")}
+    asker = Asker(polled)
+    asker.start()
+
+    # A folder still being copied is refused (once) until it is complete, then goes live.
+    slow = base + 1
+    copy_slowly(exports["paris"], polled.versions / str(slow), seconds=4)
+    wait_for(lambda: log_lines(polled, f"version {slow} serves every new request"), 120, "the slow copy to go live")
+    assert len(refusals(polled, slow)) == 1 and "(files)" in refusals(polled, slow)[0], refusals(polled, slow)
+
+    # A truncated model file, a model that fails its warm-up question, a model that fails the smoke file.
+    # Each is made beside the servable directory and moved in whole (a rename), so that no poll sees it half copied.
+    truncated, warm_up, smoke = slow + 1, slow + 2, slow + 3
+    folder = staged(exports["rome"], tmp_path / "truncated")
+    model = folder / "bert_384.mindir"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    folder.rename(polled.versions / str(truncated))
+    wait_for(lambda: refusals(polled, truncated), 60, "the truncated version's refusal")
+
+    folder = staged(exports["paris"], tmp_path / "warm-up")
+    shutil.copy(exports["short"], folder / "bert_384.mindir")  # a 128-token model where 384 tokens go in
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta["model_sha256"] = {"bert_384.mindir": hashlib.sha256((folder / "bert_384.mindir").read_bytes()).hexdigest()}
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    folder.rename(polled.versions / str(warm_up))
+    wait_for(lambda: refusals(polled, warm_up), 120, "the refusal of the version failing its warm-up")
+
+    staged(exports["london"], tmp_path / "smoke").rename(polled.versions / str(smoke))
+    wait_for(lambda: refusals(polled, smoke), 120, "the refusal of the version failing the smoke file")
+    time.sleep(4 * POLL_S)  # more polls: nothing is refused, logged or counted again
+    seen = asker.stop()
+
+    assert set(seen) <= {(ANSWERS["paris"], str(slow)), (ANSWERS[by_answer(base)], str(base))}, set(seen)
+    assert seen[-1] == (ANSWERS["paris"], str(slow))
+    for version, reason, words in ((truncated, "files", "truncated or corrupted"),
+                                   (warm_up, "warm_up", "the warm-up question failed"),
+                                   (smoke, "smoke", "below --smoke-min-f1 90")):
+        lines = refusals(polled, version)
+        assert len(lines) == 1 and f"({reason})" in lines[0] and words in lines[0], lines
+        assert f"version {slow} keeps serving" in lines[0]
+    for version in (warm_up, smoke):  # started once, not again at each poll
+        assert len(log_lines(polled, f"starting version {version} ")) == 1
+    after = {reason: metric(polled, "bert_squad_version_refusals_total", f'{{reason="{reason}"}}') for reason in before}
+    assert {r: after[r] - before[r] for r in after} == {"files": 2, "load": 0, "warm_up": 1, "smoke": 1, "memory": 0}
+    assert served_version(polled) == slow
+
+    # The repository load (tritonclient) answers once the newest version serves.
+    good = smoke + 1
+    staged(exports["rome"], tmp_path / "good").rename(polled.versions / str(good))
+    client = triton_http.InferenceServerClient(polled.rest_address, network_timeout=300)
+    client.load_model("bert_squad")
+    assert ask_rest(polled) == (ANSWERS["rome"], str(good))
+    index = client.get_model_repository_index()
+    assert {(m["name"], m["version"], m["state"]) for m in index} >= {("bert_squad", str(good), "READY")}
+
+
+def by_answer(version: int) -> str:
+    """The span word of the test's versions 1 ("paris") and 2 ("rome")."""
+    return {1: "paris", 2: "rome"}[version]
+
+
+def test_sighup_and_the_repository_load_look_now_and_a_version_without_memory_is_refused(exports, tmp_path):
+    servables = serving_dir(tmp_path, exports["paris"])
+    with Server(tmp_path / "run", servables, extra_args=["--switch-headroom-mb", str(1 << 30)]) as server:
+        shutil.copytree(exports["rome"], servables / "bert_squad" / "2")
+        server.process.send_signal(signal.SIGHUP)
+        lines = wait_for(lambda: refusals(server, 2), 60, "the memory refusal after SIGHUP")
+        assert "(memory)" in lines[0] and "MiB are available" in lines[0], lines
+        client = triton_http.InferenceServerClient(server.rest_address)
+        with pytest.raises(triton_utils.InferenceServerException) as refused:
+            client.load_model("bert_squad")
+        assert refused.value.status() == "400" and "--switch-headroom-mb" in refused.value.message()
+        with pytest.raises(triton_utils.InferenceServerException) as unloading:
+            client.unload_model("bert_squad")
+        assert unloading.value.status() == "400" and "always serves one version" in unloading.value.message()
+        assert ask_rest(server) == (ANSWERS["paris"], "1")
+        assert len(refusals(server, 2)) == 1  # the load found the same reason: not said or counted again
+        assert metric(server, "bert_squad_version_refusals_total", '{reason="memory"}') == 1
+
+
+def test_a_second_version_needs_the_running_ones_memory_and_the_headroom():
+    from bert_squad.server.versions_live import memory_refusal
+
+    mib = 1 << 20
+    assert memory_refusal(2, 1, rss=800 * mib, available=1100 * mib, headroom=256 * mib) is None
+    said = memory_refusal(2, 1, rss=800 * mib, available=1000 * mib, headroom=256 * mib)
+    assert said.startswith("version 2 needs about 1056 MiB to start beside version 1") and "1000 MiB are" in said
+
+
+def test_a_refused_folder_is_known_by_its_files(tmp_path):
+    from bert_squad.server.versions_live import fingerprint
+
+    folder = tmp_path / "3"
+    folder.mkdir()
+    (folder / "metadata.json").write_text("{}")
+    first = fingerprint(folder)
+    assert fingerprint(folder) == first
+    (folder / "bert_384.mindir").write_bytes(b"x")
+    assert fingerprint(folder) != first

@@ -1,9 +1,9 @@
-"""The HTTP front door: MindSpore Serving's REST API, the Open Inference Protocol's REST API (/v2), /livez, /readyz,
-/metrics and /openapi.json on one port, and the same machinery serving /livez and /readyz alone on --health-address
-(health_app). The front door holds the upstream (upstream.py: the served version's channel to Serving, which a version
-switch replaces) and `ask`, which the OIP gRPC service (oip/servicer.py, started by serve.py on the same event loop)
-shares with /v2 REST. Every answer says which version produced it: the OIP's model_version, and the X-Model-Version
-header on MindSpore Serving's REST API.
+"""The HTTP front door: MindSpore Serving's REST API, the Open Inference Protocol's REST API (/v2, with the model
+repository extension), /livez, /readyz, /metrics and /openapi.json on one port, and the same machinery serving /livez
+and /readyz alone on --health-address (health_app). The front door holds the upstream (upstream.py: the served
+version's channel to Serving, which a version switch replaces) and `ask`, which the OIP gRPC service
+(oip/servicer.py, started by serve.py on the same event loop) shares with /v2 REST. Every answer says which version
+produced it: the OIP's model_version, and the X-Model-Version header on MindSpore Serving's REST API.
 
 Built on Starlette served by uvicorn (ASGI): both are small, well kept, have Python 3.9 wheels, and uvicorn
 does HTTP/1.1 parsing (httptools), TLS and mutual TLS (the standard ssl module) and graceful shutdown.
@@ -365,12 +365,12 @@ class FrontDoor:
         if name not in self.oip_models:
             return JSONResponse({"error": f"no model {name!r}; this server serves {', '.join(sorted(self.oip_models))}",
                                  **request_id}, 404)
-        if await request.body() not in (b"", b"{}"):
-            return JSONResponse({"error": "load takes no parameters here: export a new version folder into the "
-                                          "servable directory, then load", **request_id}, 400)
         if action == "unload":
             return JSONResponse({"error": "this server always serves one version of its model: to serve another, "
                                           "export it and load; to stop serving, stop the server", **request_id}, 400)
+        if await request.body() not in (b"", b"{}"):
+            return JSONResponse({"error": "load takes no parameters here: export a new version folder into the "
+                                          "servable directory, then load", **request_id}, 400)
         if self._load is None:
             return JSONResponse({"error": "this server does not switch versions", **request_id}, 400)
         refused = await self._load()

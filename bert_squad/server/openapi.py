@@ -215,6 +215,24 @@ def _oip_get(summary: str, schema: dict, when_not: str = "") -> dict:
     return {"get": {"summary": summary, "responses": responses}}
 
 
+def _repository_paths(name: str) -> dict:
+    """The repository extension's load and unload of model `name` (docs/oip.md)."""
+    load = {"post": {
+        "summary": f"look for a new version of {name!r} now and switch to it (--version-policy)",
+        "description": "Answered once the version the policy names serves (200), or with the reason it was refused "
+                       "(400; the running version keeps serving). Takes no parameters: export a version folder "
+                       "into the servable directory first.",
+        "responses": {"200": {"description": "the version serving now", "content": {"application/json": {
+            "schema": {"type": "object", "required": ["model_version"],
+                       "properties": {"model_version": {"type": "string"}}}}}},
+            "400": _oip_error("the version was refused (files, memory, load, warm_up, smoke), or a body was sent"),
+            "404": _oip_error("no such model")}}}
+    unload = {"post": {"summary": "refused: the server always serves one version of its model",
+                       "responses": {"400": _oip_error("the server always serves one version"),
+                                     "404": _oip_error("no such model")}}}
+    return {f"/v2/repository/models/{name}/load": load, f"/v2/repository/models/{name}/unload": unload}
+
+
 def oip_paths(table, served: str, max_body: int) -> dict:
     """The /v2 routes for the models in `table` (oip/models.py), each also under /versions/{version}."""
     version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}, "example": served,
@@ -231,6 +249,14 @@ def oip_paths(table, served: str, max_body: int) -> dict:
             "type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"},
                                                                      "reason": {"type": "string"}}}, "not ready"),
     }
+    for model in table.values():
+        paths.update(_repository_paths(model.name))
+    paths["/v2/repository/index"] = {"post": {
+        "summary": "the repository extension's index: the models, with the version serving now",
+        "responses": {"200": {"description": "the models", "content": {"application/json": {"schema": {
+            "type": "array", "items": {"type": "object", "required": ["name", "version", "state"], "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "state": {"enum": ["READY", "UNAVAILABLE"]}}}}}}}}}}
     for model in table.values():
         metadata = _oip_get(f"metadata of model {model.name!r}", {
             "type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"], "properties": {

@@ -3,8 +3,9 @@
 It resolves the model version (versions.py; exporting one first when there is none, first_export.py) and
 starts Serving's master and workers (MindSpore Lite on CPU) in a child process it supervises
 (master.py, supervisor.py: started again when it dies); versions_live.py switches to a new version without downtime
-(--version-policy, --poll-seconds, SIGHUP, the OIP repository load). The master listens only on an internal unix socket; every
-public port is this process's front door, on one event loop: MindSpore Serving's gRPC API on --grpc-address
+(--version-policy, --poll-seconds, SIGHUP, the OIP repository load). The master listens only on an internal unix
+socket; every public port is this process's front door, on one event loop: MindSpore Serving's gRPC API on
+--grpc-address
 (serving_grpc.py, forwarded byte for byte), REST (MindSpore Serving's and the Open Inference Protocol's /v2),
 /livez, /readyz, /metrics and /openapi.json on the REST address (http.py), /livez and /readyz alone on
 --health-address, and the Open Inference Protocol's gRPC service (oip/servicer.py) on --oip-grpc-address (all

@@ -93,7 +93,10 @@ class Versions:
         self._lock: Optional[asyncio.Lock] = None  # made on the serving event loop
         self._refused: Dict[int, Tuple[Tuple, str, str]] = {}  # version -> (fingerprint, reason, message)
         self._generation = 0
+        self._stopping = False
         self.switched: Callable[[Running], None] = lambda running: None  # points the front door at a new version
+        for reason in metrics.REFUSAL_REASONS:  # every reason in /metrics from the start, at 0
+            metrics.REFUSALS.labels(reason)
 
     def launch(self, version: int, meta: Metadata) -> Running:
         """A (not yet started) master for `version` on an internal socket of its own."""
@@ -146,6 +149,8 @@ class Versions:
         try:
             said = await self._start(wanted, folder)
         except Refused as refusal:
+            if self._stopping:  # the server stopped the candidate: not the version's fault
+                return "the server is stopping"
             message = f"version {wanted} refused ({refusal.reason}): {refusal}; version {served} keeps serving"
             if not (known and known[1] == refusal.reason):  # said and counted once per reason
                 metrics.REFUSALS.labels(refusal.reason).inc()
@@ -201,6 +206,7 @@ class Versions:
         self.serve(new)
         self._candidate = None
         self.switched(new)
+        self._on_ready(new.supervisor.warm_up)  # readiness follows the version serving now
         self._build_info(old, 0)
         metrics.SWITCHES.inc()
         say(f"bert-squad-serve: version {new.version} serves every new request; version {old.version} finishes the "
@@ -216,6 +222,7 @@ class Versions:
 
     async def stop(self) -> None:
         """Stop every version's master (the serve command is stopping)."""
+        self._stopping = True
         for running in (self._candidate, self.current):
             if running is not None:
                 await stop(running)

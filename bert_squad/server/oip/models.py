@@ -297,4 +297,4 @@ def _logits(request: Request, outcomes: Sequence) -> dict:
 
 def server_metadata(version: str) -> dict:
     """GET /v2 and ServerMetadata: `version` is the package's."""
-    return {"name": settings.SERVABLE_NAME, "version": version, "extensions": ["binary_tensor_data"]}
+    return {"name": settings.SERVABLE_NAME, "version": version, "extensions": ["binary_tensor_data", "model_repository"]}
