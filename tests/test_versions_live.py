@@ -386,6 +386,12 @@ def test_bad_versions_are_refused_once_each_while_the_running_one_answers(polled
     index = client.get_model_repository_index()
     assert {(m["name"], m["version"], m["state"]) for m in index} >= {("bert_squad", str(good), "READY")}
 
+    # Rolling back under --version-policy latest: the newer folders moved away, the newest left is served again.
+    for version in (good, smoke, warm_up, truncated):
+        (polled.versions / str(version)).rename(tmp_path / f"away-{version}")
+    client.load_model("bert_squad")
+    assert ask_rest(polled) == (ANSWERS["paris"], str(slow))
+
 
 def by_answer(version: int) -> str:
     """The span word of the test's versions 1 ("paris") and 2 ("rome")."""
