@@ -25,7 +25,7 @@ import time
 from typing import Callable, Optional, Tuple
 
 from bert_squad import settings
-from bert_squad.server.warmup import predict_request
+from bert_squad.server.warmup import predict_request, reply_failure
 
 READY_MARKER = "bert-squad-serve: ready"
 
@@ -146,10 +146,8 @@ def grpc_probe(address: str, servable: str, timeout: float = settings.HEALTH_PRO
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise ProbeFailed(f"the probe question got no answer within {timeout:g} s") from None
             raise ProbeFailed(f"the probe question failed: gRPC {e.code().name}: {e.details()}") from None
-        errors = [e.error_msg.decode("utf-8", "replace") for e in reply.error_msg if e.error_code != 0]
-        if errors:
-            raise ProbeFailed(f"the servable did not answer the probe question: {errors[0]}")
-        if len(reply.instances) != 1 or "answer" not in reply.instances[0].items:
-            raise ProbeFailed(f"the reply to the probe question has no answer ({len(reply.instances)} instances)")
+        failure = reply_failure(reply)
+        if failure:
+            raise ProbeFailed(f"the probe question failed: {failure}")
 
     return probe

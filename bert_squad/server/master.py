@@ -20,7 +20,7 @@ from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MA
                                         STAGE_LOAD, STAGE_WARM_UP)
 from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import worker_pids
-from bert_squad.server.warmup import predict_request
+from bert_squad.server.warmup import predict_request, reply_failure
 
 WORKER_POLL_S = 0.5
 
@@ -37,9 +37,9 @@ def warm_up(args, timeout: float) -> float:
             reply = pb_grpc.MSServiceStub(channel).Predict(request, timeout=timeout)
     except grpc.RpcError as e:
         raise ServeError(f"the warm-up question failed: gRPC {e.code().name}: {e.details()}") from None
-    errors = [e.error_msg.decode(errors="replace") for e in reply.error_msg if e.error_code != 0]
-    if errors or len(reply.instances) != 1:
-        raise ServeError(f"the warm-up question failed: {errors[0] if errors else 'no answer in the reply'}")
+    failure = reply_failure(reply)
+    if failure:
+        raise ServeError(f"the warm-up question failed: {failure}")
     return time.perf_counter() - t0
 
 

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the /metrics endpoint)
 
 from bert_squad.server import access, tracing
-from bert_squad.server.contract import MULTIPROC_ENV
+from bert_squad.server.contract import MULTIPROC_ENV, STAGE_LOAD, STAGE_WARM_UP
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -45,7 +45,7 @@ INFO = Gauge("bert_squad_build_info", "The served model: 1, labelled with versio
 SWITCHES = Counter("bert_squad_version_switches", "Times a new model version took the traffic from the running one")
 # Why a version was refused (versions_live.py): its files (metadata, a model file missing, cut short or changed), not
 # enough memory for two versions, Serving could not load it, it failed its warm-up question, or its smoke test.
-REFUSAL_REASONS = ("files", "memory", "load", "warm_up", "smoke")
+REFUSAL_REASONS = ("files", "memory", STAGE_LOAD, STAGE_WARM_UP, "smoke")
 REFUSALS = Counter("bert_squad_version_refusals", "New model versions refused (the running one kept serving), by "
                    "reason", ["reason"])
 QUESTIONS = Counter("bert_squad_questions", "Questions the servable tokenized (every protocol)", ["outcome"])
