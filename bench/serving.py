@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import psutil
 
 from bench.reference import level_result, stream, window_input
-from bert_squad.server.health import find_ready_line
+from bert_squad.server.health import find_ready_line, ready_fields
 from bert_squad.server.servable_glue import MODEL_TIMES_ENV, read_model_times
 
 START_TIMEOUT_S = 300.0
@@ -127,7 +127,7 @@ def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, o
     if not workers:
         stop_server_proc(proc)
         raise BenchError(f"no {WORKER_SCRIPT} process under the server (pid {proc.pid}); log: {log}")
-    internal = dict(part.split("=", 1) for part in ready.split() if "=" in part)["internal"]
+    internal = ready_fields(ready)["internal"]
     return Server(proc, address, log, cold, ready.strip(), workers, ModelTimes(model_times), rest_address,
                   oip_grpc_address, unix_target(internal, workdir))
 

@@ -54,8 +54,9 @@ def test_the_oip_clients_and_protocol_passes_answer_as_the_oracle(oracle_lite_se
     from types import SimpleNamespace
 
     from bench import oip
+    from bert_squad.server.health import ready_fields
 
-    internal = dict(part.split("=", 1) for part in oracle_lite_server.ready_line.split() if "=" in part)["internal"]
+    internal = ready_fields(oracle_lite_server.ready_line)["internal"]
     server = SimpleNamespace(address=oracle_lite_server.grpc_address, rest_address=oracle_lite_server.rest_address,
                              oip_grpc_address=oracle_lite_server.oip_grpc_address,
                              internal_address=serving.unix_target(internal, oracle_lite_server.workdir))

@@ -15,7 +15,7 @@ import pytest
 
 from bert_squad import settings
 from bert_squad.server.health import (READY_MARKER, SERVING, STOPPING, HealthError, HealthState, ProbeFailed,
-                                      find_ready_line, parse_address)
+                                      find_ready_line, parse_address, ready_fields)
 
 
 def get(address: str, path: str, method: str = "GET", timeout: float = 10.0):
@@ -364,3 +364,11 @@ def test_a_taken_health_port_stops_the_server_with_a_clear_error(oracle_servable
     assert "Traceback" not in out
     assert server.process.returncode == 2
     assert server.running() == []
+
+
+def test_the_ready_lines_fields_are_read_by_name():
+    line = (f"{READY_MARKER} grpc=127.0.0.1:5500 version=2 warm-up=0.10 s master=17 "
+            f"internal=unix:internal/serving-master-9-2.sock")
+    fields = ready_fields(line)
+    assert fields["internal"] == "unix:internal/serving-master-9-2.sock" and fields["version"] == "2"
+    assert fields["warm-up"] == "0.10" and "s" not in fields

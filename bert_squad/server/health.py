@@ -43,6 +43,11 @@ def find_ready_line(output: str) -> Optional[str]:
     end = output.find("\n", at)
     return output[at:] if end < 0 else output[at:end]
 
+def ready_fields(line: str) -> dict:
+    """The ready line's `key=value` fields (grpc, rest, version, internal, ...), for scripts that start a server."""
+    return dict(part.split("=", 1) for part in line.split() if "=" in part)
+
+
 STARTING, SERVING, RESTARTING, STOPPING = "starting", "serving", "restarting", "stopping"
 STOPPING_REASON = "the server is stopping"
 
