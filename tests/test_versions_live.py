@@ -414,6 +414,10 @@ def test_sighup_and_the_repository_load_look_now_and_a_version_without_memory_is
         assert unloading.value.status() == "400" and "always serves one version" in unloading.value.message()
         assert ask_rest(server) == (ANSWERS["paris"], "1")
         assert len(refusals(server, 2)) == 1  # the load found the same reason: not said or counted again
+        (servables / "bert_squad" / "2").rename(tmp_path / "away")
+        server.process.send_signal(signal.SIGHUP)  # a SIGHUP with nothing new says so
+        wait_for(lambda: log_lines(server, "SIGHUP: version 1 is the one --version-policy latest names; nothing to "
+                                           "switch"), 30, "the SIGHUP's answer")
         assert metric(server, "bert_squad_version_refusals_total", '{reason="memory"}') == 1
 
 

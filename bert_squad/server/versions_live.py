@@ -79,8 +79,8 @@ class Running:
 
 
 class Versions:
-    """The running version (`current`) and the switches to the one the policy names. `on_ready(running, warm-up)`
-    and `on_down(running, reason)` report the current version's master coming back and dying (health, the log)."""
+    """The running version (`current`) and the switches to the one the policy names. `on_ready(warm-up)` and
+    `on_down(reason)` report the current version's master coming back and dying (health, the log)."""
 
     def __init__(self, args, env: dict, policy: versions.Policy, smoke_test: Optional[smoke.Smoke],
                  on_ready: Callable[[str], None], on_down: Callable[[str], None], package_version: str):
@@ -94,6 +94,7 @@ class Versions:
         self._refused: Dict[int, Tuple[Tuple, str, str]] = {}  # version -> (fingerprint, reason, message)
         self._generation = 0
         self._stopping = False
+        self._said = False  # whether the check in progress logged its outcome
         self.switched: Callable[[Running], None] = lambda running: None  # points the front door at a new version
         for reason in metrics.REFUSAL_REASONS:  # every reason in /metrics from the start, at 0
             metrics.REFUSALS.labels(reason)
@@ -124,12 +125,17 @@ class Versions:
         async with self._lock:
             if self.current is None:
                 return "the server is not serving yet"
+            self._said = False
             try:
-                return await self._check(trigger)
+                outcome = await self._check(trigger)
             except Exception as e:  # a check must not take the server down; the running version keeps serving
                 say(f"bert-squad-serve: error: the version check failed: {type(e).__name__}: {e}; version "
                     f"{self.current.version} keeps serving", error=True)
                 return f"the version check failed: {type(e).__name__}: {e}"
+            if trigger == "SIGHUP" and not self._said:  # a signal has no reply: the log answers it
+                nothing = f"version {self.current.version} is the one --version-policy {self.policy} names"
+                say(f"bert-squad-serve: SIGHUP: {outcome or nothing + '; nothing to switch'}")
+            return outcome
 
     async def _check(self, trigger: str) -> Optional[str]:
         found = await asyncio.get_running_loop().run_in_executor(None, versions.numbers, self.root)
@@ -155,9 +161,11 @@ class Versions:
             if not (known and known[1] == refusal.reason):  # said and counted once per reason
                 metrics.REFUSALS.labels(refusal.reason).inc()
                 say(f"bert-squad-serve: {message}", error=True)
+                self._said = True
             self._refused[wanted] = (print_, refusal.reason, message)
             return message
         self._refused.pop(wanted, None)
+        self._said = True
         await self._switch(trigger, t0, said)
         return None
 
