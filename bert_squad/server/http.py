@@ -444,14 +444,21 @@ def _health_response(ok: bool, body: dict, request: Request, failed: int = 503) 
                     headers={"Cache-Control": "no-store"})
 
 
+# A call to Serving's master that failed with these gRPC codes, as the HTTP status the front door answers (and counts,
+# over gRPC too: serving_grpc.py); any other code is a 502.
+GRPC_STATUS = {grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+               grpc.StatusCode.RESOURCE_EXHAUSTED: 413}
+
+
 def _rpc_error(error: grpc.aio.AioRpcError, timeout: float) -> rest.RestError:
     code, details = error.code(), error.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE:
+    status = GRPC_STATUS.get(code, 502)
+    if status == 503:
         return rest.RestError(503, f"Serving's gRPC endpoint is unavailable ({details}); retry shortly",
                               retry_after=RETRY_AFTER_S)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if status == 504:
         return rest.RestError(504, f"no answer from Serving within {timeout:g} s")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    if status == 413:
         return rest.RestError(413, f"Serving refused the request as too large: {details}")
     return rest.RestError(502, f"Serving's gRPC endpoint failed the request: {code.name}: {details}")
 

@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from bert_squad import protowire
 from bert_squad.server import access, rest, tracing
+from bert_squad.server.http import GRPC_STATUS
 from bert_squad.server.upstream import Current
 from bert_squad_client import protocol
 
@@ -111,9 +112,7 @@ def read_head(request: bytes):
     return spec, instances
 
 
-_CODE_OUTCOMES = {grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-                  grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.INVALID_ARGUMENT: 400,
-                  grpc.StatusCode.CANCELLED: "client_gone"}
+_CODE_OUTCOMES = {**GRPC_STATUS, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.CANCELLED: "client_gone"}
 
 
 def _outcome(code: grpc.StatusCode):
