@@ -9,9 +9,10 @@ running one, answers its warm-up question and, with --smoke-file, the smoke ques
 front door's upstream (upstream.py) become the new version's: every new request of every protocol goes there, those
 in flight finish on the old version, which is then stopped and its memory returned.
 
-A version that fails a step is refused: the reason is logged and counted (bert_squad_version_refusals_total) once,
-the running version keeps serving, and the folder is not tried again until its files change (a folder still being
-copied or short of memory is looked at again each time, and counted once while the reason stays the same).
+A version that fails a step is refused: the reason is logged and counted (bert_squad_version_refusals_total), the
+running version keeps serving, and the folder is not read or started again until its files change (only a refusal
+for memory is looked at again as it is). A folder still being copied changes at every look and a server short of
+memory stays short for a while: those are said and counted once while the reason stays the same.
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from bert_squad.server.contract import MASTER_ADDRESS_ENV, VERSION_ENV
 from bert_squad.server.supervisor import StartFailed, Supervisor
 from bert_squad.server.upstream import Upstream
 
-RETRIED = ("files", "memory")  # refusals whose cause may pass without the folder changing: looked at again each time
+# Refusals counted once while the reason stays, however often the folder changes (a copy in progress changes at every
+# look) or, for memory, is looked at again without changing (the memory may be free next time).
+COUNTED_ONCE = ("files", "memory")
 
 
 class Refused(Exception):
@@ -149,8 +152,8 @@ class Versions:
         folder = self.root / str(wanted)
         print_ = fingerprint(folder)
         known = self._refused.get(wanted)
-        if known and known[0] == print_ and known[1] not in RETRIED:
-            return known[2]  # the same folder failed before: not started again until its files change
+        if known and known[0] == print_ and known[1] != "memory":
+            return known[2]  # the same files were refused before: not read or started again until they change
         t0 = time.perf_counter()
         try:
             said = await self._start(wanted, folder)
@@ -158,7 +161,7 @@ class Versions:
             if self._stopping:  # the server stopped the candidate: not the version's fault
                 return "the server is stopping"
             message = f"version {wanted} refused ({refusal.reason}): {refusal}; version {served} keeps serving"
-            if not (known and known[1] == refusal.reason):  # said and counted once per reason
+            if not (known and known[1] == refusal.reason and refusal.reason in COUNTED_ONCE):
                 metrics.REFUSALS.labels(refusal.reason).inc()
                 say(f"bert-squad-serve: {message}", error=True)
                 self._said = True
