@@ -252,11 +252,8 @@ async def _run(args, live, state, door, health_server, http_server, pin, device_
         await _stop_listeners(listeners, [], door)
         raise
     first = live.current
-    first.supervisor.start()  # /livez answers during start-up
     try:
-        warm = await loop.run_in_executor(None, first.supervisor.wait_first_start)
-        if live.smoke is not None:
-            warm += "; smoke test " + await live.smoke_test(first)
+        await live.bring_up(first)  # /livez answers during start-up
     except (StartFailed, SmokeError) as e:
         await _stop_listeners(listeners, grpc_servers, door)
         await live.stop()
@@ -272,7 +269,7 @@ async def _run(args, live, state, door, health_server, http_server, pin, device_
         f"max-queued={args.max_queued_requests} traces={door.tracer.protocol if door.tracer else 'off'} "
         f"keys={'on' if door.api_keys else 'off'} version-policy={live.policy} "
         f"poll={f'{args.poll_seconds:g} s' if args.poll_seconds else 'off'} start={time.perf_counter() - t0:.1f} s "
-        f"warm-up={warm.split(';')[0]} master={first.supervisor.process.pid} internal={first.upstream.target} "
+        f"warm-up={first.supervisor.warm_up} master={first.supervisor.process.pid} internal={first.upstream.target} "
         f"logs={workdir / 'serving_logs'}", fresh_line=True)
     polling = asyncio.ensure_future(_poll(live, args.poll_seconds)) if args.poll_seconds else None
     await asyncio.wait([asyncio.ensure_future(asked.wait()), asyncio.ensure_future(live.wait_fatal())],

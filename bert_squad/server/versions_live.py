@@ -87,7 +87,7 @@ class Versions:
 
     def __init__(self, args, env: dict, policy: versions.Policy, smoke_test: Optional[smoke.Smoke],
                  on_ready: Callable[[str], None], on_down: Callable[[str], None], package_version: str):
-        self._args, self._env, self.policy, self.smoke = args, env, policy, smoke_test
+        self._args, self._env, self.policy, self._smoke = args, env, policy, smoke_test
         self._package_version = package_version
         self._on_ready, self._on_down = on_ready, on_down
         self.root = Path(args.servable_dir) / args.name
@@ -97,7 +97,6 @@ class Versions:
         self._refused: Dict[int, Tuple[Tuple, str, str]] = {}  # version -> (fingerprint, reason, message)
         self._generation = 0
         self._stopping = False
-        self._said = False  # whether the check in progress logged its outcome
         self.switched: Callable[[Running], None] = lambda running: None  # points the front door at a new version
         for reason in metrics.REFUSAL_REASONS:  # every reason in /metrics from the start, at 0
             metrics.REFUSALS.labels(reason)
@@ -128,49 +127,48 @@ class Versions:
         async with self._lock:
             if self.current is None:
                 return "the server is not serving yet"
-            self._said = False
             try:
-                outcome = await self._check(trigger)
+                outcome, logged = await self._check(trigger)
             except Exception as e:  # a check must not take the server down; the running version keeps serving
                 say(f"bert-squad-serve: error: the version check failed: {type(e).__name__}: {e}; version "
                     f"{self.current.version} keeps serving", error=True)
                 return f"the version check failed: {type(e).__name__}: {e}"
-            if trigger == "SIGHUP" and not self._said:  # a signal has no reply: the log answers it
+            if trigger == "SIGHUP" and not logged:  # a signal has no reply: the log answers it
                 nothing = f"version {self.current.version} is the one --version-policy {self.policy} names"
                 say(f"bert-squad-serve: SIGHUP: {outcome or nothing + '; nothing to switch'}")
             return outcome
 
-    async def _check(self, trigger: str) -> Optional[str]:
+    async def _check(self, trigger: str) -> Tuple[Optional[str], bool]:
+        """check()'s outcome, and whether it was logged already."""
         found = await asyncio.get_running_loop().run_in_executor(None, versions.numbers, self.root)
         wanted = self.policy.choose(found)
         served = self.current.version
         if wanted is None:
             return (f"--version-policy {self.policy} names no version folder in {self.root} (found: "
-                    f"{found or 'none'}); version {served} keeps serving")
+                    f"{found or 'none'}); version {served} keeps serving"), False
         if wanted == served:
-            return None
+            return None, False
         folder = self.root / str(wanted)
         print_ = fingerprint(folder)
         known = self._refused.get(wanted)
         if known and known[0] == print_ and known[1] != "memory":
-            return known[2]  # the same files were refused before: not read or started again until they change
+            return known[2], False  # the same files were refused before: not read or started again until they change
         t0 = time.perf_counter()
         try:
             said = await self._start(wanted, folder)
         except Refused as refusal:
             if self._stopping:  # the server stopped the candidate: not the version's fault
-                return "the server is stopping"
+                return "the server is stopping", False
             message = f"version {wanted} refused ({refusal.reason}): {refusal}; version {served} keeps serving"
-            if not (known and known[1] == refusal.reason and refusal.reason in COUNTED_ONCE):
+            logged = not (known and known[1] == refusal.reason and refusal.reason in COUNTED_ONCE)
+            if logged:
                 metrics.REFUSALS.labels(refusal.reason).inc()
                 say(f"bert-squad-serve: {message}", error=True)
-                self._said = True
             self._refused[wanted] = (print_, refusal.reason, message)
-            return message
+            return message, logged
         self._refused.pop(wanted, None)
-        self._said = True
         await self._switch(trigger, t0, said)
-        return None
+        return None, True
 
     async def _start(self, version: int, folder: Path) -> str:
         """Check, start and test `version` beside the running one; what its warm-up and smoke test said. Refused when
@@ -189,27 +187,27 @@ class Versions:
             f"{running.version}")
         candidate = self._candidate = self.launch(version, meta)
         try:
-            candidate.supervisor.start()
             try:
-                warm = await loop.run_in_executor(None, candidate.supervisor.wait_first_start)
+                return await self.bring_up(candidate)
             except StartFailed as e:
                 raise Refused(e.stage, str(e)) from None
-            said = f"warm-up {warm}"
-            if self.smoke is not None:
-                try:
-                    said += "; smoke test " + await self.smoke_test(candidate)
-                except smoke.SmokeError as e:
-                    raise Refused("smoke", str(e)) from None
-        except BaseException:
+            except smoke.SmokeError as e:
+                raise Refused("smoke", str(e)) from None
+        except BaseException:  # refused, or the server stops: the candidate's master goes
             self._candidate = None
             await stop(candidate)
             raise
-        return said
 
-    async def smoke_test(self, running: Running) -> str:
-        """--smoke-file's questions through `running`'s master (smoke.py); raises SmokeError when it falls short."""
-        return await smoke.run(self.smoke, running.upstream.call(), self._args.name, running.version,
-                               settings.REST_TIMEOUT_S)
+    async def bring_up(self, running: Running) -> str:
+        """Start `running`'s master and wait for its warm-up answer, then --smoke-file's questions (smoke.py); what
+        they said. Raises StartFailed or SmokeError. The first version and every new one go through here."""
+        running.supervisor.start()
+        warm = await asyncio.get_running_loop().run_in_executor(None, running.supervisor.wait_first_start)
+        said = f"warm-up {warm}"
+        if self._smoke is not None:
+            said += "; smoke test " + await smoke.run(self._smoke, running.upstream.call(), self._args.name,
+                                                      running.version, settings.REST_TIMEOUT_S)
+        return said
 
     async def _switch(self, trigger: str, t0: float, said: str) -> None:
         """The candidate takes every new request; the old version finishes what it holds and stops."""
