@@ -359,24 +359,23 @@ class FrontDoor:
         --version-policy names, if it is not served yet (answered once that version serves, or with the reason it
         was refused). Unload is refused: the server always serves one version."""
         name, action = request.path_params["model"], request.path_params["action"]
-        request_id = {"request_id": request.scope[REQUEST_ID_KEY]} if REQUEST_ID_KEY in request.scope else {}
         if action not in ("load", "unload"):
             raise HTTPException(404)
-        if name not in self.oip_models:
-            return JSONResponse({"error": f"no model {name!r}; this server serves {', '.join(sorted(self.oip_models))}",
-                                 **request_id}, 404)
-        if action == "unload":
-            return JSONResponse({"error": "this server always serves one version of its model: to serve another, "
-                                          "export it and load; to stop serving, stop the server", **request_id}, 400)
-        if await request.body() not in (b"", b"{}"):
-            return JSONResponse({"error": "load takes no parameters here: export a new version folder into the "
-                                          "servable directory, then load", **request_id}, 400)
-        if self._load is None:
-            return JSONResponse({"error": "this server does not switch versions", **request_id}, 400)
-        refused = await self._load()
-        if refused:
-            return JSONResponse({"error": refused, **request_id}, 400)
-        return JSONResponse({"model_version": self.served}, 200)
+        try:
+            oip_models.find_model(self.oip_models, name, None, self.served)  # 404 for another model
+            if action == "unload":
+                raise OipError(400, "this server always serves one version of its model: to serve another, export "
+                                    "it and load; to stop serving, stop the server")
+            if await request.body() not in (b"", b"{}"):
+                raise OipError(400, "load takes no parameters here: export a new version folder into the servable "
+                                    "directory, then load")
+            refused = await self._load() if self._load else "this server does not switch versions"
+            if refused:
+                raise OipError(400, refused)
+        except OipError as e:
+            status, body, headers = oip_rest.error_response(e, request.scope.get(REQUEST_ID_KEY))
+            return Response(body, status, headers=headers)
+        return JSONResponse({"model_version": self.served})
 
     # ------------------------------------------------------------ operators
 
