@@ -1,5 +1,7 @@
 # The two quick-start commands: `make serve` and `make test`. Both set everything up first (idempotent).
 PY39 := .stack/py39/bin/python
+# bert-squad-serve runs on the front door's venv (a maintained Python); it starts Serving's side with $(PY39).
+FRONT := .stack/front/bin/python
 ARGS ?=
 
 .PHONY: setup serve test test-container soak-restarts
@@ -7,7 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 serve: setup
-	$(PY39) -m bert_squad.server.serve $(ARGS)
+	$(FRONT) -m bert_squad.server.serve $(ARGS)
 
 test: setup
 	@bash scripts/test.sh $(ARGS)

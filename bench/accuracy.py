@@ -77,7 +77,7 @@ def predict(servable: Path, questions: Path, workdir: Path, threads: int, python
             oip: bool = False) -> dict:
     """Serve `servable`, answer every question of `questions` with bert-squad-predict over gRPC and, with `oip`,
     again over the Open Inference Protocol's gRPC (tritonclient.grpc, bench/oip_predict.py)."""
-    server = start_server(python, servable, threads, workdir)
+    server = start_server(servable, threads, workdir)
     try:
         output = workdir / "predictions.json"
         command = [python, "-m", "bert_squad_client.predict", str(questions), "-o", str(output), "--server",

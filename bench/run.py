@@ -298,7 +298,7 @@ def make_stacks(args, servables, weights: Path, onnx, questions, scratch: Path) 
     for name in args.stacks:
         if name in SERVED:
             export, options = SERVED_AS.get(name, (name, ()))
-            stack = stacks.ServingStack(name, LABELS[name], str(PY39), servables[export], EXPORTS[export][1],
+            stack = stacks.ServingStack(name, LABELS[name], servables[export], EXPORTS[export][1],
                                         args.threads, scratch / name, args.client, args.stream, options)
             if name == TRACED:
                 stack.trace_to_receiver()

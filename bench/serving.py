@@ -25,6 +25,10 @@ from bench.reference import level_result, stream, window_input
 from bert_squad.server.health import find_ready_line, ready_fields
 from bert_squad.server.servable_glue import MODEL_TIMES_ENV, read_model_times
 
+REPO = Path(__file__).resolve().parent.parent
+# bert-squad-serve's venv (setup.cfg [front]); it starts Serving's master and workers on .stack/py39
+FRONT = Path(os.environ.get("BERT_SQUAD_FRONT", REPO / ".stack" / "front" / "bin" / "python"))
+
 START_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 120.0  # one question; a level that takes longer than this per question is broken
 WORKER_SCRIPT = "start_worker.py"
@@ -79,15 +83,15 @@ class Server:
     internal_address: str  # Serving's master itself (a unix socket behind the front door): the transport baseline
 
 
-def start_server(python: str, servable_dir: Path, threads: int, workdir: Path, options: Sequence[str] = (),
+def start_server(servable_dir: Path, threads: int, workdir: Path, options: Sequence[str] = (),
                  env: Optional[Dict[str, str]] = None) -> Server:
-    """Start the serve command (`env`: variables added to ours); cold start = from process start to its ready
-    line."""
+    """Start the serve command on the front door's venv (`env`: variables added to ours); cold start = from process
+    start to its ready line."""
     address = f"127.0.0.1:{free_port()}"
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
     rest_address, oip_grpc_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    cmd = [python, "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
+    cmd = [str(FRONT), "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
            "--rest-address", rest_address, "--oip-grpc-address", oip_grpc_address, "--health-address", "off",
            "--threads", str(threads), "--workdir", str(workdir), *options]
     model_times = workdir / "model-times.jsonl"

@@ -20,11 +20,11 @@ REPLY = "reference: "  # bench/reference.py's reply prefix
 class ServingStack:
     """bert_squad.server.serve on one exported servable dir, measured over gRPC."""
 
-    def __init__(self, name: str, label: str, python: str, servable_dir: Path, buckets, threads: int, workdir: Path,
+    def __init__(self, name: str, label: str, servable_dir: Path, buckets, threads: int, workdir: Path,
                  client: str, stream: str = "aio", options: Sequence[str] = ()):
         self.name, self.label, self.buckets, self.client, self.stream = name, label, list(buckets), client, stream
         self.options = list(options)
-        self.python, self.servable_dir, self.threads, self.workdir = python, servable_dir, threads, workdir
+        self.servable_dir, self.threads, self.workdir = servable_dir, threads, workdir
         self.server: Optional[serving.Server] = None
         self.info: Dict[str, object] = {}
         self.env: Dict[str, str] = {}
@@ -42,7 +42,7 @@ class ServingStack:
         self.env = self.receiver.environment("grpc")
 
     def start(self) -> None:
-        self.server = serving.start_server(self.python, self.servable_dir, self.threads, self.workdir, self.options,
+        self.server = serving.start_server(self.servable_dir, self.threads, self.workdir, self.options,
                                            self.env)
         self.info = {"cold_start_s": self.server.cold_start_s, "ready_line": self.server.ready_line,
                      "memory_ready": self.memory()}

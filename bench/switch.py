@@ -254,7 +254,7 @@ def run(out: Path, n: Optional[int], log=print) -> Tuple[dict, list]:
         say(f"{name}: exported in {accuracy.export(name, accuracy.MODEL, folder, calibration):.0f} s")
     incoming, version_2 = staging / "bert_squad" / "1", servable / "bert_squad" / "2"
 
-    server = start_server(sys.executable, servable, 2, out / "run", ["--poll-seconds", "1"])
+    server = start_server(servable, 2, out / "run", ["--poll-seconds", "1"])
     memory = TreeMemory(server.proc.pid)
     memory.start()
     result: dict = {"questions": len(questions), "command": " ".join(["python -m bench.switch", *sys.argv[1:]]),

@@ -75,6 +75,15 @@ MAX_QUEUED_REQUESTS = 64
 # Instances the model stage of one request batch takes together; windows of all of them are packed per bucket.
 INSTANCES_PER_MODEL_CALL = 8
 
+# Limits of the front door's gRPC listeners (bert_squad/server/grpc_listen.py; --grpc-* options), which face clients
+# nobody vetted: a connection may open this many streams at once, send this much metadata, live this long, idle this
+# long, and ping (without data) at most this often (more than 2 pings sooner and gRPC closes it: GOAWAY).
+GRPC_MAX_STREAMS = 100
+GRPC_MAX_METADATA_KB = 16
+GRPC_MAX_CONNECTION_AGE_S = 3600
+GRPC_MAX_CONNECTION_IDLE_S = 600
+GRPC_MIN_PING_INTERVAL_S = 300
+
 # Health endpoints (bert_squad/server/health.py) that load balancers and orchestrators poll.
 DEFAULT_HEALTH_ADDRESS = "127.0.0.1:8080"  # HTTP /livez and /readyz; 'off' disables them
 HEALTH_TTL_S = 2.0  # /readyz reuses one probe's outcome this long: polling adds at most one question per TTL

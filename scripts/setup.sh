@@ -3,6 +3,7 @@
 #   .stack/py39   Python 3.9 venv: MindSpore 2.0.0 + MindSpore Serving 2.0.2 (server side, CPython 3.7-3.9 only)
 #   .stack/lite   MindSpore Lite 2.0.0 C++ runtime (Serving runs models on CPU only through Lite)
 #   .stack/shim   libbert_lite.so: our C interface to Lite's C++ API, for the exact-length runtime (lite_direct)
+#   .stack/front  the front door (bert-squad-serve: every public port) on the machine's maintained Python (3.10+)
 #   .stack/py311  the machine's Python 3.11: client, text pipeline, Hugging Face / ONNX Runtime references
 # A second run with nothing changed returns in about a second (stamp files hold a hash of the inputs).
 #
@@ -200,6 +201,31 @@ EOF
     echo "$SHIM_HASH" >"$SHIM/.bert_squad_stamp"
 fi
 
+# ---------------------------------------------------------------- the front door (Python 3.10+)
+# bert-squad-serve runs here: every public port on a maintained Python with current grpcio / protobuf / uvicorn
+# (setup.cfg [front]); it starts Serving's master and workers with .stack/py39's Python behind a unix socket.
+runs_front() { [ -n "$1" ] && "$1" -c 'import sys; assert sys.version_info[:2] >= (3, 10)' >/dev/null 2>&1; }
+PYFRONT="${BERT_SQUAD_PYTHON_FRONT:-$(command -v python3.11 || true)}"
+runs_front "$PYFRONT" || PYFRONT="$(command -v python3 || true)"
+runs_front "$PYFRONT" || die "no Python 3.10 or newer found for the front door (bert-squad-serve)" \
+    "install python3 (Debian 12: apt-get install python3 python3-venv), or set BERT_SQUAD_PYTHON_FRONT=/path/to/python3"
+FRONT_HASH="$(inputs_hash "$ROOT/setup.cfg" "$ROOT/scripts/setup.sh")"
+if stamp_ok "$STACK/front" "$FRONT_HASH"; then
+    say "front door venv up to date ($STACK/front)"
+else
+    say "building the front door venv with $PYFRONT"
+    if [ ! -x "$STACK/front/bin/python" ] && ! "$PYFRONT" -m venv "$STACK/front" 2>/dev/null; then
+        rm -rf "$STACK/front"  # Debian without python3-venv: virtualenv from PyPI does the same job
+        "$PYFRONT" -m pip install -q --user virtualenv ||
+            die "could not create the front door venv" "apt-get install python3-venv, or pip install --user virtualenv"
+        "$PYFRONT" -m virtualenv -q "$STACK/front"
+    fi
+    "$STACK/front/bin/python" -m pip install -q --upgrade pip
+    "$STACK/front/bin/python" -m pip install -q -e "$ROOT[front]" ||
+        die "pip could not install the front door's requirements" "read the pip error above"
+    echo "$FRONT_HASH" >"$STACK/front/.bert_squad_stamp"
+fi
+
 # ---------------------------------------------------------------- Python 3.11 (client side)
 if [ "${BERT_SQUAD_SKIP_PY311:-0}" != 1 ]; then
     PY311="$(command -v python3.11 || true)"
@@ -254,4 +280,4 @@ else
     echo "$OIP_HASH" >"$OIP_STAMP"
 fi
 
-say "ready: server python $STACK/py39/bin/python, Lite runtime ${BERT_SQUAD_LITE_LIB:-$STACK/lite/lib}"
+say "ready: front door $STACK/front/bin/python, Serving's python $STACK/py39/bin/python, Lite runtime ${BERT_SQUAD_LITE_LIB:-$STACK/lite/lib}"

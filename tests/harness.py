@@ -24,6 +24,8 @@ from bert_squad.runtimes.lite_lib import with_lite_on_library_path
 
 REPO = Path(__file__).resolve().parent.parent
 PY39 = Path(os.environ.get("BERT_SQUAD_PY39", REPO / ".stack" / "py39" / "bin" / "python"))
+# bert-squad-serve's own venv (Python 3.10+, setup.cfg [front]): it starts Serving's side with PY39
+FRONT = Path(os.environ.get("BERT_SQUAD_FRONT", REPO / ".stack" / "front" / "bin" / "python"))
 
 
 def free_port() -> int:
@@ -66,7 +68,7 @@ class Server:
         self.health_address = f"127.0.0.1:{free_port()}"  # extra_args may name another
         self.oip_grpc_address = f"127.0.0.1:{free_port()}"
         self.command = command or [
-            str(PY39), "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir),
+            str(FRONT), "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir),
             "--grpc-address", self.grpc_address, "--rest-address", self.rest_address,
             "--health-address", self.health_address, "--oip-grpc-address", self.oip_grpc_address,
             "--workdir", str(self.workdir), "--threads", "1", *extra_args]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bert_squad import settings
-from bert_squad.server import health
+from bert_squad.server import health, serving_python
 from bert_squad.server.options import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,12 +108,15 @@ def test_image_copies_every_package_setup_cfg_installs_and_the_servable_config()
         assert (REPO / source).exists(), f"COPY {source}: no such file in the repository"
 
 
-def test_image_entrypoint_is_the_serve_command_of_the_venv_setup_builds():
+def test_image_entrypoint_is_the_serve_command_of_the_front_door_venv_setup_builds():
     [workdir] = instructions("WORKDIR")
     entrypoint = exec_form(instructions("ENTRYPOINT")[0])
-    assert entrypoint[:3] == [f"{workdir}/.stack/py39/bin/python", "-m", "bert_squad.server.serve"]
-    assert 'STACK="${BERT_SQUAD_STACK:-$ROOT/.stack}"' in (REPO / "scripts" / "setup.sh").read_text()
-    assert "$STACK/py39" in (REPO / "scripts" / "setup.sh").read_text()
+    assert entrypoint[:3] == [f"{workdir}/.stack/front/bin/python", "-m", "bert_squad.server.serve"]
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    assert 'STACK="${BERT_SQUAD_STACK:-$ROOT/.stack}"' in setup
+    assert '"$STACK/front/bin/python" -m pip install -q -e "$ROOT[front]"' in setup
+    # Serving's side: the default --serving-python is the venv setup.sh builds beside it
+    assert "$STACK/py39" in setup and serving_python.SETUP_VENV == REPO / ".stack" / "py39" / "bin" / "python"
 
 
 def test_image_options_are_valid_and_listen_on_all_interfaces_on_the_exposed_ports():

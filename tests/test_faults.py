@@ -10,7 +10,7 @@ import pytest
 
 import wire
 from bert_squad.metadata import sha256_file
-from harness import PY39, Server, new_servable_dir, wait_for
+from harness import FRONT, Server, new_servable_dir, wait_for
 
 FILLER = "The committee met again on a rainy day to talk about roads, bridges and trains. "
 CONTEXT = FILLER * 30 + "Later Paris became the capital of France again. " + FILLER * 3  # 2 windows
@@ -123,7 +123,7 @@ def copy_version(oracle_servable, tmp_path):
 
 
 def serve_refuses(servable, tmp_path, *extra, env=None):
-    done = subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--servable-dir", str(servable),
+    done = subprocess.run([str(FRONT), "-m", "bert_squad.server.serve", "--servable-dir", str(servable),
                            "--workdir", str(tmp_path / "run"), "--grpc-address", "127.0.0.1:1",
                            "--rest-address", "off", "--oip-grpc-address", "off", *extra], capture_output=True,
                           text=True, timeout=300,

@@ -339,9 +339,9 @@ def test_sigterm_drains_readiness_then_closes_the_endpoints(oracle_servable, tmp
 
 
 def test_health_address_is_checked_before_anything_starts(oracle_servable, tmp_path):
-    from harness import PY39
+    from harness import FRONT
 
-    done = subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--servable-dir", str(oracle_servable["servable_dir"]),
+    done = subprocess.run([str(FRONT), "-m", "bert_squad.server.serve", "--servable-dir", str(oracle_servable["servable_dir"]),
                            "--health-address", "localhost"], capture_output=True, text=True, timeout=60,
                           cwd=tmp_path)
     assert done.returncode == 2

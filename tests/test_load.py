@@ -19,7 +19,7 @@ import pytest
 
 import wire
 from bert_squad_client import Client, RestClient
-from harness import PY39, Server
+from harness import FRONT, Server
 
 LOAD_SECONDS = float(os.environ.get("BERT_SQUAD_LOAD_SECONDS", 120))
 MIXED = os.environ.get("BERT_SQUAD_LOAD_MIXED", "1") == "1"  # every other client over REST
@@ -191,6 +191,6 @@ def test_a_flood_beyond_the_queue_limit_is_refused_at_once_and_memory_stays_flat
 
 
 def test_the_queue_limit_is_a_serve_option_checked_at_start(tmp_path):
-    done = subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--max-queued-requests", "0"],
+    done = subprocess.run([str(FRONT), "-m", "bert_squad.server.serve", "--max-queued-requests", "0"],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2 and "--max-queued-requests must be at least 1" in done.stderr

@@ -150,7 +150,7 @@ def need(module: str) -> None:
 def grpc_port():
     """Our GRPCInferenceService on a loopback port, asking the stand-in servable."""
     from bert_squad.server import metrics
-    from bert_squad.server.grpc_listen import start_server
+    from bert_squad.server.grpc_listen import Limits, start_server
     from bert_squad.server.oip.servicer import InferenceServicer, register
 
     loop = asyncio.new_event_loop()
@@ -168,7 +168,7 @@ def grpc_port():
 
     async def start():
         servicer = InferenceServicer(TABLE, lambda: "1", "0.1.0", ask, live, ready, metrics.Meter("oip_grpc"))
-        return await start_server(register(servicer), "127.0.0.1:0", 4 << 20)
+        return await start_server(register(servicer), "127.0.0.1:0", Limits(max_message_bytes=4 << 20))
 
     server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
     yield port

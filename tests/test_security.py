@@ -14,7 +14,7 @@ import pytest
 
 import wire
 from bert_squad import settings
-from harness import PY39, REPO, Server, make_tls, new_servable_dir
+from harness import FRONT, REPO, Server, make_tls, new_servable_dir
 
 QUESTION = {"question": "Which capital?", "context": "The city of Paris is the capital of France, they say."}
 ANSWER = "Paris is the capital of France"
@@ -50,7 +50,7 @@ def test_a_pickled_pytorch_checkpoint_is_refused_unread_by_the_serve_command(tmp
     config = {"model_type": "bert", "architectures": ["BertForQuestionAnswering"]}
     (model / "config.json").write_text(json.dumps(config))
     servable = new_servable_dir(tmp_path / "servable") / "bert_squad"
-    done = subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--servable-dir", str(servable.parent),
+    done = subprocess.run([str(FRONT), "-m", "bert_squad.server.serve", "--servable-dir", str(servable.parent),
                            "--checkpoint", str(model), "--workdir", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
@@ -232,7 +232,7 @@ def test_requests_over_the_size_limit_are_refused_and_the_limit_is_documented(or
     from bert_squad.server.options import parse_args
 
     assert parse_args([]).max_message_mb == settings.MAX_MESSAGE_MB
-    help_text = " ".join(subprocess.run([str(PY39), "-m", "bert_squad.server.serve", "--help"], capture_output=True,
+    help_text = " ".join(subprocess.run([str(FRONT), "-m", "bert_squad.server.serve", "--help"], capture_output=True,
                                         text=True, timeout=60).stdout.split())
     assert "--max-message-mb" in help_text and f"default {settings.MAX_MESSAGE_MB} MB" in help_text
     assert "--max-queued-requests" in help_text

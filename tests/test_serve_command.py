@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from bert_squad.metadata import read_metadata
-from harness import PY39, Server, free_port, new_servable_dir
+from harness import FRONT, Server, free_port, new_servable_dir
 from wire import rest_post
 
 QUESTION = {"question": "Which capital?", "context": "The city of Paris is the capital of France, they say."}
@@ -28,7 +28,7 @@ def oracle_files(oracle_servable, tmp_path):
 
 
 def run_serve(*args, env=None, timeout=120):
-    return subprocess.run([str(PY39), "-m", "bert_squad.server.serve", *args], capture_output=True, text=True,
+    return subprocess.run([str(FRONT), "-m", "bert_squad.server.serve", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

@@ -1,8 +1,9 @@
 """The contract between the serve process and the processes it starts: environment variables and exit codes.
 
-The serve command (serve.py) starts Serving's master in a child process (master.py, through supervisor.py),
-which starts Serving's workers; those import servable_config.py (servable_glue.py). Each side reads here
-what the other one sets, so a name or a code has one home.
+The serve command (serve.py, on a maintained Python) starts Serving's master in a child process on the Serving side's
+Python 3.9 (master.py, through supervisor.py; serving_python.py), which starts Serving's workers; those import
+servable_config.py (servable_glue.py). Each side reads here what the other one sets, so a name or a code has one
+home.
 """
 
 # Set by the serve process for the master and, through it, for the workers.
@@ -21,6 +22,11 @@ MASTER_ADDRESS_ENV = "BERT_SQUAD_MASTER_ADDRESS"
 # "error <stage> <reason>", the stage that failed being one of these (the serve command counts a refused version by it).
 READY_FD_ENV = "BERT_SQUAD_READY_FD"
 STAGE_LOAD, STAGE_WARM_UP = "load", "warm_up"
+# Set by each process for the ones it starts (serve process -> master or first export, master -> workers): its pid.
+# A child checks at start, and then twice a second, that this is still its parent, and kills itself once it is not
+# (processes.exit_with_parent): a serve command killed without a chance to clean up (SIGKILL, the OOM killer) leaves
+# no master or worker holding the model's memory.
+PARENT_PID_ENV = "BERT_SQUAD_PARENT_PID"
 
 # Exit codes of the serve command and of the master process.
 EXIT_START_FAILED = 2  # could not start; the error line says why

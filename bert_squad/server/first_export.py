@@ -1,16 +1,41 @@
 """Export on first start: when the servable has no version yet, the serve command exports the checkpoint the user
-names, or downloads and exports the MindSpore Hub SQuAD checkpoint, before it serves."""
+names, or downloads and exports the MindSpore Hub SQuAD checkpoint, before it serves.
+
+The export needs MindSpore, so it runs in a child process on the Serving side's Python (serving_python.py):
+`python -m bert_squad.server.first_export <bert-squad-serve options>`.
+"""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 from bert_squad import versions
-from bert_squad.server.options import ServeError
+from bert_squad.server.contract import EXIT_START_FAILED, PARENT_PID_ENV
+from bert_squad.server.options import ServeError, parse_args
+
+
+def nothing_exported(args) -> bool:
+    return not (versions.numbers(args.servable_dir / args.name) or args.version)
+
+
+def export_first(args) -> None:
+    """In the serve process: when nothing is exported yet, export in a child process on the Serving side's Python,
+    its output on ours; ServeError when it fails (its own error line says why)."""
+    from bert_squad.server.serving_python import export_command
+
+    if not nothing_exported(args):
+        return
+    code = subprocess.call(export_command(args), env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
+    if code != 0:
+        raise ServeError(f"nothing is exported in {args.servable_dir / args.name}, and the export on first start "
+                         f"failed (exit code {code}; its error is above)")
 
 
 def ensure_exported(args) -> None:
     """Export the checkpoint the user names, or the Hub checkpoint, when nothing is exported yet."""
-    if versions.numbers(args.servable_dir / args.name) or args.version:
+    if not nothing_exported(args):
         return
     if importlib.util.find_spec("mindspore") is None:  # the container image serves exported models only
         raise ServeError(f"no exported model in {args.servable_dir / args.name}, and this installation has no "
@@ -55,6 +80,19 @@ def ensure_exported(args) -> None:
         raise ServeError(f"cannot export {checkpoint}: {e}") from e
 
 
+def main(argv=None) -> int:
+    from bert_squad.server.processes import exit_with_parent
+
+    args = parse_args(argv)
+    exit_with_parent(int(os.environ.pop(PARENT_PID_ENV)))  # a serve command killed meanwhile takes its export along
+    try:
+        ensure_exported(args)
+    except ServeError as e:
+        print(f"bert-squad-serve: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_START_FAILED
+    return 0
+
+
 def _progress_bar():
     from tqdm import tqdm
 
@@ -66,3 +104,7 @@ def _progress_bar():
         bar.refresh()
 
     return update
+
+
+if __name__ == "__main__":
+    sys.exit(main())

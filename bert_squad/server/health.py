@@ -25,7 +25,7 @@ import time
 from typing import Callable, Optional, Tuple
 
 from bert_squad import settings
-from bert_squad.server.warmup import predict_request, reply_failure
+from bert_squad.server.warmup import predict_call, predict_request, reply_failure
 
 READY_MARKER = "bert-squad-serve: ready"
 
@@ -135,18 +135,16 @@ class HealthState:
 def grpc_probe(address: str, servable: str, timeout: float = settings.HEALTH_PROBE_TIMEOUT_S) -> Probe:
     """A probe that asks `servable`'s predict method the warm-up question at Serving's master (`address`, its
     internal plain-text gRPC address), as the front door forwards client requests: master -> worker -> model, so it
-    fails while the worker restarts. Needs mindspore_serving (server side).
+    fails while the worker restarts.
     """
     import grpc
-    from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
 
-    channel = grpc.insecure_channel(address)
-    stub = pb_grpc.MSServiceStub(channel)
+    predict = predict_call(grpc.insecure_channel(address))
     request = predict_request(servable)
 
     def probe() -> None:
         try:
-            reply = stub.Predict(request, timeout=timeout)
+            reply = predict(request, timeout=timeout)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise ProbeFailed(f"the probe question got no answer within {timeout:g} s") from None

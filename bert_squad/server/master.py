@@ -16,11 +16,11 @@ from pathlib import Path
 
 from bert_squad.server import access
 from bert_squad.server.access import say
-from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MASTER_ADDRESS_ENV, READY_FD_ENV,
-                                        STAGE_LOAD, STAGE_WARM_UP)
+from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MASTER_ADDRESS_ENV, PARENT_PID_ENV,
+                                        READY_FD_ENV, STAGE_LOAD, STAGE_WARM_UP)
 from bert_squad.server.options import ServeError, parse_args
-from bert_squad.server.processes import worker_pids
-from bert_squad.server.warmup import predict_request, reply_failure
+from bert_squad.server.processes import exit_with_parent, worker_pids
+from bert_squad.server.warmup import predict_call, predict_request, reply_failure
 
 WORKER_POLL_S = 0.5
 
@@ -28,13 +28,12 @@ WORKER_POLL_S = 0.5
 def warm_up(args, timeout: float) -> float:
     """Ask one question over Serving's gRPC endpoint (the internal address) within `timeout`; the seconds it took."""
     import grpc
-    from mindspore_serving.proto import ms_service_pb2_grpc as pb_grpc
 
     request = predict_request(args.name)
     t0 = time.perf_counter()
     try:
         with grpc.insecure_channel(os.environ[MASTER_ADDRESS_ENV]) as channel:
-            reply = pb_grpc.MSServiceStub(channel).Predict(request, timeout=timeout)
+            reply = predict_call(channel)(request, timeout=timeout)
     except grpc.RpcError as e:
         raise ServeError(f"the warm-up question failed: gRPC {e.code().name}: {e.details()}") from None
     failure = reply_failure(reply)
@@ -121,6 +120,8 @@ def run(args, report) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    exit_with_parent(int(os.environ[PARENT_PID_ENV]))  # the serve command died without stopping us: so do we
+    os.environ[PARENT_PID_ENV] = str(os.getpid())  # and our workers with us (servable_glue.exit_with_master)
     access.configure(args.log_format)
     pipe = os.fdopen(int(os.environ.pop(READY_FD_ENV)), "w", buffering=1)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bert_squad import settings, versions
 from bert_squad.runtimes.lite_lib import REPO_ROOT
-from bert_squad.server import health
+from bert_squad.server import health, serving_python
 from bert_squad.server.access import ACCESS_LOG, LOG_FORMATS
 from bert_squad.server.processes import available_cpus
 
@@ -81,9 +81,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-queued-requests", type=int, default=settings.MAX_QUEUED_REQUESTS,
                    help="requests received and not yet answered, past which Serving refuses new ones at once "
                         "('enqueued requests count exceeds the limit'; clients retry later) (default %(default)s)")
+    p.add_argument("--grpc-max-streams", type=int, default=settings.GRPC_MAX_STREAMS, metavar="N",
+                   help="concurrent calls one HTTP/2 connection may have open on the gRPC ports (default %(default)s)")
+    p.add_argument("--grpc-max-metadata-kb", type=int, default=settings.GRPC_MAX_METADATA_KB, metavar="KB",
+                   help="largest metadata (headers) of a gRPC call; larger ones are refused (default %(default)s KB)")
+    p.add_argument("--grpc-max-connection-age-s", type=float, default=settings.GRPC_MAX_CONNECTION_AGE_S,
+                   metavar="S", help="a gRPC connection is asked to go (GOAWAY) after S seconds, its calls given "
+                                     f"{settings.REST_TIMEOUT_S:g} s to finish; clients reconnect (0 = never; default "
+                                     "%(default)s)")
+    p.add_argument("--grpc-max-connection-idle-s", type=float, default=settings.GRPC_MAX_CONNECTION_IDLE_S,
+                   metavar="S", help="a gRPC connection without calls for S seconds is closed (0 = never; default "
+                                     "%(default)s)")
+    p.add_argument("--grpc-min-ping-interval-s", type=float, default=settings.GRPC_MIN_PING_INTERVAL_S, metavar="S",
+                   help="a client pinging a gRPC port sooner than every S seconds without data, more than twice, "
+                        "is disconnected (GOAWAY too_many_pings) (default %(default)s)")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC, OIP gRPC and REST over TLS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
+    p.add_argument("--serving-python", type=Path, default=serving_python.default(), metavar="PATH",
+                   help="the Python 3.9 with mindspore-serving that runs Serving's master and workers and the export "
+                        f"on first start, behind the internal socket (default: ${serving_python.SERVING_PYTHON_ENV}, "
+                        "else the venv scripts/setup.sh builds)")
     p.add_argument("--workdir", type=Path,
                    help="where Serving writes serving_logs/ and unix_socket_files/ (default: a new temp dir)")
     p.add_argument("--warmup-timeout", type=float, default=120.0, help="seconds the warm-up question may take")
@@ -124,6 +142,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 health.parse_address(address)
             except health.HealthError as e:
                 p.error(f"{flag}: {e}")
+    for flag in ("grpc_max_streams", "grpc_max_metadata_kb"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag in ("grpc_max_connection_age_s", "grpc_max_connection_idle_s", "grpc_min_ping_interval_s"):
+        if getattr(args, flag) < 0:
+            p.error(f"--{flag.replace('_', '-')} must be 0 or more")
     if args.poll_seconds < 0:
         p.error("--poll-seconds must be 0 (off) or more")
     if args.switch_headroom_mb < 0:

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from pathlib import Path
+
+PARENT_POLL_S = 0.5  # how often a child started by the serve command checks that its parent is alive
 
 
 def available_cpus() -> int:
@@ -85,3 +90,21 @@ def available_memory_bytes() -> int:
     except (OSError, ValueError):
         return available
     return available if limit == "max" else min(available, max(0, int(limit) - used))
+
+
+def exit_with_parent(parent: int, poll_s: float = PARENT_POLL_S) -> None:
+    """SIGKILL this process as soon as `parent` is no longer its parent (it died and we were re-parented), checked now
+    and every `poll_s` seconds in a daemon thread. Polled rather than prctl(PR_SET_PDEATHSIG): that fires when the
+    *thread* that started us ends, and Serving starts its workers from threads that come and go."""
+
+    def orphaned() -> bool:
+        return os.getppid() != parent
+
+    def watch() -> None:
+        while not orphaned():
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if orphaned():
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="bert-squad-parent-watch", daemon=True).start()

@@ -29,7 +29,7 @@ from bert_squad.runtimes.lite_lib import RuntimeMissing, with_lite_on_library_pa
 from bert_squad.server import access, health
 from bert_squad.server.access import say
 from bert_squad.server.contract import EXIT_SERVING_DIED, EXIT_START_FAILED, MULTIPROC_ENV, PIN_ENV, THREADS_ENV
-from bert_squad.server.first_export import ensure_exported
+from bert_squad.server.first_export import export_first
 from bert_squad.server.options import ServeError, parse_args
 from bert_squad.server.processes import available_cpus
 
@@ -50,6 +50,16 @@ def _check_addresses(args) -> None:
             if not free:
                 raise ServeError(f"cannot listen on {address} for {what[flag]}: {reason}; pick a free port with "
                                  f"{flag} HOST:PORT, or 'off'")
+
+
+def _check_serving_python(args) -> None:
+    """The Python that runs Serving's master and workers runs, and has mindspore_serving (serving_python.py)."""
+    from bert_squad.server import serving_python
+
+    try:
+        serving_python.check(args.serving_python)
+    except serving_python.ServingPythonError as e:
+        raise ServeError(str(e)) from None
 
 
 def _policy(args):
@@ -78,7 +88,8 @@ def serve(args) -> int:
     args.servable_dir = args.servable_dir.resolve()
     policy = _policy(args)
     smoke_test = _smoke(args)
-    ensure_exported(args)
+    _check_serving_python(args)
+    export_first(args)
     servable_dir = args.servable_dir
     version = versions.resolve(servable_dir, args.name, policy.number)
     meta = versions.verify(servable_dir / args.name / str(version), args.device)
@@ -202,7 +213,7 @@ async def _poll(live, seconds: float) -> None:
 async def _start_grpc(args, door) -> list:
     """The front door's gRPC servers: MindSpore Serving's API on --grpc-address and the Open Inference Protocol's
     on --oip-grpc-address (each unless 'off'), asking through the front door's channel to Serving."""
-    from bert_squad.server.grpc_listen import start_server
+    from bert_squad.server.grpc_listen import Limits, start_server
     from bert_squad.server.oip import servicer as oip
     from bert_squad.server.serving_grpc import PassThrough
 
@@ -224,7 +235,7 @@ async def _start_grpc(args, door) -> list:
         if address == "off":
             continue
         try:
-            server, _ = await start_server(register, address, args.max_message_mb << 20, read(args.tls_cert),
+            server, _ = await start_server(register, address, Limits.from_args(args), read(args.tls_cert),
                                            read(args.tls_key), read(args.tls_client_ca), checks.get(protocol, ()))
         except OSError as e:
             await asyncio.gather(*(started.stop(None) for started in servers))
@@ -317,7 +328,15 @@ def _package_version() -> str:
         return "unknown"
 
 
+OLDEST_FRONT_PYTHON = (3, 10)  # every public port on a maintained Python: 3.9 is Serving's side only
+
+
 def main(argv: list[str] | None = None) -> int:
+    if sys.version_info[:2] < OLDEST_FRONT_PYTHON:
+        print(f"bert-squad-serve: error: the serve command owns the public ports and runs on Python 3.10 or newer, "
+              f"not {sys.version.split()[0]}; run the front door's: .stack/front/bin/bert-squad-serve (scripts/setup.sh "
+              f"builds it; it starts Serving's master and workers on this Python 3.9 itself)", file=sys.stderr)
+        return EXIT_START_FAILED
     args = parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # handed on to the master process
     access.configure(args.log_format, args.access_log == "on", args.log_request_text)

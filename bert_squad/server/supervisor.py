@@ -22,7 +22,7 @@ from typing import Callable, List, Optional
 
 from bert_squad import settings
 from bert_squad.server import metrics
-from bert_squad.server.contract import READY_FD_ENV, STAGE_LOAD
+from bert_squad.server.contract import PARENT_PID_ENV, READY_FD_ENV, STAGE_LOAD
 from bert_squad.server.processes import children
 
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
@@ -134,7 +134,7 @@ class Supervisor:
     def _run_one(self):
         """Run one master to its end; (whether it became ready, its start-up error)."""
         read_end, write_end = os.pipe()
-        env = {**self._env, READY_FD_ENV: str(write_end)}
+        env = {**self._env, READY_FD_ENV: str(write_end), PARENT_PID_ENV: str(os.getpid())}
         try:
             with _MASTERS_LOCK:
                 self.process = subprocess.Popen(self._command, env=env, pass_fds=(write_end,))

@@ -27,6 +27,7 @@ from bert_squad.metadata import Metadata
 from bert_squad.server import metrics, processes, smoke
 from bert_squad.server.access import say
 from bert_squad.server.contract import MASTER_ADDRESS_ENV, VERSION_ENV
+from bert_squad.server.serving_python import master_command
 from bert_squad.server.supervisor import StartFailed, Supervisor
 from bert_squad.server.upstream import Upstream
 
@@ -268,13 +269,3 @@ def master_address(generation: int) -> str:
     folder.mkdir(mode=0o700, exist_ok=True)
     folder.chmod(0o700)
     return f"unix:{folder}/serving-master-{os.getpid()}-{generation}.sock"
-
-
-def master_command(args, version: int) -> "list[str]":
-    """A master process's command line: the serve command's own options, with the version and workdir resolved."""
-    import sys
-
-    return [sys.executable, "-m", "bert_squad.server.master", *args.argv,
-            "--servable-dir", str(args.servable_dir), "--version", str(version), "--workdir", str(args.workdir),
-            "--threads", str(args.threads)]
-

@@ -1,26 +1,27 @@
-"""The warm-up question: the master asks it before it reports ready, /readyz asks it as its probe (health.py)."""
+"""The warm-up question: the master asks it before it reports ready, /readyz asks it as its probe (health.py).
+
+Built and sent with bert_squad_client's wire format (protocol.py), not mindspore_serving's generated module: the probe
+runs in the front door (Python 3.11, current protobuf), the master beside Serving (Python 3.9, protobuf 3.20).
+"""
 from __future__ import annotations
 
 from typing import Optional
+
+from bert_squad_client import protocol
 
 WARMUP_QUESTION = "Who wrote the plays?"
 WARMUP_CONTEXT = "The plays were written by William Shakespeare in London."
 
 
 def predict_request(servable: str):
-    """The warm-up question as one instance of a PredictRequest for `servable`'s predict method (Serving's
-    own message class: the callers send it with Serving's gRPC stub)."""
-    from mindspore_serving.proto import ms_service_pb2 as pb
+    """The warm-up question as one instance of a PredictRequest for `servable`'s predict method."""
+    return protocol.make_request(servable, "predict", 0, [{"question": WARMUP_QUESTION, "context": WARMUP_CONTEXT}])
 
-    request = pb.PredictRequest()
-    request.servable_spec.name, request.servable_spec.method_name = servable, "predict"
-    instance = request.instances.add()
-    for name, text in (("question", WARMUP_QUESTION), ("context", WARMUP_CONTEXT)):
-        tensor = instance.items[name]
-        tensor.dtype = pb.MS_STRING
-        tensor.shape.dims.append(1)
-        tensor.bytes_val.append(text.encode("utf-8"))
-    return request
+
+def predict_call(channel):
+    """Serving's Predict on a blocking grpc `channel`, messages in and out."""
+    return channel.unary_unary(protocol.PREDICT_PATH, request_serializer=protocol.PredictRequest.SerializeToString,
+                               response_deserializer=protocol.PredictReply.FromString)
 
 
 def reply_failure(reply) -> Optional[str]:

@@ -12,6 +12,7 @@ from mindspore_serving.server import register
 from bert_squad.server import servable_glue as glue
 from bert_squad.server.contract import VERSION_ENV
 
+glue.exit_with_master()  # a worker outlives no master (a serve command SIGKILLed)
 glue.keep_worker_alive_on_bad_text()
 version_dir = glue.version_dir(Path(__file__).resolve().parent, os.environ.get(VERSION_ENV))
 meta, tokenizer = glue.load_version(version_dir)
