@@ -84,6 +84,15 @@ GRPC_MAX_CONNECTION_AGE_S = 3600
 GRPC_MAX_CONNECTION_IDLE_S = 600
 GRPC_MIN_PING_INTERVAL_S = 300
 
+# Limits of the front door's HTTP/1.1 listeners, REST and health (bert_squad/server/http_limits.py; --http-* options):
+# open connections per listener, request line + headers, the time to send the headers (from the connection or the
+# previous response), the longest pause inside a body, and how long an idle keep-alive connection stays open.
+HTTP_MAX_CONNECTIONS = 4096
+HTTP_MAX_HEADER_KB = 16
+HTTP_HEADER_TIMEOUT_S = 10.0
+HTTP_BODY_TIMEOUT_S = 30.0
+HTTP_KEEP_ALIVE_S = 5
+
 # Health endpoints (bert_squad/server/health.py) that load balancers and orchestrators poll.
 DEFAULT_HEALTH_ADDRESS = "127.0.0.1:8080"  # HTTP /livez and /readyz; 'off' disables them
 HEALTH_TTL_S = 2.0  # /readyz reuses one probe's outcome this long: polling adds at most one question per TTL

@@ -1,10 +1,20 @@
-"""Uninstall from the image's venv what serving never imports.
+"""Uninstall from one of the image's venvs what it never imports.
 
-The image serves exported models only, so the export-only distributions go (MindSpore builds the MindIR
-files, NNCF calibrates int8: together ~2.8 GB with what only they need), and so does everything else that the
-project's `server` extra does not need: the test tools and test weights setup.sh also installs.
+    python deploy/prune_venv.py server    # .stack/py39: MindSpore Serving's master and workers
+    python deploy/prune_venv.py front     # .stack/front: the front door (bert-squad-serve)
 
-Run by deploy/Dockerfile with the venv's Python: python deploy/prune_venv.py
+Each venv keeps the project and what its extra needs, transitively (markers evaluated, extras followed), and
+nothing else, so the test tools and test weights setup.sh also installs go. Besides, the server venv loses:
+- what only export needs (MindSpore builds the MindIR files, NNCF calibrates int8: together ~2.8 GB with what only
+  they need): the image serves exported models only;
+- what only the front door needs: since bert-squad-serve runs in .stack/front, the master and workers never import
+  the HTTP stack (Starlette, uvicorn, httptools), Swagger UI's files or OpenTelemetry; setup.cfg's [server] extra
+  keeps them for the test suite, which runs these on Python 3.9 too;
+- grpcio-tools, which only generates the OIP gRPC stubs during set-up (grpc imports it only if present).
+A distribution in these sets stays when something kept needs it, and `pip check` at the end fails the build
+when a kept one lost a requirement.
+
+Run by deploy/Dockerfile with each venv's own Python.
 """
 from __future__ import annotations
 
@@ -15,20 +25,30 @@ from importlib import metadata
 from pip._vendor.packaging.requirements import Requirement
 from pip._vendor.packaging.utils import canonicalize_name
 
-PROJECT, EXTRAS = "bert-squad", ("server",)
+PROJECT = "bert-squad"
 EXPORT_ONLY = {"mindspore", "nncf"}
-TOOLS = {"pip", "setuptools", "wheel"}  # kept: the venv stays usable for a pip install on top
+FRONT_ONLY = {"starlette", "uvicorn", "httptools", "openapi-ui-bundles", "opentelemetry-api", "opentelemetry-sdk",
+              "opentelemetry-proto", "opentelemetry-exporter-otlp-proto-grpc", "opentelemetry-exporter-otlp-proto-http"}
+SETUP_ONLY = {"grpcio-tools"}
+# venv: (the project's extras, distributions left out even where the extra names them, tools kept)
+PROFILES = {
+    # pip, setuptools and wheel stay: the venv stays usable for a pip install on top
+    "server": (("server",), EXPORT_ONLY | FRONT_ONLY | SETUP_ONLY, {"pip", "setuptools", "wheel"}),
+    # pip stays, for the same reason; `python -m venv` also brings setuptools, which the front door never imports
+    "front": (("front",), set(), {"pip"}),
+}
 
 
-def needed() -> set[str]:
-    """The project and what it needs, transitively, for serving (markers evaluated, extras followed)."""
+def needed(extras: tuple, left_out: set) -> set[str]:
+    """The project and what it needs with these extras, transitively, but what is left out and what only that
+    needs."""
     keep: set[str] = set()
     seen: set[tuple] = set()
-    todo = [(PROJECT, EXTRAS)]
+    todo = [(PROJECT, extras)]
     while todo:
         name, extras = todo.pop()
         key = canonicalize_name(name)
-        if key in EXPORT_ONLY or (key, extras) in seen:
+        if key in left_out or (key, extras) in seen:
             continue
         seen.add((key, extras))
         try:
@@ -44,15 +64,19 @@ def needed() -> set[str]:
     return keep
 
 
-def main() -> int:
+def main(argv: list) -> int:
+    if len(argv) != 1 or argv[0] not in PROFILES:
+        print(f"usage: python deploy/prune_venv.py {{{','.join(PROFILES)}}}", file=sys.stderr)
+        return 2
+    extras, left_out, tools = PROFILES[argv[0]]
     installed = {canonicalize_name(d.metadata["Name"]) for d in metadata.distributions()}
-    unneeded = sorted(installed - needed() - TOOLS)
-    print(f"prune_venv: uninstalling {len(unneeded)} distributions serving does not need: {' '.join(unneeded)}",
-          flush=True)
+    unneeded = sorted(installed - needed(extras, left_out) - tools)
+    print(f"prune_venv: uninstalling from {sys.prefix} {len(unneeded)} distributions [{','.join(extras)}] does not "
+          f"need: {' '.join(unneeded)}", flush=True)
     if unneeded:
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", *unneeded], check=True)
     return subprocess.run([sys.executable, "-m", "pip", "check"]).returncode
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

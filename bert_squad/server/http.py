@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bert_squad.server import access, health, keys, metrics, rest, tracing
+from bert_squad.server.http_limits import Limits
 from bert_squad.server.oip import models as oip_models
 from bert_squad.server.oip import rest_codec as oip_rest
 from bert_squad.server.oip import serving as oip_serving
@@ -485,7 +486,7 @@ class HttpServer:
     finishing in-flight requests."""
 
     def __init__(self, app, address: str, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
-                 tls_client_ca: Optional[str] = None, drain_s: float = 30.0):
+                 tls_client_ca: Optional[str] = None, drain_s: float = 30.0, limits: Limits = Limits()):
         host, port = health.parse_address(address)
         tls = {}
         if tls_cert:
@@ -494,7 +495,8 @@ class HttpServer:
                 tls.update(ssl_ca_certs=tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 lifespan="on", timeout_graceful_shutdown=int(drain_s), server_header=False,
-                                proxy_headers=False, interface="asgi3", **tls)
+                                proxy_headers=False, interface="asgi3", http=limits.protocol(),
+                                timeout_keep_alive=limits.keep_alive_s, **tls)
         self._server = _Uvicorn(config)
         self.host, self.port = host, port
 

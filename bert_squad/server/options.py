@@ -95,6 +95,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grpc-min-ping-interval-s", type=float, default=settings.GRPC_MIN_PING_INTERVAL_S, metavar="S",
                    help="a client pinging a gRPC port sooner than every S seconds without data, more than twice, "
                         "is disconnected (GOAWAY too_many_pings) (default %(default)s)")
+    p.add_argument("--http-max-connections", type=int, default=settings.HTTP_MAX_CONNECTIONS, metavar="N",
+                   help="open connections each HTTP listener (REST, health) holds; more are answered 503 and closed "
+                        "(default %(default)s)")
+    p.add_argument("--http-max-header-kb", type=int, default=settings.HTTP_MAX_HEADER_KB, metavar="KB",
+                   help="largest request line and headers of an HTTP request; larger ones get 431 (default "
+                        "%(default)s KB)")
+    p.add_argument("--http-header-timeout-s", type=float, default=settings.HTTP_HEADER_TIMEOUT_S, metavar="S",
+                   help="time a client has to send a request's headers, from connecting or from the previous "
+                        "response; past it 408 and the connection closed (default %(default)s)")
+    p.add_argument("--http-body-timeout-s", type=float, default=settings.HTTP_BODY_TIMEOUT_S, metavar="S",
+                   help="longest pause inside a request body; past it 408 and the connection closed (default "
+                        "%(default)s)")
+    p.add_argument("--http-keep-alive-s", type=int, default=settings.HTTP_KEEP_ALIVE_S, metavar="S",
+                   help="an idle keep-alive HTTP connection is closed after S seconds (default %(default)s)")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC, OIP gRPC and REST over TLS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
@@ -142,12 +156,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 health.parse_address(address)
             except health.HealthError as e:
                 p.error(f"{flag}: {e}")
-    for flag in ("grpc_max_streams", "grpc_max_metadata_kb"):
+    for flag in ("grpc_max_streams", "grpc_max_metadata_kb", "http_max_connections", "http_max_header_kb",
+                 "http_keep_alive_s"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     for flag in ("grpc_max_connection_age_s", "grpc_max_connection_idle_s", "grpc_min_ping_interval_s"):
         if getattr(args, flag) < 0:
             p.error(f"--{flag.replace('_', '-')} must be 0 or more")
+    for flag in ("http_header_timeout_s", "http_body_timeout_s"):
+        if getattr(args, flag) <= 0:
+            p.error(f"--{flag.replace('_', '-')} must be more than 0")
     if args.poll_seconds < 0:
         p.error("--poll-seconds must be 0 (off) or more")
     if args.switch_headroom_mb < 0:

@@ -52,6 +52,19 @@ def _check_addresses(args) -> None:
                                  f"{flag} HOST:PORT, or 'off'")
 
 
+def _open_file_limit() -> None:
+    """The soft limit of open files raised to the hard one: every connection of every listener is a file, and
+    --http-max-connections per HTTP listener should be reachable (many systems start processes at 1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # an unlimited hard limit is not a valid soft one: keep what we have
+            pass
+
+
 def _check_serving_python(args) -> None:
     """The Python that runs Serving's master and workers runs, and has mindspore_serving (serving_python.py)."""
     from bert_squad.server import serving_python
@@ -114,9 +127,11 @@ def serve(args) -> int:
 
     from bert_squad.server import openapi, tracing
     from bert_squad.server.http import FrontDoor, HttpServer, health_app, with_cors
+    from bert_squad.server.http_limits import Limits as HttpLimits
     from bert_squad.server.versions_live import Versions
 
     _check_addresses(args)
+    _open_file_limit()
 
     t0 = time.perf_counter()
     state = health.HealthState(lambda: live.current.upstream.probe(), settings.HEALTH_TTL_S, alive=lambda: True)
@@ -134,7 +149,8 @@ def serve(args) -> int:
     live.serve(live.launch(version, meta))
     health_server = None
     if args.health_address != "off":  # the health routes alone, on a listener of their own
-        health_server = HttpServer(health_app(state), args.health_address, drain_s=settings.DRAIN_S)
+        health_server = HttpServer(health_app(state), args.health_address, drain_s=settings.DRAIN_S,
+                                   limits=HttpLimits.from_args(args))
     page_routes = []
     if args.page == "on" and args.rest_address != "off":
         from bert_squad.server import api_docs, page
@@ -158,7 +174,8 @@ def serve(args) -> int:
     http_server = None
     if args.rest_address != "off":
         http_server = HttpServer(with_cors(door.app, args.cors_allow_origin), args.rest_address, args.tls_cert,
-                                 args.tls_key, args.tls_client_ca, drain_s=settings.DRAIN_S)
+                                 args.tls_key, args.tls_client_ca, drain_s=settings.DRAIN_S,
+                                 limits=HttpLimits.from_args(args))
     return asyncio.run(_run(args, live, state, door, health_server, http_server, pin, device_ids, workdir, t0))
 
 
