@@ -22,8 +22,8 @@ class OipGrpc:
     def __init__(self, address: str, timeout: float):
         import grpc
 
-        from bert_squad.server.oip import raw
-        from bert_squad.server.oip.stubs import pb, pb_grpc
+        from bert_squad.front.oip import raw
+        from bert_squad.front.oip.stubs import pb, pb_grpc
 
         self._grpc, self._pb, self._raw, self.timeout = grpc, pb, raw, timeout
         self._channel = grpc.insecure_channel(address)

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Sequence
 import psutil
 
 from bench.reference import level_result, stream, window_input
-from bert_squad.server.health import find_ready_line, ready_fields
-from bert_squad.server.servable_glue import MODEL_TIMES_ENV, read_model_times
+from bert_squad.front.health import find_ready_line, ready_fields
+from bert_squad.serving.servable_glue import MODEL_TIMES_ENV, read_model_times
 
 REPO = Path(__file__).resolve().parent.parent
 # bert-squad-serve's venv (setup.cfg [front]); it starts Serving's master and workers on .stack/py39

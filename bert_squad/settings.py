@@ -66,7 +66,7 @@ FINETUNE_SAVE_STEPS = 200  # a resumable checkpoint every this many optimizer st
 SERVABLE_NAME = "bert_squad"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:5500"
 DEFAULT_REST_ADDRESS = "127.0.0.1:1500"
-# Open Inference Protocol gRPC (bert_squad/server/oip; 8001 as Triton and KServe use); 'off' disables it
+# Open Inference Protocol gRPC (bert_squad/front/oip; 8001 as Triton and KServe use); 'off' disables it
 DEFAULT_OIP_GRPC_ADDRESS = "127.0.0.1:8001"
 MAX_MESSAGE_MB = 64  # gRPC and REST request size limit
 # Back-pressure: requests received and not yet answered; past it Serving refuses a request at once
@@ -75,7 +75,7 @@ MAX_QUEUED_REQUESTS = 64
 # Instances the model stage of one request batch takes together; windows of all of them are packed per bucket.
 INSTANCES_PER_MODEL_CALL = 8
 
-# Limits of the front door's gRPC listeners (bert_squad/server/grpc_listen.py; --grpc-* options), which face clients
+# Limits of the front door's gRPC listeners (bert_squad/front/grpc_listen.py; --grpc-* options), which face clients
 # nobody vetted: a connection may open this many streams at once, send this much metadata, live this long, idle this
 # long, and ping (without data) at most this often (more than 2 pings sooner and gRPC closes it: GOAWAY).
 GRPC_MAX_STREAMS = 100
@@ -84,7 +84,7 @@ GRPC_MAX_CONNECTION_AGE_S = 3600
 GRPC_MAX_CONNECTION_IDLE_S = 600
 GRPC_MIN_PING_INTERVAL_S = 300
 
-# Limits of the front door's HTTP/1.1 listeners, REST and health (bert_squad/server/http_limits.py; --http-* options):
+# Limits of the front door's HTTP/1.1 listeners, REST and health (bert_squad/front/http_limits.py; --http-* options):
 # open connections per listener, request line + headers, the time to send the headers (from the connection or the
 # previous response), the longest pause inside a body, and how long an idle keep-alive connection stays open.
 HTTP_MAX_CONNECTIONS = 4096
@@ -93,12 +93,12 @@ HTTP_HEADER_TIMEOUT_S = 10.0
 HTTP_BODY_TIMEOUT_S = 30.0
 HTTP_KEEP_ALIVE_S = 5
 
-# Health endpoints (bert_squad/server/health.py) that load balancers and orchestrators poll.
+# Health endpoints (bert_squad/front/health.py) that load balancers and orchestrators poll.
 DEFAULT_HEALTH_ADDRESS = "127.0.0.1:8080"  # HTTP /livez and /readyz; 'off' disables them
 HEALTH_TTL_S = 2.0  # /readyz reuses one probe's outcome this long: polling adds at most one question per TTL
 HEALTH_PROBE_TIMEOUT_S = 5.0  # deadline of the probe question; a server slower than this counts as not ready
 
-# HTTP front door (bert_squad/server/http.py) and master supervision (bert_squad/server/supervisor.py).
+# HTTP front door (bert_squad/front/http.py) and master supervision (bert_squad/server/supervisor.py).
 REST_TIMEOUT_S = 120.0  # deadline of one REST request forwarded to Serving over gRPC (504 past it)
 DRAIN_S = 30.0  # on SIGTERM: how long in-flight requests may take to finish before the server stops anyway
 CRASH_LOOP_RESTARTS = 5  # master restarts within CRASH_LOOP_WINDOW_S after which the serve command gives up

@@ -26,7 +26,7 @@ RETRYABLE_CODES = (WORKER_UNAVAILABLE, SERVABLE_UNAVAILABLE)
 SERVER_BUSY = "enqueued requests count exceeds the limit"
 
 # The bert_squad front door's request ID: an HTTP header (any case) and a gRPC metadata key (lower case, as gRPC
-# keys are). The server reads and sends it (bert_squad/server/access.py); the REST client reads it into its errors.
+# keys are). The server reads and sends it (bert_squad/front/access.py); the REST client reads it into its errors.
 REQUEST_ID_HEADER = "x-request-id"
 # The model version that answered a request (it changes when the server switches versions): a response header of
 # MindSpore Serving's REST API and trailing metadata of its gRPC API at the bert_squad front door.

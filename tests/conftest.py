@@ -96,7 +96,7 @@ def oracle_lite_servable(oracle_servable, tmp_path_factory):
 def oracle_lite_server(oracle_lite_servable, tmp_path_factory):
     from harness import Server
 
-    from bert_squad.server.servable_glue import MODEL_TIMES_ENV
+    from bert_squad.serving.servable_glue import MODEL_TIMES_ENV
 
     workdir = tmp_path_factory.mktemp("oracle-lite-run")
     with Server(workdir, oracle_lite_servable, env={MODEL_TIMES_ENV: str(workdir / MODEL_TIMES_FILE)}) as server:
@@ -107,7 +107,7 @@ def oracle_lite_server(oracle_lite_servable, tmp_path_factory):
 def oracle_server(oracle_servable, tmp_path_factory):
     from harness import Server
 
-    from bert_squad.server.servable_glue import MODEL_TIMES_ENV
+    from bert_squad.serving.servable_glue import MODEL_TIMES_ENV
 
     workdir = tmp_path_factory.mktemp("oracle-run")
     with Server(workdir, oracle_servable["servable_dir"],

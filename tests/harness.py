@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from bert_squad.server.health import find_ready_line
+from bert_squad.front.health import find_ready_line
 from bert_squad.runtimes.lite_lib import with_lite_on_library_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ class Server:
 
     def master_pid(self) -> Optional[int]:
         """The process running Serving's master (bert-squad-serve keeps it in a child process), if any."""
-        pids = self._group_running(b"bert_squad.server.master")
+        pids = self._group_running(b"bert_squad.serving.master")
         return pids[0] if pids else None
 
     def _group_running(self, part: bytes) -> List[int]:

@@ -1,4 +1,4 @@
-"""Request IDs and the access log (bert_squad/server/access.py): the ID's rules and the JSON line's fields in
+"""Request IDs and the access log (bert_squad/front/access.py): the ID's rules and the JSON line's fields in
 process, then a real server with --log-format json: IDs given and generated over MindSpore Serving's REST API and
 the Open Inference Protocol's REST and gRPC, found in the response, the error body and the access line."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ from datetime import datetime
 
 import pytest
 
-from bert_squad.server import access
-
+from bert_squad.contract import logs
+from bert_squad.front import access
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
 
@@ -43,7 +43,7 @@ def test_json_access_lines_carry_the_fields_and_rfc3339_utc_time(capsys, restore
     started = time.perf_counter() - 0.25
     access.log_request(started, request_id="r-1", protocol="oip_rest", model="bert_squad", version="1",
                        method="predict", status=400, questions=2, client="127.0.0.1:5", error="bad \"input\"\n")
-    access.say("bert-squad-serve: stopped")
+    logs.say("bert-squad-serve: stopped")
     first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert {k: first[k] for k in ("level", "logger", "request_id", "protocol", "model", "version", "method", "status",
                                   "questions", "client", "error")} == {
@@ -60,9 +60,9 @@ def test_json_access_lines_carry_the_fields_and_rfc3339_utc_time(capsys, restore
 @pytest.mark.pure
 def test_text_lines_keep_the_serve_commands_form_and_errors_go_to_stderr(capsys, restore_logging):
     access.configure("text")
-    access.say("bert-squad-serve: ready grpc=x", fresh_line=True)
+    logs.say("bert-squad-serve: ready grpc=x", fresh_line=True)
     access.log_request(time.perf_counter(), request_id="r-2", protocol="rest", status=200)
-    access.say("bert-squad-serve: error: it broke", error=True)
+    logs.say("bert-squad-serve: error: it broke", error=True)
     out, err = capsys.readouterr()
     lines = out.split("\n")
     assert lines[:2] == ["", "bert-squad-serve: ready grpc=x"]
@@ -76,7 +76,7 @@ def test_text_lines_keep_the_serve_commands_form_and_errors_go_to_stderr(capsys,
 def test_access_log_off_writes_no_access_line_but_keeps_the_serve_commands_own(capsys, restore_logging, log_format):
     access.configure(log_format, access_lines=False)
     access.log_request(time.perf_counter(), request_id="r-3", protocol="rest", status=200)
-    access.say("bert-squad-serve: stopped")
+    logs.say("bert-squad-serve: stopped")
     out = capsys.readouterr().out
     assert "r-3" not in out and "bert-squad-serve: stopped" in out
     access.configure(log_format)
@@ -181,7 +181,7 @@ def oip_grpc_call(server, model: str, request_id: str | None = None) -> dict:
     """One ModelInfer with our stubs: its trailing metadata and status code name."""
     import grpc
 
-    from bert_squad.server.oip.stubs import pb, pb_grpc
+    from bert_squad.front.oip.stubs import pb, pb_grpc
 
     request = pb.ModelInferRequest(model_name=model)
     for name in ("question", "context"):

@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bert_squad.server.warmup import WARMUP_CONTEXT, WARMUP_QUESTION, predict_request, reply_failure
+from bert_squad.contract.warmup import WARMUP_CONTEXT, WARMUP_QUESTION, predict_request, reply_failure
 from bert_squad_client import protocol
 from harness import Server
 from wire import rest_exchange

@@ -54,7 +54,7 @@ def test_the_oip_clients_and_protocol_passes_answer_as_the_oracle(oracle_lite_se
     from types import SimpleNamespace
 
     from bench import oip
-    from bert_squad.server.health import ready_fields
+    from bert_squad.front.health import ready_fields
 
     internal = ready_fields(oracle_lite_server.ready_line)["internal"]
     server = SimpleNamespace(address=oracle_lite_server.grpc_address, rest_address=oracle_lite_server.rest_address,

@@ -1,58 +1,86 @@
-"""The line between the two Pythons (docs/operations.md "Processes"): the serve process, which owns every public port,
-runs on a maintained Python and must import nothing only Serving's Python 3.9 venv has; Serving's side (the master,
-the servable's glue in the workers, the export on first start) must import none of the front door."""
+"""The line between the two Pythons, as the folders draw it (docs/development.md "Where the code lives"):
+bert_squad/front and bert_squad/server run in the serve process on a maintained Python and import nothing only
+Serving's Python 3.9 venv has; bert_squad/serving runs beside MindSpore Serving on 3.9 and imports neither of them;
+bert_squad/contract, which both import, imports none of the three. Every import counts, at module level or inside a
+function (the graph is read from the source, as tests/test_imports.py reads it)."""
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 
 import pytest
 
-from harness import FRONT, PY39
+from harness import FRONT, REPO
+from test_imports import PACKAGES, import_graph, module_files
 
-# What the serve process imports, at start and later (lazily: the page, keys, traces, the version switch, smoke).
-FRONT_DOOR = ["bert_squad.server.serve", "bert_squad.server.http", "bert_squad.server.http_limits",
-              "bert_squad.server.serving_grpc", "bert_squad.server.grpc_listen", "bert_squad.server.oip.servicer",
-              "bert_squad.server.versions_live", "bert_squad.server.upstream", "bert_squad.server.supervisor",
-              "bert_squad.server.tracing", "bert_squad.server.keys", "bert_squad.server.page",
-              "bert_squad.server.api_docs", "bert_squad.server.openapi", "bert_squad.server.smoke"]
-ONLY_PY39 = ("mindspore", "mindspore_serving", "mindspore_lite", "openvino", "nncf", "tokenizers", "_mindspore_serving")
-# What runs beside Serving on Python 3.9.
-SERVING_SIDE = ["bert_squad.server.master", "bert_squad.server.servable_glue", "bert_squad.server.first_export"]
-FRONT_ONLY = ("starlette", "uvicorn", "httptools", "h11", "opentelemetry") + tuple(
-    module for module in FRONT_DOOR if module != "bert_squad.server.first_export")
+pytestmark = pytest.mark.pure
 
-IMPORTED = ("import importlib, json, sys; [importlib.import_module(m) for m in sys.argv[1:]]; "
-            "print(json.dumps(sorted(sys.modules)))")
+ONLY_PY39 = {"mindspore", "mindspore_serving", "mindspore_lite", "openvino", "nncf", "tokenizers"}
+FRONT_SIDE = ("bert_squad.front", "bert_squad.server")
 
 
-def imported(python, modules) -> list:
-    if not python.exists():
-        pytest.skip(f"{python} missing: run scripts/setup.sh")
-    done = subprocess.run([str(python), "-c", IMPORTED, *modules], capture_output=True, text=True, timeout=300)
+def inside(module: str, packages) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def reachable(start, graph) -> set:
+    seen, todo = set(), list(start)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph.get(module, ()))
+    return seen
+
+
+def imported_names(modules) -> set:
+    """Top-level names of everything `modules` import (ours, the standard library's and third parties')."""
+    files, found = module_files(PACKAGES), set()
+    for module in modules:
+        for node in ast.walk(ast.parse(files[module].read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            found.update(name.split(".")[0] for name in names)
+    return found
+
+
+def test_servings_side_imports_neither_the_front_door_nor_the_serve_command():
+    graph = import_graph(PACKAGES)
+    serving = [m for m in graph if inside(m, ("bert_squad.serving",))]
+    assert serving
+    crossed = sorted(m for m in reachable(serving, graph) if inside(m, FRONT_SIDE))
+    assert not crossed, f"bert_squad.serving reaches {crossed}"
+
+
+def test_the_contract_imports_none_of_the_three_sides():
+    graph = import_graph(PACKAGES)
+    contract = [m for m in graph if inside(m, ("bert_squad.contract",))]
+    crossed = sorted(m for m in reachable(contract, graph) if inside(m, FRONT_SIDE + ("bert_squad.serving",)))
+    assert not crossed, f"bert_squad.contract reaches {crossed}"
+
+
+def test_the_serve_process_imports_nothing_only_servings_python_has():
+    graph = import_graph(PACKAGES)
+    front = [m for m in graph if inside(m, FRONT_SIDE)]
+    assert "bert_squad.server.serve" in front and "bert_squad.front.http" in front
+    ours = reachable(front, graph)
+    serving = sorted(m for m in ours if inside(m, ("bert_squad.serving",)))
+    assert not serving, f"the serve process reaches {serving}"
+    # what the serve process's own modules import, anywhere in them (the library modules it reaches, such as the
+    # runtimes' registry, import their engines inside functions that only the workers call: the next test imports
+    # all of it on the front door's Python)
+    assert not imported_names(front) & ONLY_PY39, sorted(imported_names(front) & ONLY_PY39)
+
+
+def test_every_module_of_the_serve_process_imports_on_the_front_doors_python():
+    if not FRONT.exists():
+        pytest.skip(f"{FRONT} missing: run scripts/setup.sh")
+    modules = [m for m in module_files(PACKAGES) if inside(m, FRONT_SIDE) and not m.endswith("_pb2_grpc")]
+    code = ("import importlib, json, sys; [importlib.import_module(m) for m in sys.argv[1:]]; "
+            "print(json.dumps([sys.version_info[:2], sorted(sys.modules)]))")
+    done = subprocess.run([str(FRONT), "-c", code, *modules], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def under(modules, roots) -> list:
-    return [m for m in modules if any(m == root or m.startswith(root + ".") for root in roots)]
-
-
-@pytest.mark.pure
-def test_the_front_door_imports_nothing_only_servings_python_has():
-    loaded = imported(FRONT, FRONT_DOOR)
-    assert not under(loaded, ONLY_PY39), under(loaded, ONLY_PY39)
-
-
-@pytest.mark.pure
-def test_the_front_doors_python_is_maintained_and_its_grpc_current():
-    code = "import sys, grpc, google.protobuf as p; print(sys.version_info[0], sys.version_info[1], grpc.__version__)"
-    major, minor, grpc_version = subprocess.run([str(FRONT), "-c", code], capture_output=True, text=True,
-                                                check=True).stdout.split()
-    assert (int(major), int(minor)) >= (3, 10)
-    assert tuple(int(x) for x in grpc_version.split(".")[:2]) >= (1, 58)
-
-
-def test_servings_side_imports_none_of_the_front_door():
-    loaded = imported(PY39, SERVING_SIDE)
-    assert not under(loaded, FRONT_ONLY), under(loaded, FRONT_ONLY)
+    version, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert tuple(version) >= (3, 10)
+    assert not {m.split(".")[0] for m in loaded} & ONLY_PY39

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from bert_squad import settings
-from bert_squad.server import health, serving_python
+from bert_squad.front import health
+from bert_squad.server import serving_python
 from bert_squad.server.options import parse_args
 
 REPO = Path(__file__).resolve().parent.parent

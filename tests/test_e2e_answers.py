@@ -118,7 +118,7 @@ def test_model_time_log_has_one_line_per_model_batch_shorter_than_the_round_trip
 
     from mindspore_serving.client import Client
 
-    from bert_squad.server.servable_glue import read_model_times
+    from bert_squad.serving.servable_glue import read_model_times
     from conftest import MODEL_TIMES_FILE
 
     log = any_server.workdir / MODEL_TIMES_FILE

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from bert_squad import settings
-from bert_squad.server.health import (READY_MARKER, SERVING, STOPPING, HealthError, HealthState, ProbeFailed,
+from bert_squad.front.health import (READY_MARKER, SERVING, STOPPING, HealthError, HealthState, ProbeFailed,
                                       find_ready_line, parse_address, ready_fields)
 
 
@@ -56,7 +56,7 @@ class Endpoints:
     def __init__(self, probe, ttl: float, alive):
         import asyncio
 
-        from bert_squad.server.http import HttpServer, health_app
+        from bert_squad.front.http import HttpServer, health_app
 
         self.state = HealthState(probe, ttl, alive)
         with socket.socket() as s:
@@ -202,7 +202,7 @@ def test_head_unknown_paths_and_query_strings(endpoints):
 
 @pytest.mark.pure
 def test_bad_addresses_are_refused_clearly():
-    from bert_squad.server.http import bind_error
+    from bert_squad.front.http import bind_error
 
     with pytest.raises(HealthError, match="not host:port"):
         parse_address("8080")

@@ -1,4 +1,4 @@
-"""The HTTP front door (bert_squad/server/http.py, rest.py) against MindSpore Serving's own REST server.
+"""The HTTP front door (bert_squad/front/http.py, rest.py) against MindSpore Serving's own REST server.
 
 One real Serving (master + worker, oracle model) serves gRPC and, for comparison only, its own REST
 API; the front door runs in this process and forwards to the same gRPC endpoint. For good requests
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import wire
-from bert_squad.server import health, http, rest
-from bert_squad.server.upstream import Upstream
+from bert_squad.front import health, http, rest
+from bert_squad.front.upstream import Upstream
 from bert_squad_client import protocol
 from harness import PY39, TOY_SERVE, Server, free_port
 from bert_squad.runtimes.lite_lib import with_lite_on_library_path

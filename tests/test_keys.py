@@ -1,4 +1,4 @@
-"""API keys (--api-key-file, bert_squad/server/keys.py): the key file's rules and the check in process, then a real
+"""API keys (--api-key-file, bert_squad/front/keys.py): the key file's rules and the check in process, then a real
 server: every HTTP route and every gRPC method of both gRPC services tried without a key, with a wrong one and with
 a right one, a key removed by SIGHUP, the probes open, refusals counted and logged without the key, and the
 clients (bert_squad_client over gRPC and REST, bert-squad-predict) sending a key."""
@@ -19,8 +19,7 @@ QUESTION = {"question": "Which capital?", "context": "The city of Paris is the c
 
 @pytest.mark.pure
 def test_the_key_file_takes_one_key_a_line_skipping_blanks_and_comments(tmp_path):
-    from bert_squad.server import keys
-
+    from bert_squad.front import keys
     path = tmp_path / "keys"
     path.write_text(f"# operators\n\n  {KEY_A}  \n{KEY_B}\n")
     assert keys.read_keys(path) == [KEY_A, KEY_B]
@@ -40,8 +39,7 @@ def test_the_key_file_takes_one_key_a_line_skipping_blanks_and_comments(tmp_path
     (f"{KEY_A} and more\n", "without spaces"), ("ключ" * 5 + "\n", "ASCII"),
 ])
 def test_an_unusable_key_file_is_refused_with_the_reason(tmp_path, text, words):
-    from bert_squad.server import keys
-
+    from bert_squad.front import keys
     path = tmp_path / "keys"
     path.write_text(text)
     with pytest.raises(keys.KeyFileError, match=words):
@@ -52,8 +50,7 @@ def test_an_unusable_key_file_is_refused_with_the_reason(tmp_path, text, words):
 
 @pytest.mark.pure
 def test_a_bad_file_on_reload_keeps_the_keys_in_use(tmp_path):
-    from bert_squad.server import keys
-
+    from bert_squad.front import keys
     path = tmp_path / "keys"
     path.write_text(KEY_A)
     api_keys = keys.ApiKeys(path)
@@ -106,8 +103,8 @@ ANSWERED = {"/v2/repository/models/bert_squad/unload": 400}  # with a right key;
 
 def test_every_route_is_covered():
     """The app's routes (with the pages), as the serve command builds them, against ROUTES."""
-    from bert_squad.server import api_docs, health, http, page
-    from bert_squad.server.upstream import Upstream
+    from bert_squad.front import api_docs, health, http, page
+    from bert_squad.front.upstream import Upstream
 
     state = health.HealthState(lambda: None, 1.0, alive=lambda: True)
     door = http.FrontDoor(Upstream("unix:unused", "bert_squad", 1, 1 << 20, 30.0), state, lambda: None,
@@ -155,7 +152,7 @@ def grpc_methods():
     """(address attribute, full method path, request) for every method of both gRPC services."""
     from mindspore_serving.proto import ms_service_pb2 as ms
 
-    from bert_squad.server.oip.stubs import pb
+    from bert_squad.front.oip.stubs import pb
     import wire
 
     calls = [("grpc_address", "/mindspore.serving.proto.MSService/Predict", wire.make_request("predict", [QUESTION]))]

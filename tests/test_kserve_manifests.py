@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bert_squad import metadata, settings
-from bert_squad.server import health
+from bert_squad.front import health
 from bert_squad.server.serve import parse_args
 
 REPO = Path(__file__).resolve().parent.parent

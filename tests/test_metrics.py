@@ -1,4 +1,4 @@
-"""/metrics (bert_squad/server/metrics.py): names and labels, and a real Prometheus server (Debian package
+"""/metrics (bert_squad/front/metrics.py): names and labels, and a real Prometheus server (Debian package
 `prometheus`, installed by scripts/setup.sh) scraping a real server while a known number of requests go by."""
 import json
 import re
@@ -115,8 +115,7 @@ def test_metric_names_follow_prometheus_conventions():
     """Base units in the name (seconds), no unit-less durations; labels of bounded values only."""
     from prometheus_client import Counter, Gauge, Histogram
 
-    from bert_squad.server import metrics
-
+    from bert_squad.front import metrics
     ours = [m for m in vars(metrics).values() if isinstance(m, (Counter, Gauge, Histogram))]
     assert len(ours) >= 10
     for m in ours:

@@ -18,8 +18,8 @@ import threading
 import numpy as np
 import pytest
 
-from bert_squad.server.oip import models, rest_codec
-from bert_squad.server.oip.models import OipError
+from bert_squad.front.oip import models, rest_codec
+from bert_squad.front.oip.models import OipError
 from harness import run_python
 
 pytestmark = pytest.mark.pure
@@ -149,9 +149,9 @@ def need(module: str) -> None:
 @pytest.fixture(scope="module")
 def grpc_port():
     """Our GRPCInferenceService on a loopback port, asking the stand-in servable."""
-    from bert_squad.server import metrics
-    from bert_squad.server.grpc_listen import Limits, start_server
-    from bert_squad.server.oip.servicer import InferenceServicer, register
+    from bert_squad.front import metrics
+    from bert_squad.front.grpc_listen import Limits, start_server
+    from bert_squad.front.oip.servicer import InferenceServicer, register
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -181,7 +181,7 @@ def test_servicer_over_grpc_with_our_stubs(grpc_port):
     """The servicer under this venv's grpcio (1.47 next to the server), read with the generated stubs."""
     import grpc
 
-    from bert_squad.server.oip.stubs import pb, pb_grpc
+    from bert_squad.front.oip.stubs import pb, pb_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from bert_squad import settings
-from bert_squad.server.oip import grpc_codec, models, rest_codec
-from bert_squad.server.oip.models import OipError
-from bert_squad.server.oip.stubs import pb
+from bert_squad.front.oip import grpc_codec, models, rest_codec
+from bert_squad.front.oip.models import OipError
+from bert_squad.front.oip.stubs import pb
 
 pytestmark = pytest.mark.pure
 
@@ -203,8 +203,7 @@ def test_paths_and_metadata():
                     {"name": "top_ends", "datatype": "INT32", "shape": [-1, -1]},
                     {"name": "top_scores", "datatype": "FP32", "shape": [-1, -1]},
                     {"name": "error", "datatype": "BYTES", "shape": [-1]}]}
-    from bert_squad.server import servable_glue  # the servable's own output names: each has its tensor
-
+    from bert_squad.serving import servable_glue  # the servable's own output names: each has its tensor
     assert set(servable_glue.ANSWER_OUTPUTS) <= {t.name for t in QA.outputs}
     grpc_metadata = grpc_codec.model_metadata(TABLE["bert_squad_features"], "1")
     assert [(t.name, t.datatype, list(t.shape)) for t in grpc_metadata.inputs] == [
@@ -319,7 +318,7 @@ def test_docs_python_examples_compile_and_use_the_documented_names():
 
 
 def test_serving_request_is_the_one_the_mindspore_client_sends_for_the_same_questions():
-    from bert_squad.server.oip import serving
+    from bert_squad.front.oip import serving
     from bert_squad_client import protocol
     from bert_squad_client.results import answer_request, logits_request
 
@@ -353,7 +352,7 @@ def serving_reply(instances: list, errors: list = ()):
 
 
 def test_serving_reply_outcomes_and_whole_request_failures():
-    from bert_squad.server.oip import serving
+    from bert_squad.front.oip import serving
 
     two = rest_codec.parse_infer(rest_body([("question", "BYTES", [2], ["Who wrote it?", ""]),
                                             ("context", "BYTES", [2], [CONTEXT] * 2)]), None, QA).request

@@ -383,14 +383,14 @@ def test_500_bad_oip_requests_at_once_leave_the_server_answering(oracle, referen
 def grpc_infer(address, request, timeout=5.0):
     import grpc
 
-    from bert_squad.server.oip.stubs import pb_grpc
+    from bert_squad.front.oip.stubs import pb_grpc
 
     with grpc.insecure_channel(address) as channel:
         return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=timeout)
 
 
 def grpc_request(model="bert_squad", **inputs):
-    from bert_squad.server.oip.stubs import pb
+    from bert_squad.front.oip.stubs import pb
 
     request = pb.ModelInferRequest(model_name=model)
     for name, (datatype, shape, values) in inputs.items():

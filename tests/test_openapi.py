@@ -1,4 +1,4 @@
-"""GET /openapi.json (bert_squad/server/openapi.py), checked by schemathesis (PyPI) against a real server:
+"""GET /openapi.json (bert_squad/front/openapi.py), checked by schemathesis (PyPI) against a real server:
 no 5xx, every response within 1 s and matching the document; on MindSpore Serving's routes schema-valid requests
 are also accepted. On the Open Inference Protocol's /v2 routes they need not be: JSON Schema cannot say that a
 tensor's data holds as many elements as its shape, or that question and context hold the same N, so a schema-valid

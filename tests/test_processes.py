@@ -17,7 +17,7 @@ from harness import Server, wait_for
 
 CHILD = """
 import os, sys, time
-from bert_squad.server.processes import exit_with_parent
+from bert_squad.contract.processes import exit_with_parent
 exit_with_parent(os.getppid())
 print(os.getpid(), flush=True)
 time.sleep(60)

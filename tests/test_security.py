@@ -165,7 +165,7 @@ def ask_rest(server, context, scheme="https"):
 
 def ask_oip_grpc(server, credentials=None):
     """The question over the Open Inference Protocol's gRPC service (our stubs): the answer."""
-    from bert_squad.server.oip.stubs import pb, pb_grpc
+    from bert_squad.front.oip.stubs import pb, pb_grpc
 
     request = pb.ModelInferRequest(model_name="bert_squad", outputs=[
         pb.ModelInferRequest.InferRequestedOutputTensor(name="answer")])

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from bert_squad.runtimes import serving
-from bert_squad.server import servable_glue
-
+from bert_squad.serving import servable_glue
 pytestmark = pytest.mark.pure
 
 PAUSE_S = 0.05

@@ -112,7 +112,7 @@ def test_the_supervisor_finds_its_worker_children_and_no_other_process():
     import sys
     import time
 
-    from bert_squad.server.processes import worker_pids
+    from bert_squad.contract.processes import worker_pids
 
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "start_worker.py"])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "other.py"])

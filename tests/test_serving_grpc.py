@@ -1,4 +1,4 @@
-"""The gRPC front door's reading of a forwarded request (bert_squad/server/serving_grpc.py): the servable spec and
+"""The gRPC front door's reading of a forwarded request (bert_squad/front/serving_grpc.py): the servable spec and
 the number of instances, read without parsing the instances, agree with protobuf's own parse, and anything that is
 not a PredictRequest is refused (the server test of the path is in tests/test_access.py)."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf.message import DecodeError
 
-from bert_squad.server.serving_grpc import read_head
+from bert_squad.front.serving_grpc import read_head
 from bert_squad_client import protocol
 
 pytestmark = pytest.mark.pure

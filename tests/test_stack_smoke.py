@@ -6,7 +6,7 @@ import textwrap
 import numpy as np
 
 from bert_squad.runtimes.lite_lib import with_lite_on_library_path
-from bert_squad.server.health import READY_MARKER
+from bert_squad.front.health import READY_MARKER
 from harness import PY39, Server, free_port
 from wire import rest_post
 

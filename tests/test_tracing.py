@@ -1,4 +1,4 @@
-"""bert_squad.server.tracing against a real OTLP receiver (tests/otlp_receiver.py), over both OTLP protocols: the
+"""bert_squad.front.tracing against a real OTLP receiver (tests/otlp_receiver.py), over both OTLP protocols: the
 caller's W3C trace is continued, the call to Serving is the request span's child, our attributes and failures
 arrive, the sampler and the off switch are obeyed, and settings we cannot honour fail with a clear message."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bert_squad.server import tracing
-from bert_squad.server.tracing import Attr, TracingError
+from bert_squad.front import tracing
+from bert_squad.front.tracing import Attr, TracingError
 
 pytestmark = pytest.mark.pure
 
@@ -266,7 +266,7 @@ def test_protocol_choice(receiver, otel_env, variables, arrives_over):
 
 UNREACHABLE_SCRIPT = """
 import time
-from bert_squad.server import tracing
+from bert_squad.front import tracing
 traced = tracing.from_environment()
 with traced.request("POST /predict"):
     pass
@@ -298,7 +298,7 @@ def test_stop_is_bounded_when_the_collector_is_unreachable(otel_env, protocol):
 
 OFF_SCRIPT = """
 import json, sys
-from bert_squad.server import tracing
+from bert_squad.front import tracing
 result = tracing.from_environment()
 print(json.dumps({"off": result is None,
                   "imported": sorted(name for name in sys.modules if name.split(".")[0] == "opentelemetry")}))

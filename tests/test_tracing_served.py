@@ -38,7 +38,7 @@ def ask(server, protocol: str, traceparent: str, request_id: str) -> None:
     import grpc
 
     import wire
-    from bert_squad.server.oip.stubs import pb, pb_grpc
+    from bert_squad.front.oip.stubs import pb, pb_grpc
     from bert_squad_client import protocol as ms
 
     headers = {"traceparent": traceparent, "x-request-id": request_id}

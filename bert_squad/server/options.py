@@ -11,9 +11,11 @@ from pathlib import Path
 
 from bert_squad import settings, versions
 from bert_squad.runtimes.lite_lib import REPO_ROOT
-from bert_squad.server import health, serving_python
-from bert_squad.server.access import ACCESS_LOG, LOG_FORMATS
-from bert_squad.server.processes import available_cpus
+from bert_squad.front import health
+from bert_squad.server import serving_python
+from bert_squad.contract.logs import LOG_FORMATS
+from bert_squad.front.access import ACCESS_LOG
+from bert_squad.contract.processes import available_cpus
 
 
 class ServeError(Exception):

@@ -26,19 +26,19 @@ from pathlib import Path
 
 from bert_squad import settings, versions
 from bert_squad.runtimes.lite_lib import RuntimeMissing, with_lite_on_library_path
-from bert_squad.server import access, health
-from bert_squad.server.access import say
-from bert_squad.server.contract import EXIT_SERVING_DIED, EXIT_START_FAILED, MULTIPROC_ENV, PIN_ENV, THREADS_ENV
+from bert_squad.front import access, health
+from bert_squad.contract.logs import say
+from bert_squad.contract import EXIT_SERVING_DIED, EXIT_START_FAILED, MULTIPROC_ENV, PIN_ENV, THREADS_ENV
 from bert_squad.server.first_export import export_first
 from bert_squad.server.options import ServeError, parse_args
-from bert_squad.server.processes import available_cpus
+from bert_squad.contract.processes import available_cpus
 
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 
 
 def _check_addresses(args) -> None:
     """Refuse taken ports before anything starts."""
-    from bert_squad.server.http import bind_error
+    from bert_squad.front.http import bind_error
 
     what = {"--grpc-address": "MindSpore Serving's gRPC API", "--rest-address": "the REST, health and metrics endpoints",
             "--health-address": "the health endpoints",
@@ -68,7 +68,6 @@ def _open_file_limit() -> None:
 def _check_serving_python(args) -> None:
     """The Python that runs Serving's master and workers runs, and has mindspore_serving (serving_python.py)."""
     from bert_squad.server import serving_python
-
     try:
         serving_python.check(args.serving_python)
     except serving_python.ServingPythonError as e:
@@ -90,7 +89,6 @@ def _smoke(args):
     if not args.smoke_file:
         return None
     from bert_squad.server import smoke
-
     try:
         return smoke.read(args.smoke_file, args.smoke_min_f1)
     except smoke.SmokeError as e:
@@ -125,9 +123,9 @@ def serve(args) -> int:
     env.pop(GRPC_FORK_ENV, None)
     os.environ[GRPC_FORK_ENV] = "0"  # this process forks only to exec the master: no gRPC fork handlers (and warnings)
 
-    from bert_squad.server import openapi, tracing
-    from bert_squad.server.http import FrontDoor, HttpServer, health_app, with_cors
-    from bert_squad.server.http_limits import Limits as HttpLimits
+    from bert_squad.front import openapi, tracing
+    from bert_squad.front.http import FrontDoor, HttpServer, health_app, with_cors
+    from bert_squad.front.http_limits import Limits as HttpLimits
     from bert_squad.server.versions_live import Versions
 
     _check_addresses(args)
@@ -153,8 +151,7 @@ def serve(args) -> int:
                                    limits=HttpLimits.from_args(args))
     page_routes = []
     if args.page == "on" and args.rest_address != "off":
-        from bert_squad.server import api_docs, page
-
+        from bert_squad.front import api_docs, page
         try:
             page_routes = page.routes(args.name, lambda: live.current.facts(), args.page_examples) + \
                 api_docs.routes(args.name)
@@ -183,8 +180,7 @@ def _api_keys(args):
     """The keys of --api-key-file (None without it); a warning when they would cross a network in plain text."""
     if not args.api_key_file:
         return None
-    from bert_squad.server import keys
-
+    from bert_squad.front import keys
     try:
         api_keys = keys.ApiKeys(args.api_key_file)
     except keys.KeyFileError as e:
@@ -199,8 +195,7 @@ def _api_keys(args):
 
 def _tracer():
     """The OpenTelemetry tracer the OTEL_* environment asks for (tracing.py), None when it asks for none."""
-    from bert_squad.server import tracing
-
+    from bert_squad.front import tracing
     try:
         return tracing.from_environment()
     except tracing.TracingError as e:
@@ -210,8 +205,7 @@ def _tracer():
 def _reload(door, live) -> None:
     """SIGHUP: read the API key file again (a bad file keeps the keys in use) and look for a new model version."""
     if door.api_keys is not None:
-        from bert_squad.server import keys
-
+        from bert_squad.front import keys
         try:
             say(f"bert-squad-serve: API keys re-read from {door.api_keys.path}: {door.api_keys.reload()} key(s)")
         except keys.KeyFileError as e:
@@ -230,14 +224,14 @@ async def _poll(live, seconds: float) -> None:
 async def _start_grpc(args, door) -> list:
     """The front door's gRPC servers: MindSpore Serving's API on --grpc-address and the Open Inference Protocol's
     on --oip-grpc-address (each unless 'off'), asking through the front door's channel to Serving."""
-    from bert_squad.server.grpc_listen import Limits, start_server
-    from bert_squad.server.oip import servicer as oip
-    from bert_squad.server.serving_grpc import PassThrough
+    from bert_squad.front.grpc_listen import Limits, start_server
+    from bert_squad.front.oip import servicer as oip
+    from bert_squad.front.serving_grpc import PassThrough
 
     read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
     checks = {}
     if door.api_keys is not None:
-        from bert_squad.server.keys import GrpcKeyCheck
+        from bert_squad.front.keys import GrpcKeyCheck
 
         checks = {"grpc": [GrpcKeyCheck(door.api_keys, door.meter("grpc"))],
                   "oip_grpc": [GrpcKeyCheck(door.api_keys, door.meter("oip_grpc"))]}

@@ -3,7 +3,7 @@ with it.
 
 MindSpore Serving 2.0.2 exists only for CPython 3.7-3.9 (end of life), so the serve process, which owns every public
 port, runs on a maintained Python, and only Serving's master and workers (master.py) and an export on first start
-(first_export.py) run on this one, as child processes. They meet at the master's internal unix socket and the
+(first_export.py) run on this one, as child processes (bert_squad/serving). They meet at the master's internal unix socket and the
 contract in contract.py.
 """
 from __future__ import annotations
@@ -50,13 +50,21 @@ def check(python: Path) -> str:
 
 
 def master_command(args, version: int) -> "list[str]":
-    """A master process's command line: the serve command's own options, with the version and workdir resolved."""
-    return [str(args.serving_python), "-m", "bert_squad.server.master", *args.argv,
-            "--servable-dir", str(args.servable_dir), "--version", str(version), "--workdir", str(args.workdir),
-            "--threads", str(args.threads)]
+    """A master process's command line (bert_squad/serving/master.py): what Serving needs of the serve command's
+    options, with the version resolved; the master's threads come in its environment (contract.THREADS_ENV)."""
+    return [str(args.serving_python), "-m", "bert_squad.serving.master", "--servable-dir", str(args.servable_dir),
+            "--name", args.name, "--version", str(version), "--device", args.device, "--device-ids", args.device_ids,
+            "--python-workers", str(args.python_workers), "--max-queued-requests", str(args.max_queued_requests),
+            "--max-message-mb", str(args.max_message_mb), "--warmup-timeout", str(args.warmup_timeout),
+            "--log-format", args.log_format]
 
 
 def export_command(args) -> "list[str]":
-    """The export on first start (first_export.py), with the servable directory resolved."""
-    return [str(args.serving_python), "-m", "bert_squad.server.first_export", *args.argv,
-            "--servable-dir", str(args.servable_dir)]
+    """The export on first start (bert_squad/serving/first_export.py): the serve command's export options."""
+    command = [str(args.serving_python), "-m", "bert_squad.serving.first_export", "--servable-dir",
+               str(args.servable_dir), "--name", args.name, "--device", args.device, "--hub-url", args.hub_url,
+               "--hub-sha256", args.hub_sha256]
+    for flag in ("checkpoint", "vocab", "config"):
+        if getattr(args, flag):
+            command += [f"--{flag}", str(getattr(args, flag))]
+    return command

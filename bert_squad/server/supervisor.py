@@ -1,7 +1,7 @@
 """Keep Serving's master (and its workers) running in a child process; start it again when it dies.
 
 Issue #7 saw Serving's master segfault under mixed gRPC + REST load; inside the serve process it took the
-whole server down. Here the master runs in `python -m bert_squad.server.master` (master.py). When it dies
+whole server down. Here the master runs in `python -m bert_squad.serving.master` (master.py). When it dies
 (a signal, or an exit nobody asked for) the cause is logged and counted
 (bert_squad_master_restarts_total), its orphaned workers are killed by pid (this process is their child
 subreaper, so they become our children), and a new master starts on the same ports. A crash loop,
@@ -21,9 +21,9 @@ from collections import deque
 from typing import Callable, List, Optional
 
 from bert_squad import settings
-from bert_squad.server import metrics
-from bert_squad.server.contract import PARENT_PID_ENV, READY_FD_ENV, STAGE_LOAD
-from bert_squad.server.processes import children
+from bert_squad.front import metrics
+from bert_squad.contract import PARENT_PID_ENV, READY_FD_ENV, STAGE_LOAD
+from bert_squad.contract.processes import children
 
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 _MASTERS: "set[int]" = set()  # the running masters of every supervisor of this process

@@ -24,12 +24,14 @@ from typing import Callable, Dict, Optional, Tuple
 
 from bert_squad import settings, versions
 from bert_squad.metadata import Metadata
-from bert_squad.server import metrics, processes, smoke
-from bert_squad.server.access import say
-from bert_squad.server.contract import MASTER_ADDRESS_ENV, VERSION_ENV
+from bert_squad.front import metrics
+from bert_squad.contract import processes
+from bert_squad.server import smoke
+from bert_squad.contract.logs import say
+from bert_squad.contract import MASTER_ADDRESS_ENV, VERSION_ENV
 from bert_squad.server.serving_python import master_command
 from bert_squad.server.supervisor import StartFailed, Supervisor
-from bert_squad.server.upstream import Upstream
+from bert_squad.front.upstream import Upstream
 
 # Refusals counted once while the reason stays, however often the folder changes (a copy in progress changes at every
 # look) or, for memory, is looked at again without changing (the memory may be free next time).

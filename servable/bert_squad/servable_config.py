@@ -9,8 +9,8 @@ from pathlib import Path
 
 from mindspore_serving.server import register
 
-from bert_squad.server import servable_glue as glue
-from bert_squad.server.contract import VERSION_ENV
+from bert_squad.serving import servable_glue as glue
+from bert_squad.contract import VERSION_ENV
 
 glue.exit_with_master()  # a worker outlives no master (a serve command SIGKILLed)
 glue.keep_worker_alive_on_bad_text()

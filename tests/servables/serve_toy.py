@@ -13,7 +13,7 @@ import time
 from mindspore_serving import server
 from mindspore_serving._mindspore_serving import ExitSignalHandle_
 
-from bert_squad.server.health import READY_MARKER
+from bert_squad.front.health import READY_MARKER
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,11 @@
-"""Prometheus metrics of the serve command, its master process and Serving's workers (prometheus_client).
+"""Prometheus metrics of the serve command (prometheus_client), and GET /metrics.
 
-Three kinds of process record them: the serve process (the front door: every request, labelled protocol="grpc",
-"rest", "oip_rest" or "oip_grpc"; master restarts), the master process (worker restarts) and the workers (the
-servable's stages). They share one directory in prometheus_client's multiprocess
-mode ($PROMETHEUS_MULTIPROC_DIR, which the serve command sets before any of them imports prometheus_client);
-GET /metrics sums the files. Without that variable (a unit test, a script) each process counts for itself.
+Three kinds of process record metrics: the serve process (here: every request, labelled protocol="grpc", "rest",
+"oip_rest" or "oip_grpc"; master restarts, versions), the master process and the workers (worker restarts, the
+servable's stages: bert_squad/contract/serving_metrics.py). They share one directory in prometheus_client's
+multiprocess mode ($PROMETHEUS_MULTIPROC_DIR, which the serve command sets before any of them imports
+prometheus_client); GET /metrics sums the files. Without that variable (a unit test, a script) each process counts
+for itself.
 
 Not visible to us: time a request waits in Serving's queue.
 """
@@ -18,11 +19,10 @@ from typing import Callable, Optional
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the /metrics endpoint)
 
-from bert_squad.server import access, tracing
-from bert_squad.server.contract import MULTIPROC_ENV, STAGE_LOAD, STAGE_WARM_UP
+from bert_squad.front import access, tracing
+from bert_squad.contract import MULTIPROC_ENV, STAGE_LOAD, STAGE_WARM_UP
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # The servable's methods as metric label values; a request for any other counts as "other".
 METHODS = ("predict", "predict_with_options", "predict_features")
@@ -38,7 +38,6 @@ IN_FLIGHT = Gauge("bert_squad_requests_in_flight", "Predict / infer requests rec
                   ["protocol"], multiprocess_mode="livesum")
 MASTER_RESTARTS = Counter("bert_squad_master_restarts", "Times Serving's master process died and was started again",
                           ["cause"])
-WORKER_RESTARTS = Counter("bert_squad_worker_restarts", "Times a Serving worker process exited (Serving restarts it)")
 INFO = Gauge("bert_squad_build_info", "The served model: 1, labelled with version, runtime, precision, model sha256 "
              "(0 for a version served before a switch)",
              ["version", "servable_version", "runtime", "precision", "model_sha256"], multiprocess_mode="max")
@@ -48,13 +47,6 @@ SWITCHES = Counter("bert_squad_version_switches", "Times a new model version too
 REFUSAL_REASONS = ("files", "memory", STAGE_LOAD, STAGE_WARM_UP, "smoke")
 REFUSALS = Counter("bert_squad_version_refusals", "New model versions refused (the running one kept serving), by "
                    "reason", ["reason"])
-QUESTIONS = Counter("bert_squad_questions", "Questions the servable tokenized (every protocol)", ["outcome"])
-STAGE = Histogram("bert_squad_stage_duration_seconds", "Time of one servable stage: preprocess and postprocess "
-                  "per question, model per batch", ["stage"], buckets=STAGE_BUCKETS)
-WINDOWS = Histogram("bert_squad_windows_per_question", "Windows one question's context was cut into",
-                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256))
-TOKENS = Histogram("bert_squad_tokens_per_window", "Real (unpadded) tokens in one window",
-                   buckets=(16, 32, 64, 96, 128, 192, 256, 320, 384))
 
 
 class Record:

@@ -16,9 +16,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from bert_squad import protowire
-from bert_squad.server import access, rest, tracing
-from bert_squad.server.http import GRPC_STATUS
-from bert_squad.server.upstream import Current
+from bert_squad.front import access, rest, tracing
+from bert_squad.front.http import GRPC_STATUS
+from bert_squad.front.upstream import Current
 from bert_squad_client import protocol
 
 log = logging.getLogger("bert_squad.grpc")

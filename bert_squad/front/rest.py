@@ -1,6 +1,6 @@
 """MindSpore Serving's REST API, translated to and from its gRPC Predict messages; no I/O here.
 
-The front door (bert_squad/server/http.py) takes `POST /model/<name>[/version/<n>]:<method>` with
+The front door (bert_squad/front/http.py) takes `POST /model/<name>[/version/<n>]:<method>` with
 `{"instances": [{input: value, ...}, ...]}` and forwards it to Serving's master over gRPC. Values follow
 Serving 2.0.2's REST rules (read from its r2.0 source, http_process.cc), so existing clients keep working:
 a JSON string is a string scalar, an integer an int32 scalar, a float a float32 scalar, a bool a bool

@@ -22,7 +22,7 @@ from bert_squad.errors import InputError
 from bert_squad.metadata import Metadata, read_metadata
 from bert_squad.runtimes import get_runtime
 from bert_squad.runtimes.base import Scorer
-from bert_squad.server.contract import PARENT_PID_ENV, PIN_ENV, THREADS_ENV
+from bert_squad.contract import PARENT_PID_ENV, PIN_ENV, THREADS_ENV
 from bert_squad.text.tokenizer import BertTokenizer, load_tokenizer
 from bert_squad.text.windows import Features, build_features
 
@@ -75,7 +75,7 @@ def exit_with_master(environ: Mapping[str, str] = os.environ) -> None:
     """In a worker that bert-squad-serve's master started: end when that master is gone (the serve command was killed,
     and the master with it) instead of holding the model's memory as an orphan. Elsewhere (a start_servables script
     of the user's, the master importing this file) nothing is watched."""
-    from bert_squad.server.processes import exit_with_parent
+    from bert_squad.contract.processes import exit_with_parent
 
     parent = environ.get(PARENT_PID_ENV)
     if parent and WORKER_ENV in environ and int(parent) != os.getpid():
@@ -145,11 +145,11 @@ def _integer(value, name: str) -> int:
 
 
 def _metrics():
-    """bert_squad.server.metrics, imported on first use: the serve command sets MULTIPROC_ENV before any
+    """bert_squad.contract.serving_metrics, imported on first use: the serve command sets MULTIPROC_ENV before any
     process imports prometheus_client (it picks its multiprocess mode at import)."""
-    from bert_squad.server import metrics
+    from bert_squad.contract import serving_metrics
 
-    return metrics
+    return serving_metrics
 
 
 def preprocess(tokenizer: BertTokenizer, question, context):

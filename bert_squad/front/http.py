@@ -31,13 +31,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bert_squad.server import access, health, keys, metrics, rest, tracing
-from bert_squad.server.http_limits import Limits
-from bert_squad.server.oip import models as oip_models
-from bert_squad.server.oip import rest_codec as oip_rest
-from bert_squad.server.oip import serving as oip_serving
-from bert_squad.server.oip.models import OipError
-from bert_squad.server.upstream import Upstream
+from bert_squad.front import access, health, keys, metrics, rest, tracing
+from bert_squad.front.http_limits import Limits
+from bert_squad.front.oip import models as oip_models
+from bert_squad.front.oip import rest_codec as oip_rest
+from bert_squad.front.oip import serving as oip_serving
+from bert_squad.front.oip.models import OipError
+from bert_squad.front.upstream import Upstream
 from bert_squad_client import protocol
 
 RETRY_AFTER_S = 2  # while the master starts, restarts or stops

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from bert_squad.server import rest
+from bert_squad.front import rest
 from bert_squad_client import protocol
 from bert_squad_client.errors import InvalidResponse, RequestError, ServerUnavailable
 

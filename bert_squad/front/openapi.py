@@ -3,8 +3,8 @@ limits and errors), built from the served version's settings so that its limits 
 from __future__ import annotations
 
 from bert_squad import settings
-from bert_squad.server import keys
-from bert_squad.server.oip import models as oip_models
+from bert_squad.front import keys
+from bert_squad.front.oip import models as oip_models
 
 INT = {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1,
        "description": "a JSON integer is sent as int32; {\"b64\": ..., \"type\": ..., \"shape\": [...]} sends any "

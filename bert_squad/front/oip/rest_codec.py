@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
-from bert_squad.server.rest import INT32_RANGE as _INT32, json_type as _kind  # as MindSpore Serving's REST API
+from bert_squad.front.rest import INT32_RANGE as _INT32, json_type as _kind  # as MindSpore Serving's REST API
 
 from . import raw
 from .models import NUMPY, Model, OipError, Parsed, check_count, find_model, to_request

@@ -1,9 +1,12 @@
-"""The contract between the serve process and the processes it starts: environment variables and exit codes.
+"""What both Pythons share: the serve command (Python 3.10+, bert_squad.server and bert_squad.front) and Serving's side
+(Python 3.9, bert_squad.serving). This module: the environment variables and exit codes they hand each other; beside
+it the warm-up question (warmup), the children's parent watch and /proc readings (processes), the log formats
+(logs) and the metrics Serving's side records (serving_metrics). Only the standard library, protobuf (through
+bert_squad_client) and prometheus_client: importable on both.
 
-The serve command (serve.py, on a maintained Python) starts Serving's master in a child process on the Serving side's
-Python 3.9 (master.py, through supervisor.py; serving_python.py), which starts Serving's workers; those import
-servable_config.py (servable_glue.py). Each side reads here what the other one sets, so a name or a code has one
-home.
+The serve command starts Serving's master in a child process on Python 3.9 (bert_squad/serving/master.py, through
+bert_squad/server/supervisor.py), which starts Serving's workers; those import servable_config.py
+(bert_squad/serving/servable_glue.py). Each side reads here what the other one sets, so a name or a code has one home.
 """
 
 # Set by the serve process for the master and, through it, for the workers.

@@ -1,28 +1,49 @@
-"""Serving's master and workers in a process of their own, which the serve command supervises.
+"""Serving's master and workers in a process of their own (Python 3.9), which the serve command supervises.
 
-`python -m bert_squad.server.master <bert-squad-serve options>` starts the servable's workers and Serving's
-gRPC endpoint on the internal address $BERT_SQUAD_MASTER_ADDRESS (no REST, no public port: the serve command's
-front door owns them), asks the warm-up question, tells
+`python -m bert_squad.serving.master --servable-dir DIR --name NAME --version N ...` (the command line
+bert_squad/server/serving_python.py builds from the serve command's options) starts the servable's workers and
+Serving's gRPC endpoint on the internal address $BERT_SQUAD_MASTER_ADDRESS (no REST, no public port: the serve
+command's front door owns them), asks the warm-up question, tells
 the serve command on the pipe $BERT_SQUAD_READY_FD ("ready <seconds>" or "error <stage> <reason>"), then watches
 its workers until SIGTERM. The serve command (supervisor.py) starts this process again when it dies.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-from bert_squad.server import access
-from bert_squad.server.access import say
-from bert_squad.server.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MASTER_ADDRESS_ENV, PARENT_PID_ENV,
-                                        READY_FD_ENV, STAGE_LOAD, STAGE_WARM_UP)
-from bert_squad.server.options import ServeError, parse_args
-from bert_squad.server.processes import exit_with_parent, worker_pids
-from bert_squad.server.warmup import predict_call, predict_request, reply_failure
+from bert_squad.contract import (EXIT_SERVING_DIED, EXIT_START_FAILED, MASTER_ADDRESS_ENV, PARENT_PID_ENV, READY_FD_ENV,
+                                 STAGE_LOAD, STAGE_WARM_UP, logs)
+from bert_squad.contract.logs import say
+from bert_squad.contract.processes import exit_with_parent, worker_pids
+from bert_squad.contract.warmup import predict_call, predict_request, reply_failure
 
 WORKER_POLL_S = 0.5
+
+
+class StartError(Exception):
+    """Serving did not come up; the message says why."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The master's own command line: what Serving needs of the serve command's options, resolved by the serve
+    command (serving_python.master_command), which checked them."""
+    p = argparse.ArgumentParser(prog="python -m bert_squad.serving.master", description=__doc__.split("\n\n")[0])
+    p.add_argument("--servable-dir", type=Path, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", type=int, required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--device-ids", required=True)
+    p.add_argument("--python-workers", type=int, required=True)
+    p.add_argument("--max-queued-requests", type=int, required=True)
+    p.add_argument("--max-message-mb", type=int, required=True)
+    p.add_argument("--warmup-timeout", type=float, required=True)
+    p.add_argument("--log-format", choices=logs.LOG_FORMATS, required=True)
+    return p.parse_args(argv)
 
 
 def warm_up(args, timeout: float) -> float:
@@ -35,10 +56,10 @@ def warm_up(args, timeout: float) -> float:
         with grpc.insecure_channel(os.environ[MASTER_ADDRESS_ENV]) as channel:
             reply = predict_call(channel)(request, timeout=timeout)
     except grpc.RpcError as e:
-        raise ServeError(f"the warm-up question failed: gRPC {e.code().name}: {e.details()}") from None
+        raise StartError(f"the warm-up question failed: gRPC {e.code().name}: {e.details()}") from None
     failure = reply_failure(reply)
     if failure:
-        raise ServeError(f"the warm-up question failed: {failure}")
+        raise StartError(f"the warm-up question failed: {failure}")
     return time.perf_counter() - t0
 
 
@@ -49,7 +70,7 @@ def _answers_again(args, stopping) -> bool:
         try:
             warm_up(args, min(10.0, args.warmup_timeout))
             return True
-        except ServeError:  # "servable is not available" while the new worker loads its models
+        except StartError:  # "servable is not available" while the new worker loads its models
             time.sleep(0.2)
     return False
 
@@ -66,8 +87,7 @@ def _watch_workers(args) -> bool:
     """
     from mindspore_serving._mindspore_serving import ExitSignalHandle_
 
-    from bert_squad.server import metrics
-
+    from bert_squad.contract import serving_metrics as metrics
     signals: list = []
     signal.signal(signal.SIGTERM, lambda received, _frame: signals.append(received))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -104,7 +124,7 @@ def run(args, report) -> int:
         server.start_grpc_server(os.environ[MASTER_ADDRESS_ENV], max_msg_mb_size=args.max_message_mb)
         stage = STAGE_WARM_UP
         warm = f"{warm_up(args, args.warmup_timeout):.2f} s"
-    except (RuntimeError, ServeError) as e:
+    except (RuntimeError, StartError) as e:
         server.stop()
         report(f"error {stage} {e} (logs: {Path.cwd() / 'serving_logs'})")
         return EXIT_START_FAILED
@@ -122,7 +142,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     exit_with_parent(int(os.environ[PARENT_PID_ENV]))  # the serve command died without stopping us: so do we
     os.environ[PARENT_PID_ENV] = str(os.getpid())  # and our workers with us (servable_glue.exit_with_master)
-    access.configure(args.log_format)
+    logs.configure(args.log_format)
     pipe = os.fdopen(int(os.environ.pop(READY_FD_ENV)), "w", buffering=1)
 
     def report(line: str) -> None:

@@ -25,7 +25,7 @@ import time
 from typing import Callable, Optional, Tuple
 
 from bert_squad import settings
-from bert_squad.server.warmup import predict_call, predict_request, reply_failure
+from bert_squad.contract.warmup import predict_call, predict_request, reply_failure
 
 READY_MARKER = "bert-squad-serve: ready"
 

@@ -1,25 +1,23 @@
-"""Request IDs and the serve process's logs: one home for an ID's form, the fields of an access line, and the two
-log formats (--log-format). The header that carries an ID is bert_squad_client.protocol's, which the REST client
-reads too.
+"""Request IDs and access lines: one home for an ID's form and the fields of an access line (written in the log
+format of bert_squad/contract/logs.py). The header that carries an ID is bert_squad_client.protocol's, which the REST
+client reads too.
 
 Every request the front door answers (MindSpore Serving's REST API, the Open Inference Protocol over REST and
 gRPC) gets an ID: the caller's `X-Request-ID` (gRPC: `x-request-id` metadata) when it is 1-128 characters of
 [A-Za-z0-9._:-], else a new random one. It goes back in the response header (gRPC: trailing metadata), in the
-body of a refused request, and in the request's access line. JSON lines come from python-json-logger (a
-well-kept formatter on the standard logging module), not from strings we build.
+body of a refused request, and in the request's access line.
 """
 from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 import uuid
 from typing import Optional
 
+from bert_squad.contract import logs
 from bert_squad_client.protocol import REQUEST_ID_HEADER  # noqa: F401  (one home, shared with the REST client)
 
-LOG_FORMATS = ("text", "json")
 ACCESS_LOG = ("on", "off")
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ACCESS_FIELDS = ("request_id", "trace_id", "protocol", "model", "version", "method", "status", "duration_ms",
@@ -27,13 +25,6 @@ ACCESS_FIELDS = ("request_id", "trace_id", "protocol", "model", "version", "meth
 TEXT_INPUTS = ("question", "context")  # what `text` holds of each instance, with --log-request-text only
 _log_text = False
 access_log = logging.getLogger("bert_squad.access")
-_said = logging.getLogger("bert_squad.serve")
-
-
-def say(message: str, error: bool = False, fresh_line: bool = False) -> None:
-    """One of the serve command's own lines ("bert-squad-serve: ..."): ready, restarts, stops, errors.
-    `fresh_line`: in text, start it on a line of its own (Serving's C++ threads print to the same stdout)."""
-    _said.log(logging.ERROR if error else logging.INFO, message, extra={"fresh_line": fresh_line})
 
 
 def request_id(given: Optional[str]) -> str:
@@ -80,41 +71,20 @@ def log_request(started: float, **fields) -> None:
     access_log.info("request", extra={name: fields[name] for name in ACCESS_FIELDS if fields.get(name) is not None})
 
 
-class _TextFormatter(logging.Formatter):
-    """`bert-squad-serve: <message>`, an access line as `access key=value ...`."""
+class _TextFormatter(logs.TextFormatter):
+    """The serve command's lines, and an access line as `bert-squad-serve: access key=value ...`."""
 
     def format(self, record: logging.LogRecord) -> str:
         if record.name == access_log.name:
             pairs = " ".join(f"{name}={getattr(record, name)!s}".replace("\n", " ")
                              for name in ACCESS_FIELDS if hasattr(record, name))
             return f"bert-squad-serve: access {pairs}"
-        text = super().format(record)
-        text = text if text.startswith("bert-squad-serve:") else f"bert-squad-serve: {text}"
-        return "\n" + text if getattr(record, "fresh_line", False) else text
+        return super().format(record)
 
 
 def configure(log_format: str, access_lines: bool = True, request_text: bool = False) -> None:
-    """Send the serve process's log records (its own lines and, unless `access_lines` is False, the access lines,
-    with each request's questions and contexts when `request_text`) to stdout in `log_format`; in text, errors go
-    to stderr as they always did."""
+    """The serve process's logs (logs.configure): its own lines and, unless `access_lines` is False, the access
+    lines, with each request's questions and contexts when `request_text`."""
     global _log_text
     access_log.disabled, _log_text = not access_lines, request_text
-    if log_format == "json":
-        from pythonjsonlogger.core import RESERVED_ATTRS
-        from pythonjsonlogger.json import JsonFormatter
-
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(JsonFormatter("%(levelname)s %(name)s %(message)s", timestamp="time",
-                                           rename_fields={"levelname": "level", "name": "logger"},
-                                           reserved_attrs=[*RESERVED_ATTRS, "fresh_line"]))
-        handlers = [handler]
-    else:
-        out, err = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
-        out.addFilter(lambda record: record.levelno < logging.ERROR)
-        err.setLevel(logging.ERROR)
-        for handler in (out, err):
-            handler.setFormatter(_TextFormatter("%(message)s"))
-        handlers = [out, err]
-    root = logging.getLogger()
-    root.handlers[:] = handlers
-    root.setLevel(logging.INFO)
+    logs.configure(log_format, _TextFormatter)

@@ -12,6 +12,6 @@ try:
     from . import grpc_predict_v2_pb2_grpc as pb_grpc
 except ImportError as error:  # pragma: no cover - a checkout that skipped set-up
     raise ImportError(f"the OIP gRPC stubs are missing ({error}); run scripts/setup.sh, which generates "
-                      f"bert_squad/server/oip/grpc_predict_v2_pb2*.py from grpc_predict_v2.proto") from error
+                      f"bert_squad/front/oip/grpc_predict_v2_pb2*.py from grpc_predict_v2.proto") from error
 
 __all__ = ["pb", "pb_grpc"]

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import grpc
 
-from bert_squad.server import health
+from bert_squad.front import health
 from bert_squad_client import protocol
 from bert_squad_client.client import channel_options
 

@@ -9,8 +9,7 @@ from typing import Awaitable, Callable, Mapping, Optional, Sequence, Tuple
 
 import grpc
 
-from bert_squad.server import access, tracing
-
+from bert_squad.front import access, tracing
 from . import grpc_codec, models
 from .models import Model, OipError, Request
 from .stubs import pb, pb_grpc
@@ -29,7 +28,7 @@ _infer_attributes = functools.partial(tracing.grpc_attributes, "/" + INFER_SPAN)
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, table: Mapping[str, Model], served: Served, package_version: str, ask: Ask, live: Live,
                  ready: Ready, meter):
-        """`meter`: where a request is recorded (bert_squad.server.metrics.Meter("oip_grpc") in the server: metrics
+        """`meter`: where a request is recorded (bert_squad.front.metrics.Meter("oip_grpc") in the server: metrics
         and access line)."""
         self._table, self._served, self._package_version = table, served, package_version
         self._ask, self._live, self._ready, self._meter = ask, live, ready, meter

@@ -15,8 +15,7 @@ from typing import List, Optional
 
 import grpc
 
-from bert_squad.server import access, tracing
-
+from bert_squad.front import access, tracing
 HEADER = "authorization"  # HTTP header (any case) and gRPC metadata key (lower case)
 SCHEME = "Bearer"
 MIN_KEY_LENGTH = 16
