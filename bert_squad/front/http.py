@@ -31,7 +31,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bert_squad.front import access, health, keys, metrics, rest, tracing
+from bert_squad.front import access, health, keys, metrics, rest, statuses, tracing
 from bert_squad.front.http_limits import Limits
 from bert_squad.front.oip import models as oip_models
 from bert_squad.front.oip import rest_codec as oip_rest
@@ -444,15 +444,9 @@ def _health_response(ok: bool, body: dict, request: Request, failed: int = 503) 
                     headers={"Cache-Control": "no-store"})
 
 
-# A call to Serving's master that failed with these gRPC codes, as the HTTP status the front door answers (and counts,
-# over gRPC too: serving_grpc.py); any other code is a 502.
-GRPC_STATUS = {grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-               grpc.StatusCode.RESOURCE_EXHAUSTED: 413}
-
-
 def _rpc_error(error: grpc.aio.AioRpcError, timeout: float) -> rest.RestError:
     code, details = error.code(), error.details() or ""
-    status = GRPC_STATUS.get(code, 502)
+    status = statuses.HTTP_STATUS.get(code, 502)
     if status == 503:
         return rest.RestError(503, f"Serving's gRPC endpoint is unavailable ({details}); retry shortly",
                               retry_after=RETRY_AFTER_S)
@@ -460,7 +454,7 @@ def _rpc_error(error: grpc.aio.AioRpcError, timeout: float) -> rest.RestError:
         return rest.RestError(504, f"no answer from Serving within {timeout:g} s")
     if status == 413:
         return rest.RestError(413, f"Serving refused the request as too large: {details}")
-    return rest.RestError(502, f"Serving's gRPC endpoint failed the request: {code.name}: {details}")
+    return rest.RestError(status, f"Serving's gRPC endpoint failed the request: {code.name}: {details}")
 
 
 class _Uvicorn(uvicorn.Server):

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from bert_squad import protowire
 from bert_squad.front import access, rest, tracing
-from bert_squad.front.http import GRPC_STATUS
+from bert_squad.front.statuses import HTTP_STATUS
 from bert_squad.front.upstream import Current
 from bert_squad_client import protocol
 
@@ -112,7 +112,7 @@ def read_head(request: bytes):
     return spec, instances
 
 
-_CODE_OUTCOMES = {**GRPC_STATUS, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.CANCELLED: "client_gone"}
+_CODE_OUTCOMES = {**HTTP_STATUS, grpc.StatusCode.CANCELLED: "client_gone"}
 
 
 def _outcome(code: grpc.StatusCode):

@@ -11,18 +11,17 @@ from typing import Mapping
 import grpc
 import numpy as np
 
+from bert_squad.front.statuses import GRPC_CODE
+
 from . import raw
 from .models import NUMPY, Model, OipError, Parsed, check_count, find_model, to_request
 from .stubs import pb
 
-STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-          503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 _CONTENTS = {"BYTES": "bytes_contents", "INT32": "int_contents"}  # InferTensorContents field of each input type
 
 
 def status_code(error: OipError) -> grpc.StatusCode:
-    return STATUS.get(error.status, grpc.StatusCode.INTERNAL)
+    return GRPC_CODE.get(error.status, grpc.StatusCode.INTERNAL)
 
 
 def parse_infer(message, table: Mapping[str, Model], served: str) -> Parsed:
