@@ -78,7 +78,7 @@ INSTANCES_PER_MODEL_CALL = 8
 # Limits of the front door's gRPC listeners (bert_squad/front/grpc_listen.py; --grpc-* options), which face clients
 # nobody vetted: a connection may open this many streams at once, send this much metadata, live this long, idle this
 # long, and ping (without data) at most this often (more than 2 pings sooner and gRPC closes it: GOAWAY).
-GRPC_MAX_STREAMS = 100
+GRPC_MAX_STREAMS = 1000  # a client that sends more before it has read our SETTINGS gets REFUSED_STREAM: room for a burst
 GRPC_MAX_METADATA_KB = 16
 GRPC_MAX_CONNECTION_AGE_S = 3600
 GRPC_MAX_CONNECTION_IDLE_S = 600

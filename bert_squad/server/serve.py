@@ -343,12 +343,12 @@ OLDEST_FRONT_PYTHON = (3, 10)  # every public port on a maintained Python: 3.9 i
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # --help answers on any Python
     if sys.version_info[:2] < OLDEST_FRONT_PYTHON:
         print(f"bert-squad-serve: error: the serve command owns the public ports and runs on Python 3.10 or newer, "
               f"not {sys.version.split()[0]}; run the front door's: .stack/front/bin/bert-squad-serve (scripts/setup.sh "
               f"builds it; it starts Serving's master and workers on this Python 3.9 itself)", file=sys.stderr)
         return EXIT_START_FAILED
-    args = parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # handed on to the master process
     access.configure(args.log_format, args.access_log == "on", args.log_request_text)
     try:
