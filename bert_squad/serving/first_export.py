@@ -87,8 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", required=True)
     p.add_argument("--hub-url", required=True)
     p.add_argument("--hub-sha256", required=True)
-    for optional in ("--checkpoint", "--vocab", "--config"):
-        p.add_argument(optional, type=Path)
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--vocab", type=Path)
+    p.add_argument("--config", type=Path)
     return p.parse_args(argv)
 
 
