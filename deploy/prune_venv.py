@@ -12,7 +12,8 @@ nothing else, so the test tools and test weights setup.sh also installs go. Besi
   keeps them for the test suite, which runs these on Python 3.9 too;
 - grpcio-tools, which only generates the OIP gRPC stubs during set-up (grpc imports it only if present).
 A distribution in these sets stays when something kept needs it, and `pip check` at the end fails the build
-when a kept one lost a requirement.
+when a kept one lost a requirement. The folders of the uninstalled distributions that pip leaves empty (namespace
+packages such as opentelemetry/) go too, so that nothing importable stays of them.
 
 Run by deploy/Dockerfile with each venv's own Python.
 """
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 from importlib import metadata
+from pathlib import Path
 
 from pip._vendor.packaging.requirements import Requirement
 from pip._vendor.packaging.utils import canonicalize_name
@@ -64,6 +67,27 @@ def needed(extras: tuple, left_out: set) -> set[str]:
     return keep
 
 
+def folders_of(names: list) -> set:
+    """Every folder under site-packages that holds a file of these distributions."""
+    sites = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    folders = set()
+    for name in names:
+        for file in metadata.distribution(name).files or []:
+            folder = Path(file.locate()).resolve().parent
+            while folder not in sites and any(site in folder.parents for site in sites):
+                folders.add(folder)
+                folder = folder.parent
+    return folders
+
+
+def remove_if_empty(folders: set) -> None:
+    """After the uninstall: those of `folders` that pip left empty (a namespace package's, such as opentelemetry/),
+    deepest first."""
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def main(argv: list) -> int:
     if len(argv) != 1 or argv[0] not in PROFILES:
         print(f"usage: python deploy/prune_venv.py {{{','.join(PROFILES)}}}", file=sys.stderr)
@@ -74,7 +98,9 @@ def main(argv: list) -> int:
     print(f"prune_venv: uninstalling from {sys.prefix} {len(unneeded)} distributions [{','.join(extras)}] does not "
           f"need: {' '.join(unneeded)}", flush=True)
     if unneeded:
+        folders = folders_of(unneeded)
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", *unneeded], check=True)
+        remove_if_empty(folders)
     return subprocess.run([sys.executable, "-m", "pip", "check"]).returncode
 
 

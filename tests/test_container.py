@@ -7,7 +7,9 @@ spend (README "Container and Kubernetes"), so without them every test here is sk
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -23,6 +25,8 @@ from wire import grpc_predict, rest_predict
 DOCKER = os.environ.get("BERT_SQUAD_DOCKER", "docker")
 IMAGE = os.environ.get("BERT_SQUAD_IMAGE", "bert-squad:dev")
 MODEL_MOUNT = "/opt/bert_squad/servable/bert_squad/1"  # where the image serves version 1 from
+FRONT_PYTHON = "/opt/bert_squad/.stack/front/bin/python"  # bert-squad-serve (the ENTRYPOINT)
+SERVING_PYTHON = "/opt/bert_squad/.stack/py39/bin/python"  # Serving's master and workers
 READY_TIMEOUT_S = 300.0  # start-up inside the container on a loaded 2-core machine, with margin
 STOP_TIMEOUT_S = 60.0
 CONTEXT = "Long before the railway came, the city of Paris was already the capital of France."
@@ -155,3 +159,31 @@ def test_image_without_a_model_says_what_to_mount(tmp_path):
         assert "bert-squad-export" in output and "/opt/bert_squad/servable/bert_squad/1" in output
     finally:
         container.remove()
+
+
+def venv_contents(python: str) -> tuple:
+    """(Python version, normalised names of the installed distributions) of one of the image's venvs."""
+    script = ("import importlib.metadata as m, json, sys; "
+              "print(json.dumps([sys.version_info[:2], [d.metadata['Name'] for d in m.distributions()]]))")
+    done = docker("run", "--rm", "--user", "10001", "--network", "host", "--entrypoint", python, IMAGE, "-c", script)
+    assert done.returncode == 0, done.stderr
+    version, names = json.loads(done.stdout)
+    return tuple(version), {re.sub(r"[-_.]+", "-", name).lower() for name in names}
+
+
+def test_image_venvs_hold_what_their_processes_need():
+    """deploy/prune_venv.py: the front door's venv is setup.cfg's [front] (and pip) on Python 3.10+; Serving's venv
+    on 3.9 keeps what the master and workers import and loses the front door's own packages, export and tests."""
+    version, front = venv_contents(FRONT_PYTHON)
+    assert version >= (3, 10), version
+    assert {"bert-squad", "grpcio", "protobuf", "starlette", "uvicorn", "httptools", "opentelemetry-sdk",
+            "openapi-ui-bundles", "prometheus-client", "python-json-logger", "psutil", "numpy"} <= front
+    assert not front & {"mindspore-serving", "mindspore", "tokenizers", "openvino", "pytest", "setuptools"}
+
+    version, serving = venv_contents(SERVING_PYTHON)
+    assert version == (3, 9), version
+    assert {"bert-squad", "mindspore-serving", "grpcio", "protobuf", "numpy", "psutil", "tokenizers", "openvino",
+            "prometheus-client", "python-json-logger"} <= serving
+    left = serving & {"starlette", "uvicorn", "httptools", "openapi-ui-bundles", "opentelemetry-api",
+                      "opentelemetry-sdk", "grpcio-tools", "mindspore", "nncf", "pytest", "selenium", "h2"}
+    assert not left, f"deploy/prune_venv.py left {sorted(left)} in Serving's venv"
