@@ -115,9 +115,12 @@ def test_metric_names_follow_prometheus_conventions():
     """Base units in the name (seconds), no unit-less durations; labels of bounded values only."""
     from prometheus_client import Counter, Gauge, Histogram
 
+    from bert_squad.contract import serving_metrics
     from bert_squad.front import metrics
-    ours = [m for m in vars(metrics).values() if isinstance(m, (Counter, Gauge, Histogram))]
-    assert len(ours) >= 10
+
+    ours = [m for module in (metrics, serving_metrics) for m in vars(module).values()
+            if isinstance(m, (Counter, Gauge, Histogram))]
+    assert len(ours) >= 12
     for m in ours:
         assert re.fullmatch(r"bert_squad_[a-z0-9_]+", m._name), m._name
         if isinstance(m, Histogram) and ("duration" in m._name or "time" in m._name):
