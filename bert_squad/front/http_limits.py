@@ -103,13 +103,11 @@ class LimitedHttp(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
         if self.parser is not None and self.cycle is not None and not self.cycle.response_complete:
-            self._arm(self.limits.body_timeout_s, "the request body paused longer than --http-body-timeout-s "
-                                                  f"({self.limits.body_timeout_s:g} s)")
+            self._expect_body()
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
-        self._arm(self.limits.body_timeout_s, "the request body paused longer than --http-body-timeout-s "
-                                              f"({self.limits.body_timeout_s:g} s)")
+        self._expect_body()
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -124,6 +122,11 @@ class LimitedHttp(HttpToolsProtocol):
         self._in_headers = True
         self._arm(self.limits.header_timeout_s, "the request headers took longer than --http-header-timeout-s "
                                                 f"({self.limits.header_timeout_s:g} s)")
+
+    def _expect_body(self) -> None:
+        """The next piece of the body, within --http-body-timeout-s."""
+        self._arm(self.limits.body_timeout_s, "the request body paused longer than --http-body-timeout-s "
+                                              f"({self.limits.body_timeout_s:g} s)")
 
     def _count(self, size: int) -> None:
         self._header_bytes += size

@@ -10,18 +10,13 @@ import subprocess
 from bert_squad import versions
 from bert_squad.contract import PARENT_PID_ENV
 from bert_squad.server.options import ServeError
-
-
-def nothing_exported(args) -> bool:
-    return not (versions.numbers(args.servable_dir / args.name) or args.version)
+from bert_squad.server.serving_python import export_command
 
 
 def export_first(args) -> None:
     """In the serve process: when nothing is exported yet, export in a child process on the Serving side's Python,
     its output on ours; ServeError when it fails (its own error line says why)."""
-    from bert_squad.server.serving_python import export_command
-
-    if not nothing_exported(args):
+    if versions.numbers(args.servable_dir / args.name) or args.version:
         return
     code = subprocess.call(export_command(args), env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
     if code != 0:

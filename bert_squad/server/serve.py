@@ -68,6 +68,7 @@ def _open_file_limit() -> None:
 def _check_serving_python(args) -> None:
     """The Python that runs Serving's master and workers runs, and has mindspore_serving (serving_python.py)."""
     from bert_squad.server import serving_python
+
     try:
         serving_python.check(args.serving_python)
     except serving_python.ServingPythonError as e:
@@ -349,7 +350,6 @@ def main(argv: list[str] | None = None) -> int:
               f"not {sys.version.split()[0]}; run the front door's: .stack/front/bin/bert-squad-serve (scripts/setup.sh "
               f"builds it; it starts Serving's master and workers on this Python 3.9 itself)", file=sys.stderr)
         return EXIT_START_FAILED
-    args.argv = sys.argv[1:] if argv is None else list(argv)  # handed on to the master process
     access.configure(args.log_format, args.access_log == "on", args.log_request_text)
     try:
         return serve(args)

@@ -2,9 +2,8 @@
 with it.
 
 MindSpore Serving 2.0.2 exists only for CPython 3.7-3.9 (end of life), so the serve process, which owns every public
-port, runs on a maintained Python, and only Serving's master and workers (master.py) and an export on first start
-(first_export.py) run on this one, as child processes (bert_squad/serving). They meet at the master's internal unix socket and the
-contract in contract.py.
+port, runs on a maintained Python, and only Serving's master and workers and an export on first start (bert_squad/
+serving) run on this one, as child processes. They meet at the master's internal unix socket and bert_squad.contract.
 """
 from __future__ import annotations
 

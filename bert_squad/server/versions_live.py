@@ -24,11 +24,10 @@ from typing import Callable, Dict, Optional, Tuple
 
 from bert_squad import settings, versions
 from bert_squad.metadata import Metadata
-from bert_squad.front import metrics
-from bert_squad.contract import processes
-from bert_squad.server import smoke
+from bert_squad.contract import MASTER_ADDRESS_ENV, VERSION_ENV, processes
 from bert_squad.contract.logs import say
-from bert_squad.contract import MASTER_ADDRESS_ENV, VERSION_ENV
+from bert_squad.front import metrics
+from bert_squad.server import smoke
 from bert_squad.server.serving_python import master_command
 from bert_squad.server.supervisor import StartFailed, Supervisor
 from bert_squad.front.upstream import Upstream

@@ -24,8 +24,8 @@ def ensure_exported(args) -> None:
     """Export the checkpoint the user names, or the Hub checkpoint (the serve command found nothing exported)."""
     if importlib.util.find_spec("mindspore") is None:  # the container image serves exported models only
         raise ExportFailed(f"no exported model in {args.servable_dir / args.name}, and this installation has no "
-                         f"MindSpore to export one: run bert-squad-export where MindSpore is installed (scripts/"
-                         f"setup.sh) and mount or copy its version folder to {args.servable_dir / args.name}/1")
+                           f"MindSpore to export one: run bert-squad-export where MindSpore is installed (scripts/"
+                           f"setup.sh) and mount or copy its version folder to {args.servable_dir / args.name}/1")
     from bert_squad.model.hub import DownloadError, fetch_checkpoint
 
     checkpoint, expected, vocab = args.checkpoint, None, args.vocab
@@ -37,7 +37,7 @@ def ensure_exported(args) -> None:
                 vocab = uncased_vocab()
             except VocabError as e:
                 raise ExportFailed(f"nothing is exported yet, so the MindSpore Hub checkpoint would be served, "
-                                 f"but {e}") from e
+                                   f"but {e}") from e
             print(f"bert-squad-serve: vocabulary {vocab} (sha256 verified)", flush=True)
         print(f"bert-squad-serve: no exported model; fetching {args.hub_url}", flush=True)
         try:
