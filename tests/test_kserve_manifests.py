@@ -1,22 +1,26 @@
 """deploy/kserve/: the ServingRuntime and InferenceService against Kubernetes' schemas (kubernetes-validate: the
 runtime's container and the pod it implies; KServe's resources themselves have no schema there) and against
 KServe's own models (PyPI kserve deserialises them and writes them back unchanged), and against the code they
-run: ports are the ones the arguments listen on, the model goes read-only where the image serves version 1,
-the format version is the version folders' metadata format. No cluster is needed.
+run: ports are the ones the arguments listen on, the whole servable directory goes read-only where the runtime
+serves and polls it, the format version is the version folders' metadata format; and the pod it makes meets Pod
+Security "restricted" with a read-only root filesystem, the NetworkPolicy admits the serving ports only. No cluster
+is needed.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
-from bert_squad import metadata, settings
+from bert_squad import metadata, settings, versions
 from bert_squad.front import health
 from bert_squad.server.serve import parse_args
+from test_deploy import instructions, quantity_bytes, restricted_problems, switch_memory, under, writable_paths
 
 REPO = Path(__file__).resolve().parent.parent
 KSERVE = REPO / "deploy" / "kserve"
@@ -76,16 +80,51 @@ def test_model_format_is_the_version_folders_and_the_isvc_asks_for_it():
     assert model["protocolVersion"] in documents()["ServingRuntime"]["spec"]["protocolVersions"]
 
 
-def test_model_is_mounted_read_only_where_the_image_serves_version_1():
-    import yaml
-
+def test_servable_directory_is_mounted_read_only_where_the_runtime_serves_and_polls_it():
     isvc = documents()["InferenceService"]
     [storage] = isvc["spec"]["predictor"]["storageUris"]
-    deployment = yaml.safe_load((REPO / "deploy" / "k8s" / "deployment.yaml").read_text())
-    [mount] = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-    assert storage["mountPath"] == mount["mountPath"]  # test_deploy.py ties that path to the image
+    options = parse_args(runtime_container()["args"])
+    assert PurePosixPath(storage["mountPath"]) == PurePosixPath(options.servable_dir)
+    assert not options.servable_dir.name.isdigit(), "the servable directory, not one version folder"
+    assert options.version == 0 and versions.Policy.parse(options.version_policy).number == 0
+    assert options.poll_seconds > 0, "without --poll-seconds a new version folder waits for a new revision"
     assert isvc["metadata"].get("annotations", {}).get("storage.kserve.io/readonly", "true") == "true"
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"  # two ports
+
+
+def test_memory_limit_leaves_room_for_two_versions_during_a_switch():
+    options = parse_args(runtime_container()["args"])
+    resources = runtime_container()["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+    assert quantity_bytes(resources["limits"]["memory"]) >= switch_memory(options)
+
+
+def test_runtime_pod_meets_pod_security_restricted_and_writes_only_to_emptydir_volumes():
+    [user] = instructions("USER")
+    pod = pod_of_runtime()["spec"]
+    assert restricted_problems(pod, int(user)) == []
+    places = writable_paths(pod, pod["containers"][0])
+    options = parse_args(runtime_container()["args"])
+    assert under(PurePosixPath("/tmp"), places) and under(PurePosixPath(options.workdir or "/tmp"), places), places
+    without = pod_of_runtime()["spec"]
+    del without["securityContext"]["seccompProfile"]
+    del without["containers"][0]["securityContext"]["seccompProfile"]
+    assert restricted_problems(without, int(user)) == ["kserve-container: no seccompProfile RuntimeDefault"]
+
+
+def test_network_policy_admits_ingress_to_the_runtime_ports_only():
+    policy = documents()["NetworkPolicy"]
+    assert policy["metadata"]["namespace"] == documents()["InferenceService"]["metadata"]["namespace"]
+    # KServe labels the predictor's pods with the InferenceService's name
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "serving.kserve.io/inferenceservice": documents()["InferenceService"]["metadata"]["name"]}
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    admitted = set()
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("ports"), "an ingress rule without ports admits every port"
+        admitted |= {port["port"] for port in rule["ports"]}
+    assert admitted == {port["containerPort"] for port in runtime_container()["ports"]}
+    assert port(parse_args(runtime_container()["args"]).health_address) not in admitted
 
 
 def test_runtime_arguments_are_serve_options():
@@ -97,14 +136,20 @@ def test_runtime_arguments_are_serve_options():
 
 
 def pod_of_runtime() -> dict:
-    """The pod the runtime's container implies, with the volume the InferenceService mounts."""
-    container = dict(runtime_container())
-    [storage] = documents()["InferenceService"]["spec"]["predictor"]["storageUris"]
-    container["volumeMounts"] = [{"name": "model", "mountPath": storage["mountPath"], "readOnly": True}]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bert-squad"}, "spec": {
-        "containers": [container],
-        "volumes": [{"name": "model", "persistentVolumeClaim": {
-            "claimName": storage["uri"].removeprefix("pvc://"), "readOnly": True}}]}}
+    """The pod KServe makes of the runtime's container and the InferenceService's predictor: the runtime's volumes
+    and the storage volume the InferenceService mounts, the predictor's pod settings."""
+    runtime, predictor = documents()["ServingRuntime"]["spec"], documents()["InferenceService"]["spec"]["predictor"]
+    container = copy.deepcopy(runtime_container())
+    [storage] = predictor["storageUris"]
+    container["volumeMounts"] = [*container.get("volumeMounts", []),
+                                 {"name": "model", "mountPath": storage["mountPath"], "readOnly": True}]
+    volumes = [*copy.deepcopy(runtime.get("volumes", [])), {"name": "model", "persistentVolumeClaim": {
+        "claimName": storage["uri"].removeprefix("pvc://"), "readOnly": True}}]
+    pod = {key: copy.deepcopy(predictor[key]) for key in ("securityContext", "automountServiceAccountToken")
+           if key in predictor}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "bert-squad", "namespace": documents()["InferenceService"]["metadata"]["namespace"]},
+        "spec": {**pod, "containers": [container], "volumes": volumes}}
 
 
 def test_kubernetes_schemas_accept_the_runtime_pod_and_the_plain_manifests():
@@ -113,9 +158,10 @@ def test_kubernetes_schemas_accept_the_runtime_pod_and_the_plain_manifests():
     validate = pytest.importorskip("kubernetes_validate")
     version = validate.latest_version()
     validate.validate(pod_of_runtime(), version, strict=True)
-    for path in sorted((REPO / "deploy" / "k8s").glob("*.yaml")):
+    for path in sorted((REPO / "deploy").glob("*/*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
-            validate.validate(document, version, strict=True)
+            if not document["apiVersion"].startswith("serving.kserve.io/"):  # KServe's: its models, below
+                validate.validate(document, version, strict=True)
     broken = pod_of_runtime()
     broken["spec"]["containers"][0]["ports"][0]["containerPort"] = "8080"
     with pytest.raises(validate.ValidationError):  # the check can fail
