@@ -291,25 +291,30 @@ class BlockingCalls(_Calls):
         super().__init__(address, servable, version, timeout, tls, retry, api_key)
         self._closed = threading.Event()
 
-    def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
+    def _attempt(self, method: str, instances: list[dict], timeout: float) -> tuple[list, int | None]:
+        """One request: the outcome of each instance, and the model version the reply named (None: not said)."""
         raise NotImplementedError
 
     def call(self, method: str, instances: list[dict], timeout: float | None = None) -> list:
         """Outputs (dict) or RequestError of each instance, for any method of the servable."""
+        return self._call_with_version(method, instances, timeout)[0]
+
+    def _call_with_version(self, method: str, instances: list[dict], timeout: float | None) -> tuple[list, int | None]:
+        """call(), and the model version that answered."""
         if not instances:
             raise ValueError("no instances to send")  # Serving never answers an empty request
         attempts = self._attempts(timeout)
         while True:
             if self._closed.is_set():
                 raise BertSquadError("client is closed")
-            outcomes = error = None
+            outcomes = error = version = None
             try:
-                outcomes = self._attempt(method, instances, attempts.left())
+                outcomes, version = self._attempt(method, instances, attempts.left())
             except (ServerUnavailable, RequestError) as raised:
                 error = raised
             step = attempts.after(outcomes, error)
             if isinstance(step, list):
-                return step
+                return step, version
             if isinstance(step, _LostInFlight):
                 step = attempts.lost(step, self._server_stays_up(attempts))
             self._closed.wait(step)
@@ -329,7 +334,8 @@ class BlockingCalls(_Calls):
                timeout: float | None = None) -> Result:
         """Answer one question about one context."""
         method, inputs = answer_request(question, context, top_k, max_answer_length)
-        return to_result(_one(self.call(method, [inputs], timeout)), context, method)
+        outcomes, version = self._call_with_version(method, [inputs], timeout)
+        return to_result(_one(outcomes), context, method, version)
 
     def answer_as_completed(self, pairs: Iterable[Pair], *, top_k: int = 1, max_answer_length: int | None = None,
                             timeout: float | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
@@ -379,7 +385,8 @@ class BlockingCalls(_Calls):
         """Start/end logits for windows the caller tokenized: arrays [seq] for one window or [n, seq] for n
         windows (one request); a refused window raises RequestError numbered by its row."""
         instances, single = logits_request(input_ids, input_mask, token_type_id)
-        return to_logits(self.call("predict_features", instances, timeout), single)
+        outcomes, version = self._call_with_version("predict_features", instances, timeout)
+        return to_logits(outcomes, single, version)
 
     def close(self) -> None:
         """Stop retrying and release the connection; calls in flight fail."""
@@ -424,27 +431,28 @@ class Client(BlockingCalls):
 
     def _invoke(self, request, timeout: float):
         """One RPC, as a cancellable future (closing the channel under a blocking call crashes grpcio 1.47): the
-        reply and its request ID."""
+        reply and its trailing metadata."""
         with self._calls_lock:
             if self._closed.is_set():
                 raise BertSquadError("client is closed")
             call = self._predict.future(request, timeout=max(timeout, 0.001), metadata=self.auth)
             self._calls.add(call)
         try:
-            return call.result(), protocol.request_id(call.trailing_metadata())
+            return call.result(), call.trailing_metadata()
         except grpc.FutureCancelledError:
             raise BertSquadError("client is closed") from None
         finally:
             with self._calls_lock:
                 self._calls.discard(call)
 
-    def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
+    def _attempt(self, method: str, instances: list[dict], timeout: float) -> tuple[list, int | None]:
         request = protocol.make_request(self.servable, method, self.version, instances)
         try:
-            reply, request_id = self._invoke(request, timeout)
+            reply, metadata = self._invoke(request, timeout)
         except grpc.RpcError as error:
             raise _rpc_error(error, method) from None
-        return protocol.read_reply(reply, len(instances), method, request_id)
+        outcomes = protocol.read_reply(reply, len(instances), method, protocol.request_id(metadata))
+        return outcomes, protocol.version_in(metadata)
 
     def _probe(self, timeout: float) -> bool:
         try:
@@ -493,33 +501,39 @@ class AsyncClient(_Calls):
 
     async def call(self, method: str, instances: list[dict], timeout: float | None = None) -> list:
         """Outputs (dict) or RequestError of each instance, for any method of the servable."""
+        return (await self._call_with_version(method, instances, timeout))[0]
+
+    async def _call_with_version(self, method: str, instances: list[dict],
+                                 timeout: float | None) -> tuple[list, int | None]:
+        """call(), and the model version that answered."""
         if not instances:
             raise ValueError("no instances to send")
         attempts = self._attempts(timeout)
         while True:
             if self._closed:
                 raise BertSquadError("client is closed")
-            outcomes = error = None
+            outcomes = error = version = None
             try:
-                outcomes = await self._attempt(method, instances, attempts.left())
+                outcomes, version = await self._attempt(method, instances, attempts.left())
             except (ServerUnavailable, RequestError) as raised:
                 error = raised
             step = attempts.after(outcomes, error)
             if isinstance(step, list):
-                return step
+                return step, version
             if isinstance(step, _LostInFlight):
                 step = attempts.lost(step, await self._server_stays_up(attempts))
             await asyncio.sleep(step)
 
-    async def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
+    async def _attempt(self, method: str, instances: list[dict], timeout: float) -> tuple[list, int | None]:
         request = protocol.make_request(self.servable, method, self.version, instances)
         try:
             call = self._stub()(request, timeout=timeout, metadata=self.auth)
             reply = await call
-            request_id = protocol.request_id(await call.trailing_metadata())
+            metadata = await call.trailing_metadata()
         except grpc.RpcError as error:
             raise _rpc_error(error, method) from None
-        return protocol.read_reply(reply, len(instances), method, request_id)
+        outcomes = protocol.read_reply(reply, len(instances), method, protocol.request_id(metadata))
+        return outcomes, protocol.version_in(metadata)
 
     async def _probe(self, timeout: float) -> bool:
         try:
@@ -540,7 +554,8 @@ class AsyncClient(_Calls):
                      timeout: float | None = None) -> Result:
         """Answer one question about one context."""
         method, inputs = answer_request(question, context, top_k, max_answer_length)
-        return to_result(_one(await self.call(method, [inputs], timeout)), context, method)
+        outcomes, version = await self._call_with_version(method, [inputs], timeout)
+        return to_result(_one(outcomes), context, method, version)
 
     async def answer_many(self, pairs: Iterable[Pair], *, top_k: int = 1, max_answer_length: int | None = None,
                           timeout: float | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
@@ -570,7 +585,8 @@ class AsyncClient(_Calls):
     async def logits(self, input_ids, input_mask, token_type_id, *, timeout: float | None = None) -> Logits:
         """Start/end logits for windows the caller tokenized (see Client.logits)."""
         instances, single = logits_request(input_ids, input_mask, token_type_id)
-        return to_logits(await self.call("predict_features", instances, timeout), single)
+        outcomes, version = await self._call_with_version("predict_features", instances, timeout)
+        return to_logits(outcomes, single, version)
 
     async def close(self) -> None:
         self._closed = True

@@ -5,6 +5,10 @@ Resumable: each answer is appended to a journal (OUTPUT.journal.jsonl, flushed a
 a run that stops (Ctrl-C, a crash, the server gone) continues where it stopped when re-run with the same
 command. Output files are written whole, atomically, once every question has been asked; questions the server
 refused are listed in OUTPUT.errors.json and asked again by the next run. The journal goes when all are answered.
+
+Which model version produced each answer goes to OUTPUT.versions.json ({id: version}, null where the server did
+not say), beside the predictions rather than in them: the predictions file stays what the official SQuAD
+evaluation reads, and a run that spans a version switch can still be audited answer by answer.
 """
 from __future__ import annotations
 
@@ -211,13 +215,33 @@ class Journal:
 
 def _record(question_id: str, result: Result) -> dict:
     return {"id": question_id, "answer": result.text,
-            "nbest": [{"text": a.text, "score": a.score, "start": a.start, "end": a.end} for a in result.top_k]}
+            "nbest": [{"text": a.text, "score": a.score, "start": a.start, "end": a.end} for a in result.top_k],
+            "model_version": result.model_version}
+
+
+def versions_path(output: Path) -> Path:
+    """Where the model version of each answer in `output` is written: OUTPUT.versions.json, {id: version}."""
+    return output.with_name(output.name + ".versions.json")
+
+
+def _versions_said(versions: dict) -> str:
+    """How many answers each version gave, for the summary line: 'model versions 1 (3 answers), 2 (1 answer)'."""
+    counts: dict = {}
+    for version in versions.values():
+        counts[version] = counts.get(version, 0) + 1
+    known = sorted(v for v in counts if v is not None)
+    parts = [f"{v} ({counts[v]} answer{'s' if counts[v] != 1 else ''})" for v in known]
+    if None in counts:
+        parts.append(f"not said by the server ({counts[None]})")
+    return f"model version{'s' if len(parts) > 1 else ''} " + ", ".join(parts)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bert-squad-predict", description=__doc__.split("\n\n")[0])
     p.add_argument("input", type=Path, help="SQuAD v1.1 JSON file, or JSON Lines of {id, question, context}")
-    p.add_argument("-o", "--output", type=Path, required=True, help="predictions file to write: {id: answer}")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="predictions file to write: {id: answer}; the model version of each answer goes to "
+                        "OUTPUT.versions.json")
     p.add_argument("--nbest", type=Path, help="also write {id: [{text, score, start, end}, ...]} here")
     p.add_argument("--server", help=f"server address host:port, several as ip:port,ip:port or dns:///name:port "
                                     f"(requests are spread round-robin; default {DEFAULT_GRPC_ADDRESS}, with --rest "
@@ -325,6 +349,10 @@ def run(args) -> int:
     answers = journal.answers
     predictions = {q.id: answers[q.id]["answer"] for q in questions if q.id in answers}
     write_atomically(args.output, json.dumps(predictions, ensure_ascii=False, indent=1).encode("utf-8"))
+    # a journal written before versions were recorded has no model_version in its lines: null, as for a server
+    # that does not say
+    versions = {q.id: answers[q.id].get("model_version") for q in questions if q.id in answers}
+    write_atomically(versions_path(args.output), json.dumps(versions, indent=1).encode("utf-8"))
     if args.nbest:
         nbest = {q.id: answers[q.id]["nbest"] for q in questions if q.id in answers}
         write_atomically(args.nbest, json.dumps(nbest, ensure_ascii=False, indent=1).encode("utf-8"))
@@ -340,7 +368,8 @@ def run(args) -> int:
     os.unlink(journal.path)
     args.output.with_name(args.output.name + ".errors.json").unlink(missing_ok=True)  # from an earlier run
     print(f"bert-squad-predict: {len(predictions)} answers written to {args.output} ({resumed} of them from the "
-          f"journal of an earlier run)", file=sys.stderr)
+          f"journal of an earlier run); {_versions_said(versions)}, per answer in {versions_path(args.output)}",
+          file=sys.stderr)
     return EXIT_OK
 
 

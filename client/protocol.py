@@ -137,6 +137,20 @@ def request_id(metadata) -> str | None:
     return next((value for key, value in metadata or () if key == REQUEST_ID_HEADER), None)
 
 
+def model_version(text: str | None) -> int | None:
+    """The model version that answered, from the MODEL_VERSION_HEADER's text (an HTTP header, or gRPC trailing
+    metadata: see version_in); None when the server sent none (one older than the header) or not a version number."""
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def version_in(metadata) -> int | None:
+    """model_version() of a call's trailing metadata ((key, value) pairs)."""
+    return model_version(next((value for key, value in metadata or () if key == MODEL_VERSION_HEADER), None))
+
+
 def fill_tensor(tensor, value: Value) -> None:
     """Write one input value: a str as a one-item string tensor (what Serving expects for text), else an array."""
     if isinstance(value, str):

@@ -19,7 +19,7 @@ import numpy as np
 
 from .client import DEFAULT_TIMEOUT, PROBE_SERVABLE, BlockingCalls, Retry, Tls
 from .errors import AuthenticationError, BertSquadError, DeadlineExceeded, InvalidResponse, RequestError, ServerUnavailable
-from .protocol import REQUEST_ID_HEADER
+from .protocol import MODEL_VERSION_HEADER, REQUEST_ID_HEADER, model_version
 from .results import API_KEY_ENV, DEFAULT_REST_ADDRESS, SERVABLE
 
 _RETRYABLE_HTTP = (502, 503, 504)  # a proxy in front of a (re)starting server
@@ -84,9 +84,9 @@ class RestClient(BlockingCalls):
             return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         return _VerifiedHttps(self._host, self._port, self._tls.server_name or self._host, self._ssl_context, timeout)
 
-    def _exchange(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes, str | None]:
-        """(status, body, the server's X-Request-ID) of one POST, on a kept connection when one is idle; the
-        connection goes back for reuse after a whole reply."""
+    def _exchange(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes, str | None, str | None]:
+        """(status, body, the server's X-Request-ID, its X-Model-Version) of one POST, on a kept connection when one
+        is idle; the connection goes back for reuse after a whole reply."""
         with self._idle_lock:
             connection = self._idle.pop() if self._idle else None
         reused = connection is not None
@@ -98,7 +98,8 @@ class RestClient(BlockingCalls):
         try:
             connection.request("POST", path, body=body, headers=self._headers)
             response = connection.getresponse()
-            status, data, request_id = response.status, response.read(), response.getheader(REQUEST_ID_HEADER)
+            status, data = response.status, response.read()
+            request_id, version = response.getheader(REQUEST_ID_HEADER), response.getheader(MODEL_VERSION_HEADER)
         except _STALE:
             connection.close()
             if not reused:
@@ -113,12 +114,13 @@ class RestClient(BlockingCalls):
                 self._idle.append(connection)
         if not keep:
             connection.close()
-        return status, data, request_id
+        return status, data, request_id, version
 
-    def _attempt(self, method: str, instances: list[dict], timeout: float) -> list:
+    def _attempt(self, method: str, instances: list[dict], timeout: float) -> tuple[list, int | None]:
         body = json.dumps({"instances": [{k: _json_value(v) for k, v in inputs.items()} for inputs in instances]})
         try:
-            status, data, request_id = self._exchange(self._path + method, body.encode("utf-8"), max(timeout, 0.001))
+            status, data, request_id, version = self._exchange(self._path + method, body.encode("utf-8"),
+                                                               max(timeout, 0.001))
         except socket.timeout:
             raise DeadlineExceeded(f"no reply to {method!r} within the timeout") from None
         except ssl.SSLError as error:
@@ -134,7 +136,7 @@ class RestClient(BlockingCalls):
         if status != 200:
             raise RequestError(_error_text(data) or f"HTTP {status}", code=status, method=method,
                                request_id=request_id)
-        return self._read(data, len(instances), method, request_id)
+        return self._read(data, len(instances), method, request_id), model_version(version)
 
     def _probe(self, timeout: float) -> bool:
         connection = self._connection(timeout)

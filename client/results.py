@@ -34,17 +34,22 @@ class Answer:
 
 @dataclass(frozen=True)
 class Result(Answer):
-    """The best answer (its fields are inherited from Answer) and the ranked top-k answers, best first."""
+    """The best answer (its fields are inherited from Answer) and the ranked top-k answers, best first;
+    `model_version` is the model version that answered (the server's x-model-version), None when the server did
+    not say (a server older than that header)."""
 
     top_k: tuple[Answer, ...] = ()
+    model_version: int | None = None
 
 
 @dataclass(frozen=True)
 class Logits:
-    """Start and end logits of one window ([seq]) or of a batch of windows ([n, seq])."""
+    """Start and end logits of one window ([seq]) or of a batch of windows ([n, seq]), and the model version that
+    computed them (as Result.model_version)."""
 
     start_logits: np.ndarray
     end_logits: np.ndarray
+    model_version: int | None = None
 
 
 def answer_request(question: str, context: str, top_k: int, max_answer_length: int | None) -> tuple[str, dict]:
@@ -82,8 +87,9 @@ def _outputs(outputs: dict[str, Value], names: tuple[str, ...], method: str) -> 
     return [outputs[name] for name in names]
 
 
-def to_result(outputs: dict[str, Value], context: str, method: str) -> Result:
-    """Result of one question; top-k texts are cut from the context (Serving cannot return string arrays)."""
+def to_result(outputs: dict[str, Value], context: str, method: str, model_version: int | None = None) -> Result:
+    """Result of one question; top-k texts are cut from the context (Serving cannot return string arrays);
+    `model_version`: the version the reply named."""
     text, score, start, end, top_starts, top_ends, top_scores = _outputs(outputs, ANSWER_OUTPUTS, method)
     try:
         best = _span(context, int(np.asarray(start)), int(np.asarray(end)), float(np.asarray(score)))
@@ -96,7 +102,7 @@ def to_result(outputs: dict[str, Value], context: str, method: str) -> Result:
     if not isinstance(text, str) or text != best.text:
         raise InvalidResponse(f"answer {text!r} is not context[{best.start}:{best.end}] = {best.text!r}: "
                               f"client and server disagree on character offsets")
-    return Result(best.text, best.score, best.start, best.end, top)
+    return Result(best.text, best.score, best.start, best.end, top, model_version)
 
 
 def _span(context: str, start: int, end: int, score: float) -> Answer:
@@ -120,8 +126,9 @@ def logits_request(input_ids, input_mask, token_type_id) -> tuple[list[dict[str,
     return instances, arrays[0].ndim == 1
 
 
-def to_logits(outcomes: list, single: bool) -> Logits:
-    """Logits of every window; the first refused window raises its RequestError (numbered by row)."""
+def to_logits(outcomes: list, single: bool, model_version: int | None = None) -> Logits:
+    """Logits of every window; the first refused window raises its RequestError (numbered by row);
+    `model_version`: the version the reply named."""
     for outcome in outcomes:
         if isinstance(outcome, RequestError):
             raise outcome
@@ -131,4 +138,4 @@ def to_logits(outcomes: list, single: bool) -> Logits:
         end = np.stack([np.asarray(r[1], dtype=np.float32) for r in rows])
     except ValueError as error:
         raise InvalidResponse(f"predict_features replied with malformed logits: {error}") from None
-    return Logits(start[0], end[0]) if single else Logits(start, end)
+    return Logits(start[0], end[0], model_version) if single else Logits(start, end, model_version)

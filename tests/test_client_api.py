@@ -230,6 +230,24 @@ def test_rest_client_returns_the_same_results(client, rest):
     assert over_rest[-1].server_message == over_grpc[-1].server_message
 
 
+def test_results_name_the_model_version_that_answered(client, rest, oracle):
+    """The oracle server serves version 1: every result type of every client says so (the header / trailing
+    metadata the front door sends; tests/test_client_versions.py covers other versions and a switch)."""
+    ids, mask, types, _ = _window("paris is in france")
+    pairs = [(QUESTION, c) for c in CONTEXTS[:3]]
+    for c in (client, rest):
+        assert c.answer(QUESTION, CONTEXTS[0]).model_version == 1
+        assert {r.model_version for r in c.answer_many(pairs, top_k=2)} == {1}
+        assert c.logits(ids, mask, types).model_version == 1
+
+    async def run():
+        async with AsyncClient(oracle.grpc_address, timeout=60) as aclient:
+            return ((await aclient.answer(QUESTION, CONTEXTS[0])).model_version,
+                    (await aclient.logits(ids, mask, types)).model_version)
+
+    assert asyncio.run(run()) == (1, 1)
+
+
 def test_rest_refusals_carry_the_servers_text(oracle):
     with pytest.raises(RequestError, match="servable is not available") as raised:
         RestClient(oracle.rest_address, "no_such_servable").answer(QUESTION, CONTEXTS[0])
