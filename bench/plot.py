@@ -22,7 +22,11 @@ def main(argv: list[str]) -> int:
         return 2
     results = json.loads(Path(argv[0]).read_text())
     stacks = results["stacks"]
-    fig, (qps_ax, lat_ax, stage_ax) = plt.subplots(1, 3, figsize=(16, 4.8))
+    # the two line charts side by side, the stage bars below across the width: their long stack labels would
+    # otherwise set the space between every pair of charts
+    fig = plt.figure(figsize=(14, 5.2 + 0.35 * len(stacks)))
+    grid = fig.add_gridspec(2, 2, height_ratios=(4.2, 1.2 + 0.35 * len(stacks)))
+    qps_ax, lat_ax, stage_ax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
     for name, s in stacks.items():
         levels = sorted(s["summary"], key=int)
         x = [int(c) for c in levels]
@@ -37,7 +41,9 @@ def main(argv: list[str]) -> int:
         ax.set_title(title)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    fig.legend(*qps_ax.get_legend_handles_labels(), loc="lower center", ncol=len(stacks), fontsize=9)
+    # below the plots, at most two labels a row: the labels are long, and one row of them ran off both edges
+    fig.legend(*qps_ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(2, len(stacks)), fontsize=9)
 
     names = list(stacks)
     bottom = [0.0] * len(names)
@@ -52,8 +58,8 @@ def main(argv: list[str]) -> int:
     stage_ax.legend(fontsize=8, loc="upper right")
     fig.suptitle(f"bert_squad benchmark: {results['meta']['model']} weights, {results['meta']['threads']} threads, "
                  f"{len(results['windows'])} SQuAD questions")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(argv[1], dpi=110)
+    fig.tight_layout()
+    fig.savefig(argv[1], dpi=110, bbox_inches="tight")  # the figure grows to hold the legend and the long y labels
     return 0
 
 

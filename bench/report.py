@@ -71,7 +71,10 @@ def render(results: Mapping, plot_name: str) -> str:
         f"p90 {stats.percentile(lengths, 90):.0f}; windows per bucket: "
         + ", ".join(f"{b}: {c}" for b, c in buckets.items()) + ". Servables' stream: " + STREAM_TEXT[meta.get("stream", "threads")] + "; other passes: " + meta["client"] + ". "
         f"Other processes used {meta['foreign_cores_before']:.2f} cores just before measuring "
-        "(per-phase load at the end).",
+        "(per-phase load at the end)."
+        + (f" Stacks named `*_before` (labels \"…, before\") run the serve command of an earlier checkout, "
+           f"{meta['before']['revision']} ({meta['before']['code']}), on {meta['before']['python']}; the others this "
+           f"checkout's." if "before" in meta else ""),
         "",
         "## Goals",
         "",

@@ -17,6 +17,8 @@ One run, same weights, same thread count for every stack:
 Not in the default set, for the cost of the front door's logs and traces (--stacks serving_exact,VARIANT,...):
   serving_exact_json    serving_exact with --log-format json; serving_exact_quiet with --access-log off
   serving_exact_traced  serving_exact exporting a span per request over OTLP gRPC to a receiver in this process
+--before PYTHON serves every served stack a second time with an earlier checkout's serve command (PYTHON: the
+interpreter of a venv where that checkout is installed), as <stack>_before: before and after in one run.
 Writes report.md, results.json and throughput.png into --out, and prints the goal ratios.
 Weights, exports and the ONNX file are cached in bench/.cache (delete it, or --fresh, to rebuild).
 """
@@ -83,6 +85,7 @@ BATCH_QUESTIONS, BATCH_N = 64, 8  # OIP requests of 8 questions vs single questi
 # paired p50 over Serving's gRPC at the master itself (issues 25, 26)
 TRANSPORT_GOALS_MS = {"grpc": 0.5, "rest": 1.0, "oip_grpc": 0.5, "oip_rest": 1.0}
 TRANSPORT_ROUNDS = 8  # gRPC vs REST asks each of them this many times: 256 pairs put the median within ~0.15 ms
+BEFORE = "_before"  # the suffix of a stack served by --before's checkout
 IDLE_CORES = 0.25  # foreign load under which the machine counts as idle
 # Servable stacks: (export runtime, buckets, precision). Goals and ratios are judged on the export tool's default.
 EXPORTS = {"serving_exact": ("lite_direct", (settings.MAX_SEQ_LENGTH,), "fp32"),
@@ -134,6 +137,9 @@ def parse_args(argv):
     p.add_argument("--transport-rounds", type=int, default=TRANSPORT_ROUNDS,
                    help=f"times each of {PAIRED_QUESTIONS} questions is asked over every protocol in the transport "
                         f"pass (default %(default)s)")
+    p.add_argument("--before", type=Path, metavar="PYTHON",
+                   help="also serve every served stack with an earlier checkout's serve command, run by PYTHON (a "
+                        "venv with that checkout installed: pip install --no-deps -e CHECKOUT), as <stack>_before")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the question sample")
     p.add_argument("--squad", type=Path, default=squad.SQUAD_DEV, help="SQuAD v1.1 dev json")
     p.add_argument("--out", type=Path, default=BENCH / "results", help="report folder (default bench/results)")
@@ -166,7 +172,37 @@ def parse_args(argv):
     for python in (PY39, PY311):
         if not python.is_file():
             p.error(f"{python} not found: run scripts/setup.sh (it builds .stack/py39 and .stack/py311)")
+    if args.before is not None and not args.before.is_file():
+        p.error(f"--before {args.before}: no such interpreter; give the python of a venv where the earlier checkout "
+                f"is installed")
     return args
+
+
+def before_servable(servable_dir: Path, config: Path, out: Path) -> Path:
+    """`servable_dir` as --before's checkout serves it: the same version folders (hard links, not a copy of the
+    model), with that checkout's servable_config.py, which imports the modules of its own layout."""
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system
+            shutil.copy2(src, dst)
+
+    if not out.exists():  # a stack served twice (2 workers) shares it
+        shutil.copytree(servable_dir, out, copy_function=link)
+        target = out / settings.SERVABLE_NAME / "servable_config.py"
+        target.unlink()  # a hard link to the export's own: writing through it would change that one
+        shutil.copy2(config, target)
+    return out
+
+
+def before_code(python: Path) -> dict:
+    """Which code --before's interpreter serves: its serve module's folder and that checkout's git revision."""
+    printed = run_checked([python, "-c", "import bert_squad, os; print(os.path.dirname(bert_squad.__file__))"],
+                          "finding --before's checkout", cwd="/")  # not here: our own checkout would be found
+    where = Path(printed.strip().splitlines()[-1])
+    done = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return {"python": str(python), "code": str(where), "revision": done.stdout.strip() or "unknown",
+            "servable_config": str(where.parent / "servable" / settings.SERVABLE_NAME / "servable_config.py")}
 
 
 def run_checked(cmd, what: str, env=None, cwd=None) -> str:
@@ -303,6 +339,11 @@ def make_stacks(args, servables, weights: Path, onnx, questions, scratch: Path) 
             if name == TRACED:
                 stack.trace_to_receiver()
             made.append(stack)
+            if args.before is not None:  # right after its twin: the two are measured back to back
+                twin = before_servable(servables[export], args.before_config, scratch / "before" / export)
+                made.append(stacks.ServingStack(name + BEFORE, f"{LABELS[name]}, before", twin,
+                                                EXPORTS[export][1], args.threads, scratch / (name + BEFORE),
+                                                args.client, args.stream, options, python=args.before))
         else:  # OpenVINO is in the server venv, ONNX Runtime and PyTorch in the reference venv
             python = PY39 if name in OPENVINO_IR else PY311
             made.append(stacks.ReferenceStack(name, LABELS[name], str(python), BENCH / "reference.py", job,
@@ -444,6 +485,12 @@ def main(argv=None) -> int:
                         "client": serving.CLIENTS[args.client].name, "stream": args.stream,
                         "command": " ".join([Path(sys.executable).name, "bench/run.py"] + (argv or sys.argv[1:]))},
                "questions": [{"id": q["id"]} for q in questions]}
+    if args.before is not None:
+        results["meta"]["before"] = before_code(args.before)
+        args.before_config = Path(results["meta"]["before"]["servable_config"])
+        if not args.before_config.is_file():
+            raise serving.BenchError(f"--before: {args.before_config} not found: is {args.before} a venv with a "
+                                     f"checkout of this project installed (pip install --no-deps -e CHECKOUT)?")
 
     args.waited_s = 0.0  # seconds spent waiting for an idle machine, kept out of the run time
     t = time.perf_counter()

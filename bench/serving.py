@@ -84,14 +84,14 @@ class Server:
 
 
 def start_server(servable_dir: Path, threads: int, workdir: Path, options: Sequence[str] = (),
-                 env: Optional[Dict[str, str]] = None) -> Server:
-    """Start the serve command on the front door's venv (`env`: variables added to ours); cold start = from process
-    start to its ready line."""
+                 env: Optional[Dict[str, str]] = None, python: Path = FRONT) -> Server:
+    """Start the serve command on the front door's venv, or `python`'s (`env`: variables added to ours); cold start
+    = from process start to its ready line."""
     address = f"127.0.0.1:{free_port()}"
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
     rest_address, oip_grpc_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    cmd = [str(FRONT), "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
+    cmd = [str(python), "-m", "bert_squad.server.serve", "--servable-dir", str(servable_dir), "--grpc-address", address,
            "--rest-address", rest_address, "--oip-grpc-address", oip_grpc_address, "--health-address", "off",
            "--threads", str(threads), "--workdir", str(workdir), *options]
     model_times = workdir / "model-times.jsonl"

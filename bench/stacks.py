@@ -21,7 +21,8 @@ class ServingStack:
     """bert_squad.server.serve on one exported servable dir, measured over gRPC."""
 
     def __init__(self, name: str, label: str, servable_dir: Path, buckets, threads: int, workdir: Path,
-                 client: str, stream: str = "aio", options: Sequence[str] = ()):
+                 client: str, stream: str = "aio", options: Sequence[str] = (), python: Path = serving.FRONT):
+        self.python = python  # the serve command's interpreter: another checkout's for run.py --before
         self.name, self.label, self.buckets, self.client, self.stream = name, label, list(buckets), client, stream
         self.options = list(options)
         self.servable_dir, self.threads, self.workdir = servable_dir, threads, workdir
@@ -43,7 +44,7 @@ class ServingStack:
 
     def start(self) -> None:
         self.server = serving.start_server(self.servable_dir, self.threads, self.workdir, self.options,
-                                           self.env)
+                                           self.env, self.python)
         self.info = {"cold_start_s": self.server.cold_start_s, "ready_line": self.server.ready_line,
                      "memory_ready": self.memory()}
 

@@ -313,3 +313,43 @@ def test_report_shows_each_protocol_paired_against_servings_grpc_at_the_master_a
     assert f"| {label} | oip_rest | 151.0 | +1.00 | +0.50 |" in text
     assert f"| {label} | 64 | 8 | 8.00 | 6.40 |" in text
     assert "## Protocols" not in report.render(fake_results(), "throughput.png")  # older results: no section
+
+
+def test_before_serves_every_served_stack_again_right_after_it_with_the_earlier_checkouts_python(tmp_path):
+    from bench import run, serving
+
+    python = tmp_path / "old-venv-python"
+    python.write_text("")
+    args = run.parse_args(["--stacks", "serving_exact,openvino_int8", "--before", str(python)])
+    args.before_config = tmp_path / "old-checkout" / "servable_config.py"  # main() finds it in that checkout
+    args.before_config.parent.mkdir()
+    args.before_config.write_text("# the earlier layout's glue\n")
+    servable = tmp_path / "servable"
+    (servable / "bert_squad" / "1").mkdir(parents=True)
+    (servable / "bert_squad" / "servable_config.py").write_text("# this checkout's glue\n")
+    (servable / "bert_squad" / "1" / "model.bin").write_bytes(b"weights")
+    made = run.make_stacks(args, {"serving_exact": servable}, tmp_path / "weights", None, [], tmp_path / "scratch")
+    assert [s.name for s in made] == ["serving_exact", "serving_exact_before", "openvino_int8"]
+    assert (made[0].python, made[1].python) == (serving.FRONT, python)
+    assert made[0].servable_dir == servable and made[1].workdir != made[0].workdir
+    # the same model files (not copied), with the earlier checkout's servable_config.py; ours left as it was
+    twin = made[1].servable_dir / "bert_squad"
+    assert (twin / "1" / "model.bin").stat().st_ino == (servable / "bert_squad" / "1" / "model.bin").stat().st_ino
+    assert (twin / "servable_config.py").read_text() == "# the earlier layout's glue\n"
+    assert (servable / "bert_squad" / "servable_config.py").read_text() == "# this checkout's glue\n"
+
+
+def test_before_refuses_an_interpreter_that_is_not_there(tmp_path, capsys):
+    from bench import run
+
+    with pytest.raises(SystemExit):
+        run.parse_args(["--before", str(tmp_path / "missing" / "python")])
+    assert "no such interpreter" in capsys.readouterr().err
+
+
+def test_report_says_which_checkout_the_before_stacks_ran():
+    results = fake_results()
+    results["meta"]["before"] = {"python": "/tmp/old/bin/python", "code": "/tmp/old/bert_squad", "revision": "7533a49"}
+    text = report.render(results, "throughput.png")
+    assert "an earlier checkout, 7533a49 (/tmp/old/bert_squad), on /tmp/old/bin/python" in text
+    assert "earlier checkout" not in report.render(fake_results(), "throughput.png")
