@@ -53,6 +53,10 @@ class OipGrpc:
         self._channel.close()
 
 
+# A kept connection the server closed meanwhile fails like this on reuse (as bert_squad_client.rest knows too)
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
 class OipRest:
     def __init__(self, address: str, timeout: float):
         host, port = address.rsplit(":", 1)
@@ -63,12 +67,19 @@ class OipRest:
             {"name": "question", "datatype": "BYTES", "shape": [len(pairs)], "data": [q for q, _ in pairs]},
             {"name": "context", "datatype": "BYTES", "shape": [len(pairs)], "data": [c for _, c in pairs]}],
             "outputs": [{"name": "answer"}]}).encode()
-        self._connection.request("POST", f"/v2/models/{MODEL}/infer", body, {"Content-Type": "application/json"})
-        response = self._connection.getresponse()
+        try:
+            response = self._post(body)
+        except _STALE:  # the server closed the kept connection while it was idle (--http-keep-alive-s): once more
+            self._connection.close()
+            response = self._post(body)
         data = response.read()
         if response.status != 200:
             raise Refused(f"{response.status}: {data[:300]!r}")
         return json.loads(data)["outputs"][0]["data"]
+
+    def _post(self, body: bytes) -> http.client.HTTPResponse:
+        self._connection.request("POST", f"/v2/models/{MODEL}/infer", body, {"Content-Type": "application/json"})
+        return self._connection.getresponse()
 
     def answer(self, question: str, context: str) -> str:
         return self.ask([(question, context)])[0]

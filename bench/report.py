@@ -149,7 +149,10 @@ def render(results: Mapping, plot_name: str) -> str:
         out += ["", "## Protocols (p50 per question, concurrency 1, ms)", "",
                 "Each question asked over every protocol in turn (the first rotating): Serving's gRPC at the "
                 "master itself (`serving`, the baseline: no front door), and through the front door its gRPC and "
-                "REST APIs and the Open Inference Protocol's gRPC and REST. Paired: the median of each question's "
+                "REST APIs and the Open Inference Protocol's gRPC and REST; `bare_aio` and `bare_sync`: Serving's gRPC "
+                "through bench/passthrough.py (bytes forwarded to the master and nothing else; grpc.aio, and grpc.server "
+                "on a thread pool) on the serve command's interpreter, the least a front door in its grpcio costs. "
+                "Paired: the median of each question's "
                 "difference from the baseline; refused: the same for a request the first stage refuses (no model "
                 "time). OIP batches: requests of N questions one at a time vs single questions from N threads, "
                 "over OIP gRPC (best of two runs).", ""]

@@ -8,6 +8,7 @@ channel (stream "aio") or from that many threads with a blocking client each ("t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import signal
@@ -321,15 +322,42 @@ def paired_pass(client_kind: str, server: Server, questions: Sequence[dict]) -> 
 
 
 BASELINE = "serving"  # the transport pass's baseline: Serving's gRPC at the master itself, without the front door
-TRANSPORTS = (BASELINE, "grpc", "rest", "oip_grpc", "oip_rest")
+# Serving's gRPC through bench/passthrough.py (grpc.aio and a thread-pool grpc.server) on the serve command's own
+# interpreter: the floor of any front door in that Python's grpcio, beside ours
+BARE = {"bare_aio": "aio", "bare_sync": "sync"}
+TRANSPORTS = (BASELINE, "grpc", "rest", "oip_grpc", "oip_rest", *BARE)
+PASSTHROUGH = Path(__file__).resolve().parent / "passthrough.py"
 
 
-def transport_pass(server: Server, questions: Sequence[dict], rounds: int) -> dict:
+@contextlib.contextmanager
+def passthrough(python: Path, mode: str, upstream: str):
+    """bench/passthrough.py in `mode` in front of `upstream` on a free loopback port: its address, while in use."""
+    address = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([str(python), str(PASSTHROUGH), mode, address, upstream], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        if proc.stdout.readline().strip() != "READY":
+            raise BenchError(f"bench/passthrough.py {mode} on {python} did not start (exit {proc.poll()})")
+        yield address
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def transport_pass(server: Server, questions: Sequence[dict], rounds: int, python: Path = FRONT) -> dict:
     """`rounds` times per question, one request at a time: the `predict` round trip over Serving's gRPC straight to
     the master (the baseline) and through the front door, Serving's REST API, and the Open Inference Protocol's gRPC
-    and REST (all through the front door), in turn, the first protocol rotating, so that drift weighs on all alike.
-    Then as many requests the first stage refuses (blank question): the transport alone, without the model time
-    whose spread (+-2 ms a question) blurs the real pairs."""
+    and REST (all through the front door), and through the bare pass-throughs (BARE) on `python` (the serve
+    command's interpreter), in turn, the first protocol rotating, so that drift weighs on all alike. Then as many
+    requests the first stage refuses (blank question): the transport alone, without the model time whose spread
+    (+-2 ms a question) blurs the real pairs."""
+    with contextlib.ExitStack() as bare:
+        addresses = {name: bare.enter_context(passthrough(python, mode, server.internal_address))
+                     for name, mode in BARE.items()}
+        return _transport_pass(server, questions, rounds, addresses)
+
+
+def _transport_pass(server: Server, questions: Sequence[dict], rounds: int, bare: Dict[str, str]) -> dict:
     from bert_squad_client import Client, RequestError, RestClient
 
     from bench import oip
@@ -338,9 +366,10 @@ def transport_pass(server: Server, questions: Sequence[dict], rounds: int) -> di
                "grpc": Client(server.address, timeout=REQUEST_TIMEOUT_S, retry=None),
                "rest": RestClient(server.rest_address, timeout=REQUEST_TIMEOUT_S, retry=None),
                "oip_grpc": oip.OipGrpc(server.oip_grpc_address, REQUEST_TIMEOUT_S),
-               "oip_rest": oip.OipRest(server.rest_address, REQUEST_TIMEOUT_S)}
+               "oip_rest": oip.OipRest(server.rest_address, REQUEST_TIMEOUT_S),
+               **{name: Client(address, timeout=REQUEST_TIMEOUT_S, retry=None) for name, address in bare.items()}}
     refusals = {BASELINE: RequestError, "grpc": RequestError, "rest": RequestError, "oip_grpc": oip.Refused,
-                "oip_rest": oip.Refused}
+                "oip_rest": oip.Refused, **{name: RequestError for name in bare}}
     asked = [q for _ in range(rounds) for q in questions]
 
     def in_turn(ask) -> Dict[str, List[float]]:

@@ -62,7 +62,7 @@ class ServingStack:
         return serving.paired_pass(self.client, self.server, questions)
 
     def transport_pass(self, questions, rounds: int) -> dict:
-        return serving.transport_pass(self.server, questions, rounds)
+        return serving.transport_pass(self.server, questions, rounds, self.python)
 
     def batch_pass(self, questions, n: int) -> dict:
         return serving.batch_pass(self.server, questions, n)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -353,3 +355,83 @@ def test_report_says_which_checkout_the_before_stacks_ran():
     text = report.render(results, "throughput.png")
     assert "an earlier checkout, 7533a49 (/tmp/old/bert_squad), on /tmp/old/bin/python" in text
     assert "earlier checkout" not in report.render(fake_results(), "throughput.png")
+
+
+@pytest.mark.parametrize("mode", ["aio", "sync"])
+def test_the_bare_passthrough_forwards_servings_predict_bytes_both_ways(mode):
+    from concurrent import futures
+
+    import grpc
+
+    from bench import serving
+
+    seen = []
+
+    def predict(request, context):
+        seen.append(request)
+        return b"reply to " + request
+
+    upstream = grpc.server(futures.ThreadPoolExecutor(2))
+    upstream.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "mindspore.serving.proto.MSService", {"Predict": grpc.unary_unary_rpc_method_handler(predict)}),))
+    port = upstream.add_insecure_port("127.0.0.1:0")
+    upstream.start()
+    try:
+        with serving.passthrough(Path(sys.executable), mode, f"127.0.0.1:{port}") as address:
+            with grpc.insecure_channel(address) as channel:
+                reply = channel.unary_unary("/mindspore.serving.proto.MSService/Predict")(b"\n\x03abc", timeout=10)
+    finally:
+        upstream.stop(None)
+    assert (reply, seen) == (b"reply to \n\x03abc", [b"\n\x03abc"])
+
+
+def test_report_lists_the_bare_passthroughs_beside_the_front_doors_protocols():
+    results = fake_results()
+    ours = results["stacks"]["serving_buckets"]
+    ours["transport"] = {"ids": ["q0"], "serving": [0.100], "grpc": [0.1015], "bare_aio": [0.1010],
+                         "bare_sync": [0.1008], "null_serving": [0.001], "null_grpc": [0.0025],
+                         "null_bare_aio": [0.0020], "null_bare_sync": [0.0018]}
+    text = report.render(results, "throughput.png")
+    assert f"| {ours['label']} | bare_aio | 101.0 | +1.00 | +1.00 |" in text
+    assert f"| {ours['label']} | bare_sync | 100.8 | +0.80 | +0.80 |" in text
+
+
+def test_the_oip_rest_client_opens_a_new_connection_when_the_server_closed_the_kept_one():
+    """The front door closes a connection idle for --http-keep-alive-s (5 s); a multi-window question on every
+    other protocol in turn can take longer than that between two uses of the OIP REST one."""
+    import socket
+    import threading
+
+    from bench import oip
+
+    reply = json.dumps({"outputs": [{"name": "answer", "data": ["Paris"]}]}).encode()
+    listener = socket.create_server(("127.0.0.1", 0))
+    served = []
+
+    def serve():  # answers one request per connection, then closes it the way an idle timeout does
+        for _ in range(2):
+            connection, _ = listener.accept()
+            with connection:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += connection.recv(65536)
+                head, body = request.split(b"\r\n\r\n", 1)
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                while len(body) < length:
+                    body += connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                                   % len(reply) + reply)
+                served.append(json.loads(body)["inputs"][0]["data"])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = oip.OipRest(f"127.0.0.1:{listener.getsockname()[1]}", 5.0)
+    try:
+        assert client.answer("Where?", "In Paris.") == "Paris"
+        time.sleep(0.2)  # the server has closed that connection by now
+        assert client.answer("Where else?", "In Paris.") == "Paris"
+    finally:
+        client.close()
+        listener.close()
+    thread.join(5)
+    assert served == [["Where?"], ["Where else?"]]
