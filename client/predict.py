@@ -13,6 +13,7 @@ evaluation reads, and a run that spans a version switch can still be audited ans
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import json
@@ -226,9 +227,7 @@ def versions_path(output: Path) -> Path:
 
 def _versions_said(versions: dict) -> str:
     """How many answers each version gave, for the summary line: 'model versions 1 (3 answers), 2 (1 answer)'."""
-    counts: dict = {}
-    for version in versions.values():
-        counts[version] = counts.get(version, 0) + 1
+    counts = collections.Counter(versions.values())
     known = sorted(v for v in counts if v is not None)
     parts = [f"{v} ({counts[v]} answer{'s' if counts[v] != 1 else ''})" for v in known]
     if None in counts:

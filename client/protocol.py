@@ -132,9 +132,14 @@ Tensor = _CLASSES["Tensor"]
 Value = Union[str, np.ndarray]
 
 
+def metadata_value(metadata, key: str) -> str | None:
+    """The value of `key` in a call's metadata ((key, value) pairs, keys lower-case), when there is one."""
+    return next((value for name, value in metadata or () if name == key), None)
+
+
 def request_id(metadata) -> str | None:
-    """The request ID in a call's trailing metadata ((key, value) pairs), when the server sent one."""
-    return next((value for key, value in metadata or () if key == REQUEST_ID_HEADER), None)
+    """The request ID in a call's trailing metadata, when the server sent one."""
+    return metadata_value(metadata, REQUEST_ID_HEADER)
 
 
 def model_version(text: str | None) -> int | None:
@@ -148,7 +153,7 @@ def model_version(text: str | None) -> int | None:
 
 def version_in(metadata) -> int | None:
     """model_version() of a call's trailing metadata ((key, value) pairs)."""
-    return model_version(next((value for key, value in metadata or () if key == MODEL_VERSION_HEADER), None))
+    return model_version(metadata_value(metadata, MODEL_VERSION_HEADER))
 
 
 def fill_tensor(tensor, value: Value) -> None:

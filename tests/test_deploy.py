@@ -383,12 +383,18 @@ def test_network_policy_admits_ingress_to_the_serving_ports_only():
     labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= labels.items()
     assert "Ingress" in policy["policyTypes"]
-    admitted = set()
-    for rule in policy["ingress"]:
-        assert rule.get("ports"), "an ingress rule without ports admits every port"
-        admitted |= {port["port"] for port in rule["ports"]}
+    admitted = admitted_ports(policy)
     assert admitted == {port["targetPort"] for port in service["ports"]} == {"grpc", "rest", "oip-grpc"}
     assert not admitted & {"health", 8080}, "the kubelet probes from the node, which NetworkPolicy always admits"
+
+
+def admitted_ports(policy_spec: dict) -> set:
+    """The ports a NetworkPolicy's ingress rules admit; every rule must name its ports."""
+    admitted = set()
+    for rule in policy_spec["ingress"]:
+        assert rule.get("ports"), "an ingress rule without ports admits every port"
+        admitted |= {port["port"] for port in rule["ports"]}
+    return admitted
 
 
 def checkov() -> str:

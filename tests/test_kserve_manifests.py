@@ -20,7 +20,8 @@ import pytest
 from bert_squad import metadata, settings, versions
 from bert_squad.front import health
 from bert_squad.server.serve import parse_args
-from test_deploy import instructions, quantity_bytes, restricted_problems, switch_memory, under, writable_paths
+from test_deploy import (admitted_ports, all_documents, instructions, quantity_bytes, restricted_problems,
+                         switch_memory, under, writable_paths)
 
 REPO = Path(__file__).resolve().parent.parent
 KSERVE = REPO / "deploy" / "kserve"
@@ -119,10 +120,7 @@ def test_network_policy_admits_ingress_to_the_runtime_ports_only():
     assert policy["spec"]["podSelector"]["matchLabels"] == {
         "serving.kserve.io/inferenceservice": documents()["InferenceService"]["metadata"]["name"]}
     assert "Ingress" in policy["spec"]["policyTypes"]
-    admitted = set()
-    for rule in policy["spec"]["ingress"]:
-        assert rule.get("ports"), "an ingress rule without ports admits every port"
-        admitted |= {port["port"] for port in rule["ports"]}
+    admitted = admitted_ports(policy["spec"])
     assert admitted == {port["containerPort"] for port in runtime_container()["ports"]}
     assert port(parse_args(runtime_container()["args"]).health_address) not in admitted
 
@@ -153,15 +151,12 @@ def pod_of_runtime() -> dict:
 
 
 def test_kubernetes_schemas_accept_the_runtime_pod_and_the_plain_manifests():
-    import yaml
-
     validate = pytest.importorskip("kubernetes_validate")
     version = validate.latest_version()
     validate.validate(pod_of_runtime(), version, strict=True)
-    for path in sorted((REPO / "deploy").glob("*/*.yaml")):
-        for document in yaml.safe_load_all(path.read_text()):
-            if not document["apiVersion"].startswith("serving.kserve.io/"):  # KServe's: its models, below
-                validate.validate(document, version, strict=True)
+    for _, document in all_documents():
+        if not document["apiVersion"].startswith("serving.kserve.io/"):  # KServe's: its models, below
+            validate.validate(document, version, strict=True)
     broken = pod_of_runtime()
     broken["spec"]["containers"][0]["ports"][0]["containerPort"] = "8080"
     with pytest.raises(validate.ValidationError):  # the check can fail

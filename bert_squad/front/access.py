@@ -16,7 +16,7 @@ import uuid
 from typing import Optional
 
 from bert_squad.contract import logs
-from bert_squad_client.protocol import REQUEST_ID_HEADER  # noqa: F401  (one home, shared with the REST client)
+from bert_squad_client.protocol import REQUEST_ID_HEADER, metadata_value  # one home, shared with the clients
 
 ACCESS_LOG = ("on", "off")
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -36,7 +36,7 @@ def request_id(given: Optional[str]) -> str:
 
 def from_metadata(metadata) -> str:
     """The ID of a gRPC request, from its invocation metadata ((key, value) pairs, keys lower-case)."""
-    given = next((value for key, value in metadata or () if key == REQUEST_ID_HEADER), None)
+    given = metadata_value(metadata, REQUEST_ID_HEADER)
     return request_id(given if isinstance(given, str) else None)
 
 
